@@ -1,0 +1,1 @@
+"""Adapters: the database, the clock, ids. Everything that touches the world."""

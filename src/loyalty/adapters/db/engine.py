@@ -1,0 +1,139 @@
+"""Creating engines for SQLite and PostgreSQL, and running one transaction with retries.
+
+SQLite: WAL, a busy timeout, foreign keys on, and ``BEGIN IMMEDIATE`` for write transactions so
+two writers serialise at ``BEGIN`` instead of failing at ``COMMIT`` (SQLAlchemy's SQLite dialect
+emits nothing for ``FOR UPDATE``). PostgreSQL: psycopg 3, READ COMMITTED, row locks taken by
+``adapters.db.locking``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+T = TypeVar("T")
+
+DEFAULT_SQLITE_URL = "sqlite:///loyalty.db"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+TRANSACTION_ATTEMPTS_MAX = 8
+
+
+class RetryTransaction(Exception):
+    """Raised inside a transaction to roll it back and run it again from the start, e.g. after
+    losing an idempotency-key race to a request that has since committed."""
+
+
+class StorageUnavailable(Exception):
+    """The database could not complete the transaction (down, locked, or contended past the
+    retry budget). Nothing was written; the caller may retry later."""
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for them."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        isolation_level="READ COMMITTED",
+    )
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take over transaction control from the sqlite3 module so BEGIN is ours to emit.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("loyalty_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in {"40001", "40P01", "55P03"}:  # serialization, deadlock, lock not available
+        return True
+    message = str(orig).lower()
+    return "database is locked" in message or "database table is locked" in message
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate.startswith(("08", "57P"))
+
+
+@contextmanager
+def connect(engine: Engine, *, write: bool) -> Iterator[Connection]:
+    """One transaction: committed if the block returns, rolled back if it raises."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(loyalty_write=write)
+        with conn.begin():
+            yield conn
+
+
+def run_transaction(engine: Engine, work: Callable[[Connection], T], *, write: bool = True) -> T:
+    """Run ``work`` in one transaction, retrying on deadlock, serialization failure or a busy
+    SQLite; a database that stays unreachable surfaces as ``StorageUnavailable``."""
+    delay_s = 0.005
+    for attempt in range(1, TRANSACTION_ATTEMPTS_MAX + 1):
+        try:
+            with connect(engine, write=write) as conn:
+                return work(conn)
+        except RetryTransaction:
+            if attempt < TRANSACTION_ATTEMPTS_MAX:
+                continue
+            raise StorageUnavailable("transaction kept conflicting; retry later") from None
+        except DBAPIError as exc:
+            if _is_retryable(exc) and attempt < TRANSACTION_ATTEMPTS_MAX:
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 0.2)
+                continue
+            if _is_retryable(exc) or _is_unavailable(exc):
+                raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
+            raise
+    raise AssertionError("unreachable")

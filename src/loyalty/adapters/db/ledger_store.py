@@ -1,0 +1,201 @@
+"""Writing and reading the ledger with SQLAlchemy Core.
+
+``write_entry`` is the only function that inserts postings. It checks the entry balances before
+writing, and updates each member wallet it touches in the same statement batch, so a wallet is
+always the sum of its postings (the audit proves it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from loyalty.adapters.db.tables import journal_entries, lot_movements, lots, postings, wallets
+from loyalty.domain.ledger import POINTS, EntryKind, Lot, MovementKind, Posting, account_deltas
+from loyalty.domain.ledger import assert_balanced as _assert_balanced
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    entry_id: str
+    program_id: str
+    member_id: str | None
+    kind: EntryKind
+    program_version: int
+    created_at: datetime
+    reason: str | None = None
+    source_type: str | None = None
+    source_id: str | None = None
+    reverses_entry_id: str | None = None
+    actor: str | None = None
+    details: dict[str, Any] | None = None
+
+
+def member_of_account(account: str) -> str | None:
+    if account.startswith("member:"):
+        return account.split(":", 2)[1]
+    return None
+
+
+def write_entry(
+    conn: Connection,
+    entry: EntryRecord,
+    entry_postings: Sequence[Posting],
+    *,
+    debt_delta: dict[str, int] | None = None,
+) -> dict[str, int]:
+    """Insert a journal entry and its postings, and move member wallets by the same amounts.
+
+    Returns the net change per member. ``debt_delta`` changes members' debt in the same update.
+    """
+    _assert_balanced(entry_postings)
+    deltas = account_deltas(entry_postings)
+    conn.execute(
+        insert(journal_entries).values(
+            id=entry.entry_id,
+            program_id=entry.program_id,
+            member_id=entry.member_id,
+            kind=entry.kind.value,
+            program_version=entry.program_version,
+            reason=entry.reason,
+            source_type=entry.source_type,
+            source_id=entry.source_id,
+            reverses_entry_id=entry.reverses_entry_id,
+            actor=entry.actor,
+            created_at=entry.created_at,
+            details=entry.details or {},
+        )
+    )
+    legs = [
+        {
+            "entry_id": entry.entry_id,
+            "leg": leg,
+            "program_id": entry.program_id,
+            "member_id": member_of_account(account),
+            "account": account,
+            "asset": asset,
+            "amount": amount,
+        }
+        for leg, ((account, asset), amount) in enumerate(sorted(deltas.items()))
+        if amount != 0
+    ]
+    conn.execute(insert(postings), legs)
+    member_deltas: dict[str, int] = defaultdict(int)
+    for (account, asset), amount in deltas.items():
+        member = member_of_account(account)
+        if member is not None and asset == POINTS:
+            member_deltas[member] += amount
+    for member_id in set(member_deltas) | set(debt_delta or {}):
+        balance_change = member_deltas.get(member_id, 0)
+        debt_change = (debt_delta or {}).get(member_id, 0)
+        if balance_change == 0 and debt_change == 0:
+            continue
+        result = conn.execute(
+            update(wallets)
+            .where(
+                and_(
+                    wallets.c.program_id == entry.program_id,
+                    wallets.c.member_id == member_id,
+                    wallets.c.asset == POINTS,
+                )
+            )
+            .values(
+                balance=wallets.c.balance + balance_change,
+                debt=wallets.c.debt + debt_change,
+                updated_at=entry.created_at,
+            )
+        )
+        assert result.rowcount == 1, f"wallet missing for {member_id}"
+    return dict(member_deltas)
+
+
+def insert_lot(
+    conn: Connection,
+    *,
+    lot_id: str,
+    program_id: str,
+    member_id: str,
+    entry_id: str,
+    amount: int,
+    remaining: int,
+    earned_at: datetime,
+    expires_at: datetime | None,
+) -> None:
+    conn.execute(
+        insert(lots).values(
+            id=lot_id,
+            program_id=program_id,
+            member_id=member_id,
+            entry_id=entry_id,
+            asset=POINTS,
+            amount=amount,
+            remaining=remaining,
+            earned_at=earned_at,
+            expires_at=expires_at,
+        )
+    )
+
+
+def move_lots(
+    conn: Connection,
+    *,
+    entry_id: str,
+    program_id: str,
+    member_id: str,
+    kind: MovementKind,
+    changes: Iterable[tuple[str, int]],
+) -> None:
+    """Record signed changes to lots (negative: points leave the lot) and apply them to
+    ``lots.remaining``. The CHECK on ``lots`` refuses a lot below zero or above its amount."""
+    rows = [
+        {
+            "entry_id": entry_id,
+            "lot_id": lot_id,
+            "program_id": program_id,
+            "member_id": member_id,
+            "kind": kind.value,
+            "amount": amount,
+        }
+        for lot_id, amount in changes
+        if amount != 0
+    ]
+    if not rows:
+        return
+    conn.execute(insert(lot_movements), rows)
+    for row in rows:
+        conn.execute(
+            update(lots)
+            .where(lots.c.id == row["lot_id"])
+            .values(remaining=lots.c.remaining + row["amount"])
+        )
+
+
+def member_lots(
+    conn: Connection, program_id: str, member_id: str, *, entry_id: str | None = None
+) -> list[Lot]:
+    """Lots of a member that still hold points (optionally only those an entry created)."""
+    conditions = [
+        lots.c.program_id == program_id,
+        lots.c.member_id == member_id,
+        lots.c.remaining > 0,
+    ]
+    if entry_id is not None:
+        conditions.append(lots.c.entry_id == entry_id)
+    rows = conn.execute(
+        select(lots.c.id, lots.c.remaining, lots.c.earned_at, lots.c.expires_at).where(
+            and_(*conditions)
+        )
+    ).all()
+    return [Lot(r.id, r.remaining, r.earned_at, r.expires_at) for r in rows]
+
+
+def lot_expiries(conn: Connection, lot_ids: Sequence[str]) -> dict[str, datetime | None]:
+    if not lot_ids:
+        return {}
+    rows = conn.execute(select(lots.c.id, lots.c.expires_at).where(lots.c.id.in_(lot_ids))).all()
+    return {r.id: r.expires_at for r in rows}

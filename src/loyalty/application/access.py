@@ -1,0 +1,210 @@
+"""Tenants, API keys and what a key may do.
+
+A key is shown once as ``<key id>.<secret>``; only the SHA-256 of the secret is stored (the
+secret is 256 random bits, so a slow hash adds nothing). Scopes nest: ``admin`` includes
+``write``, which includes ``read``. A key may be limited to one program.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.tables import api_keys, tenants
+from loyalty.adapters.ids import new_id
+from loyalty.domain.errors import ApiKeyNotFound, DomainError, ProgramNotFound
+
+
+class Scope(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+_IMPLIED = {
+    Scope.ADMIN: {Scope.ADMIN, Scope.WRITE, Scope.READ},
+    Scope.WRITE: {Scope.WRITE, Scope.READ},
+    Scope.READ: {Scope.READ},
+}
+
+
+class Unauthenticated(DomainError):
+    code = "unauthenticated"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant_id: str
+    key_id: str
+    scopes: frozenset[Scope]
+    program_id: str | None
+
+    def require(self, scope: Scope) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"This API key lacks the {scope.value!r} scope.", required_scope=scope)
+
+    def require_program(self, program_id: str, scope: Scope) -> None:
+        """A key limited to another program sees it as absent, like another tenant's."""
+        if self.program_id is not None and self.program_id != program_id:
+            raise ProgramNotFound(program_id)
+        self.require(scope)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key_id: str
+    tenant_id: str
+    token: str
+    scopes: list[str]
+    program_id: str | None
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def expand_scopes(scopes: list[Scope]) -> frozenset[Scope]:
+    result: set[Scope] = set()
+    for scope in scopes:
+        result |= _IMPLIED[scope]
+    return frozenset(result)
+
+
+def ensure_tenant(conn: Connection, name: str, *, now: datetime) -> str:
+    row = conn.execute(select(tenants.c.id).where(tenants.c.name == name)).first()
+    if row is not None:
+        return str(row.id)
+    tenant_id = new_id("ten")
+    conn.execute(insert(tenants).values(id=tenant_id, name=name, created_at=now))
+    return tenant_id
+
+
+def create_api_key(
+    engine: Engine,
+    *,
+    tenant_name: str,
+    name: str,
+    scopes: list[Scope],
+    program_id: str | None,
+    now: datetime,
+    key_id: str | None = None,
+    secret: str | None = None,
+) -> IssuedKey:
+    """Create a key (and its tenant, the first time). ``key_id``/``secret`` are for the demo's
+    well-known key only; everything else gets random ones."""
+
+    def work(conn: Connection) -> IssuedKey:
+        tenant_id = ensure_tenant(conn, tenant_name, now=now)
+        return issue_key(
+            conn,
+            tenant_id=tenant_id,
+            name=name,
+            scopes=scopes,
+            program_id=program_id,
+            now=now,
+            key_id=key_id,
+            secret=secret,
+        )
+
+    return run_transaction(engine, work)
+
+
+def issue_key(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    name: str,
+    scopes: list[Scope],
+    program_id: str | None,
+    now: datetime,
+    key_id: str | None = None,
+    secret: str | None = None,
+) -> IssuedKey:
+    key_id = key_id or new_id("key")
+    secret = secret or secrets.token_urlsafe(32)
+    scope_list = sorted({s.value for s in scopes})
+    conn.execute(
+        insert(api_keys).values(
+            id=key_id,
+            tenant_id=tenant_id,
+            name=name,
+            secret_sha256=_digest(secret),
+            scopes=",".join(scope_list),
+            program_id=program_id,
+            created_at=now,
+        )
+    )
+    return IssuedKey(key_id, tenant_id, f"{key_id}.{secret}", scope_list, program_id)
+
+
+def authenticate(engine: Engine, token: str) -> Principal:
+    """The principal behind a bearer token; ``Unauthenticated`` for anything else, with the
+    same message whether the key is unknown, revoked or the secret is wrong."""
+    key_id, sep, secret = token.partition(".")
+    if not sep or not key_id or not secret or len(token) > 200:
+        raise Unauthenticated("The API key is malformed.")
+
+    def work(conn: Connection) -> Principal:
+        row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        if (
+            row is None
+            or row.revoked_at is not None
+            or not hmac.compare_digest(row.secret_sha256, _digest(secret))
+        ):
+            raise Unauthenticated("The API key is not valid.")
+        scopes = expand_scopes([Scope(s) for s in row.scopes.split(",") if s])
+        return Principal(row.tenant_id, row.id, scopes, row.program_id)
+
+    return run_transaction(engine, work, write=False)
+
+
+def list_api_keys(engine: Engine, principal: Principal) -> list[dict[str, object]]:
+    principal.require(Scope.ADMIN)
+
+    def work(conn: Connection) -> list[dict[str, object]]:
+        rows = conn.execute(
+            select(api_keys)
+            .where(api_keys.c.tenant_id == principal.tenant_id)
+            .order_by(api_keys.c.id)
+        ).all()
+        return [
+            {
+                "id": r.id,
+                "name": r.name,
+                "scopes": r.scopes.split(","),
+                "program_id": r.program_id,
+                "created_at": r.created_at.isoformat(),
+                "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+            }
+            for r in rows
+        ]
+
+    return run_transaction(engine, work, write=False)
+
+
+def revoke_api_key(engine: Engine, principal: Principal, key_id: str, *, now: datetime) -> None:
+    principal.require(Scope.ADMIN)
+    if principal.program_id is not None:
+        raise Forbidden("A key limited to one program cannot manage keys.")
+
+    def work(conn: Connection) -> None:
+        result = conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.tenant_id == principal.tenant_id)
+            .values(revoked_at=now)
+        )
+        if result.rowcount != 1:
+            raise ApiKeyNotFound(key_id)
+
+    run_transaction(engine, work)

@@ -1,0 +1,126 @@
+"""A member's balance (with what expires when) and statement."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, select
+
+from loyalty.adapters.db.tables import journal_entries, lots, postings, wallets
+from loyalty.adapters.db.engine import run_transaction
+from loyalty.application.access import Principal, Scope
+from loyalty.application.members import decode_cursor, encode_cursor, resolve_member
+from loyalty.application.programs import load_program
+from loyalty.domain.ledger import POINTS, member_account
+
+EXPIRY_BUCKETS_MAX = 100
+
+
+def balance_view(conn: Connection, program_id: str, member_id: str, *, now: datetime) -> dict[str, Any]:
+    """``balance`` is the account's signed total; ``available`` what can be spent now; ``debt``
+    what a return took back after it was spent, repaid by the next earnings."""
+    wallet = conn.execute(
+        select(wallets.c.balance, wallets.c.debt).where(
+            and_(
+                wallets.c.program_id == program_id,
+                wallets.c.member_id == member_id,
+                wallets.c.asset == POINTS,
+            )
+        )
+    ).one()
+    expiring = conn.execute(
+        select(lots.c.expires_at, func.sum(lots.c.remaining).label("points"))
+        .where(
+            and_(
+                lots.c.program_id == program_id,
+                lots.c.member_id == member_id,
+                lots.c.remaining > 0,
+                lots.c.expires_at.is_not(None),
+            )
+        )
+        .group_by(lots.c.expires_at)
+        .order_by(lots.c.expires_at)
+        .limit(EXPIRY_BUCKETS_MAX)
+    ).all()
+    return {
+        "member_id": member_id,
+        "balance": wallet.balance,
+        "available": max(wallet.balance, 0),
+        "pending": 0,
+        "debt": wallet.debt,
+        "expiring": [
+            {
+                "expires_at": r.expires_at.isoformat(),
+                "points": int(r.points),
+                "expired": r.expires_at <= now,
+            }
+            for r in expiring
+        ],
+        "as_of": now.isoformat(),
+    }
+
+
+def get_balance(
+    engine: Engine, principal: Principal, program_id: str, member_ref: str, *, now: datetime
+) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.READ)
+        member = resolve_member(conn, program_id, member_ref)
+        return balance_view(conn, program_id, member.id, now=now)
+
+    return run_transaction(engine, work, write=False)
+
+
+def get_statement(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    member_ref: str,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    """Every journal entry that touched the member's points, newest first."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.READ)
+        member = resolve_member(conn, program_id, member_ref)
+        account = member_account(member.id)
+        stmt = (
+            select(journal_entries, postings.c.amount.label("points"))
+            .join(postings, postings.c.entry_id == journal_entries.c.id)
+            .where(
+                and_(
+                    postings.c.program_id == program_id,
+                    postings.c.account == account,
+                    postings.c.asset == POINTS,
+                )
+            )
+        )
+        if cursor:
+            stmt = stmt.where(journal_entries.c.id < decode_cursor(cursor))
+        rows = conn.execute(stmt.order_by(journal_entries.c.id.desc()).limit(limit + 1)).all()
+        page = rows[:limit]
+        return {
+            "items": [
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "points": r.points,
+                    "created_at": r.created_at.isoformat(),
+                    "program_version": r.program_version,
+                    "reason": r.reason,
+                    "source": {"type": r.source_type, "id": r.source_id}
+                    if r.source_type
+                    else None,
+                    "reverses_entry_id": r.reverses_entry_id,
+                    "actor": r.actor,
+                    "details": r.details,
+                }
+                for r in page
+            ],
+            "next_cursor": encode_cursor(page[-1].id) if len(rows) > limit else None,
+        }
+
+    return run_transaction(engine, work, write=False)

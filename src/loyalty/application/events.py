@@ -1,0 +1,368 @@
+"""Recording events: purchases earn points, returns take them back, custom actions are kept
+for the rules to come. Each event is idempotent on its source id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, insert, select
+
+from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.ledger_store import member_lots
+from loyalty.adapters.db.locking import lock_wallet
+from loyalty.adapters.db.tables import events, purchase_lines, return_lines
+from loyalty.adapters.ids import new_id
+from loyalty.application.access import Principal, Scope
+from loyalty.application.balances import balance_view
+from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
+from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
+from loyalty.application.ledger_ops import credit_points, debit_lots
+from loyalty.application.members import MemberProfile, find_member, insert_member
+from loyalty.application.programs import ProgramContext, load_program
+from loyalty.domain.errors import MemberMismatch, MemberNotFound, OrderNotFound
+from loyalty.domain.ledger import EntryKind, MovementKind, plan_takeback
+from loyalty.domain.purchase import (
+    Purchase,
+    PurchaseLine,
+    RecordedLine,
+    ReturnRequestLine,
+    compute_earning,
+    plan_return,
+)
+
+AnyEvent = PurchaseEvent | ReturnEvent | ActionEvent
+
+
+def submit_event(
+    engine: Engine, principal: Principal, program_id: str, event: AnyEvent, *, now: datetime
+) -> Outcome:
+    """Record one event in its own transaction. Raises ``ProgramNotFound``, ``MemberNotFound``,
+    ``CurrencyMismatch``, ``OrderNotFound``, ``UnknownOrderLine``, ``ReturnExceedsPurchase``,
+    ``MemberMismatch``, ``IdempotencyConflict``."""
+    return run_transaction(
+        engine, lambda conn: record_event(conn, principal, program_id, event, now=now)
+    )
+
+
+def record_event(
+    conn: Connection, principal: Principal, program_id: str, event: AnyEvent, *, now: datetime
+) -> Outcome:
+    ctx = load_program(conn, principal, program_id, Scope.WRITE)
+    body = event.model_dump(mode="json", exclude_none=True)
+
+    def effect() -> tuple[int, dict[str, Any]]:
+        if isinstance(event, PurchaseEvent):
+            return 201, _record_purchase(conn, ctx, event, body, now=now)
+        if isinstance(event, ReturnEvent):
+            return 201, _record_return(conn, ctx, event, body, now=now)
+        return 201, _record_action(conn, ctx, event, body, now=now)
+
+    return run_idempotent(
+        conn,
+        tenant_id=principal.tenant_id,
+        scope=program_id,
+        key=f"event:{event.type}:{event.id}",
+        request_fingerprint=fingerprint(body),
+        now=now,
+        work=effect,
+    )
+
+
+def _member_for_event(conn: Connection, ctx: ProgramContext, ref: str, *, auto_enroll: bool,
+                      now: datetime) -> tuple[str, bool]:
+    row = find_member(conn, ctx.program_id, ref)
+    if row is not None:
+        return str(row.id), False
+    if auto_enroll and ref.startswith("ext:"):
+        member_id = insert_member(
+            conn,
+            program_id=ctx.program_id,
+            external_id=ref[len("ext:") :],
+            profile=MemberProfile(),
+            source="auto_enroll",
+            now=now,
+        )
+        return member_id, True
+    raise MemberNotFound(ref)
+
+
+def _insert_event(conn: Connection, ctx: ProgramContext, *, event_id: str, member_id: str,
+                  event: AnyEvent, body: dict[str, Any], now: datetime, entry_id: str | None,
+                  points: int) -> None:
+    conn.execute(
+        insert(events).values(
+            id=event_id,
+            program_id=ctx.program_id,
+            member_id=member_id,
+            type=event.type,
+            source_id=event.id,
+            action=event.action if isinstance(event, ActionEvent) else None,
+            occurred_at=event.occurred_at,
+            received_at=now,
+            payload=body,
+            entry_id=entry_id,
+            points=points,
+        )
+    )
+
+
+def _record_purchase(conn: Connection, ctx: ProgramContext, event: PurchaseEvent,
+                     body: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+    settings = ctx.settings
+    line_ids = event.line_ids()
+    purchase = Purchase(
+        order_id=event.id,
+        occurred_at=event.occurred_at,
+        currency=event.currency,
+        total_minor=event.total_minor,
+        lines=[
+            PurchaseLine(
+                line_id=lid,
+                sku=li.sku,
+                quantity=li.quantity,
+                unit_price_minor=li.unit_price_minor,
+                discount_minor=li.discount_minor,
+                name=li.name,
+                category=li.category,
+                brand=li.brand,
+            )
+            for lid, li in zip(line_ids, event.lines, strict=True)
+        ],
+        channel=event.channel,
+        store=event.store,
+    )
+    earning = compute_earning(purchase, settings)
+    member_id, enrolled = _member_for_event(
+        conn, ctx, event.member.as_ref(), auto_enroll=settings.auto_enroll, now=now
+    )
+    event_id = new_id("evt")
+    entry_id: str | None = None
+    lot: dict[str, Any] | None = None
+    if earning.points > 0:
+        wallet = lock_wallet(conn, ctx.program_id, member_id)
+        credit = credit_points(
+            conn,
+            program_id=ctx.program_id,
+            member_id=member_id,
+            wallet=wallet,
+            points=earning.points,
+            kind=EntryKind.EARN,
+            from_purpose="issued",
+            program_version=settings.version,
+            now=now,
+            expires_at=settings.expiry.expires_at(now),
+            source_type="purchase",
+            source_id=event.id,
+            details={
+                "event_id": event_id,
+                "base_minor": earning.base_minor,
+                "rate": {
+                    "points": settings.earn.points,
+                    "per_spend_minor": settings.earn.per_spend_minor,
+                    "rounding": settings.earn.rounding.value,
+                },
+            },
+        )
+        entry_id = credit.entry_id
+        lot = {
+            "id": credit.lot_id,
+            "points": credit.points,
+            "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
+            "debt_repaid": credit.debt_repaid,
+        }
+    _insert_event(conn, ctx, event_id=event_id, member_id=member_id, event=event, body=body,
+                  now=now, entry_id=entry_id, points=earning.points)
+    if purchase.lines:
+        conn.execute(
+            insert(purchase_lines),
+            [
+                {
+                    "event_id": event_id,
+                    "line_no": i,
+                    "program_id": ctx.program_id,
+                    "member_id": member_id,
+                    "line_id": le.line_id,
+                    "sku": pl.sku,
+                    "quantity": pl.quantity,
+                    "base_minor": le.base_minor,
+                    "points": le.points,
+                }
+                for i, (le, pl) in enumerate(zip(earning.lines, purchase.lines, strict=True))
+            ],
+        )
+    return {
+        "event_id": event_id,
+        "type": "purchase",
+        "order_id": event.id,
+        "member_id": member_id,
+        "member_enrolled": enrolled,
+        "points_earned": earning.points,
+        "base_minor": earning.base_minor,
+        "program_version": earning.program_version,
+        "entry_id": entry_id,
+        "lot": lot,
+        "lines": [
+            {"line_id": le.line_id, "sku": pl.sku, "base_minor": le.base_minor, "points": le.points}
+            for le, pl in zip(earning.lines, purchase.lines, strict=True)
+        ],
+        "balance": balance_view(conn, ctx.program_id, member_id, now=now),
+    }
+
+
+def _record_return(conn: Connection, ctx: ProgramContext, event: ReturnEvent,
+                   body: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+    settings = ctx.settings
+    purchase = conn.execute(
+        select(events.c.id, events.c.member_id, events.c.entry_id, events.c.points).where(
+            and_(
+                events.c.program_id == ctx.program_id,
+                events.c.type == "purchase",
+                events.c.source_id == event.order_id,
+            )
+        )
+    ).first()
+    if purchase is None:
+        raise OrderNotFound(event.order_id)
+    member_id = str(purchase.member_id)
+    if event.member is not None:
+        named = find_member(conn, ctx.program_id, event.member.as_ref())
+        if named is None:
+            raise MemberNotFound(event.member.as_ref())
+        if named.id != member_id:
+            raise MemberMismatch(order_id=event.order_id)
+    # Lock first: everything read below about this member's points is then stable.
+    wallet = lock_wallet(conn, ctx.program_id, member_id)
+    returned = dict(
+        conn.execute(
+            select(return_lines.c.line_id, func.sum(return_lines.c.quantity))
+            .where(return_lines.c.purchase_event_id == purchase.id)
+            .group_by(return_lines.c.line_id)
+        ).all()
+    )
+    returned_points = dict(
+        conn.execute(
+            select(return_lines.c.line_id, func.sum(return_lines.c.points))
+            .where(return_lines.c.purchase_event_id == purchase.id)
+            .group_by(return_lines.c.line_id)
+        ).all()
+    )
+    recorded = [
+        RecordedLine(
+            line_id=r.line_id,
+            sku=r.sku,
+            quantity=r.quantity,
+            points=r.points,
+            quantity_returned=int(returned.get(r.line_id, 0)),
+        )
+        for r in conn.execute(
+            select(purchase_lines)
+            .where(purchase_lines.c.event_id == purchase.id)
+            .order_by(purchase_lines.c.line_no)
+        ).all()
+    ]
+    requested = (
+        None
+        if event.lines is None
+        else [ReturnRequestLine(rl.line_id, rl.sku, rl.quantity) for rl in event.lines]
+    )
+    plan = plan_return(
+        order_id=event.order_id,
+        recorded=recorded,
+        requested=requested,
+        order_points=int(purchase.points),
+        order_points_returned=int(sum(returned_points.values())),
+    )
+    points = sum(lr.points for lr in plan)
+    event_id = new_id("evt")
+    entry_id: str | None = None
+    taken = debt_added = written_off = 0
+    if points > 0:
+        own = member_lots(conn, ctx.program_id, member_id, entry_id=purchase.entry_id)
+        others = member_lots(conn, ctx.program_id, member_id)
+        takeback = plan_takeback(
+            points=points, own_lots=own, other_lots=others, policy=settings.negative_balance
+        )
+        taken, debt_added, written_off = (
+            takeback.points_taken, takeback.debt_added, takeback.points_written_off,
+        )
+        if takeback.points_taken > 0:
+            entry_id = debit_lots(
+                conn,
+                program_id=ctx.program_id,
+                member_id=member_id,
+                takes=takeback.takes,
+                points=takeback.points_taken,
+                kind=EntryKind.RETURN,
+                movement=MovementKind.RETURN,
+                to_purpose="issued",
+                program_version=settings.version,
+                now=now,
+                debt_added=takeback.debt_added,
+                source_type="return",
+                source_id=event.id,
+                reverses_entry_id=purchase.entry_id,
+                details={
+                    "event_id": event_id,
+                    "order_id": event.order_id,
+                    "points_to_reverse": points,
+                    "debt_added": takeback.debt_added,
+                    "points_written_off": takeback.points_written_off,
+                },
+            )
+    _insert_event(conn, ctx, event_id=event_id, member_id=member_id, event=event, body=body,
+                  now=now, entry_id=entry_id, points=-points)
+    line_rows = [
+        {
+            "return_event_id": event_id,
+            "line_id": lr.line_id,
+            "purchase_event_id": purchase.id,
+            "program_id": ctx.program_id,
+            "member_id": member_id,
+            "quantity": lr.quantity,
+            "points": lr.points,
+        }
+        for lr in plan
+    ]
+    if line_rows:
+        conn.execute(insert(return_lines), line_rows)
+    del wallet
+    return {
+        "event_id": event_id,
+        "type": "return",
+        "return_id": event.id,
+        "order_id": event.order_id,
+        "member_id": member_id,
+        "points_reversed": points,
+        "points_taken": taken,
+        "debt_added": debt_added,
+        "points_written_off": written_off,
+        "program_version": settings.version,
+        "entry_id": entry_id,
+        "lines": [
+            {"line_id": lr.line_id, "quantity": lr.quantity, "points": lr.points} for lr in plan
+        ],
+        "balance": balance_view(conn, ctx.program_id, member_id, now=now),
+    }
+
+
+def _record_action(conn: Connection, ctx: ProgramContext, event: ActionEvent,
+                   body: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+    member_id, enrolled = _member_for_event(
+        conn, ctx, event.member.as_ref(), auto_enroll=ctx.settings.auto_enroll, now=now
+    )
+    event_id = new_id("evt")
+    _insert_event(conn, ctx, event_id=event_id, member_id=member_id, event=event, body=body,
+                  now=now, entry_id=None, points=0)
+    return {
+        "event_id": event_id,
+        "type": "action",
+        "action": event.action,
+        "id": event.id,
+        "member_id": member_id,
+        "member_enrolled": enrolled,
+        "points_earned": 0,
+        "program_version": ctx.settings.version,
+    }
+
+

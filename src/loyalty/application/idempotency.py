@@ -1,0 +1,91 @@
+"""Idempotent writes.
+
+The stored key and the response are written in the same transaction as the effect, so a key
+is either absent (nothing happened) or present with the exact response. The same key with the
+same request replays that response; with a different request it is a conflict. When two
+identical requests race, the loser's INSERT of the key conflicts (on PostgreSQL it waits for the
+winner to commit first); its transaction is rolled back and re-run, and then finds the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from loyalty.adapters.db.engine import RetryTransaction
+from loyalty.adapters.db.tables import idempotency_keys
+from loyalty.domain.errors import IdempotencyConflict
+
+IDEMPOTENCY_KEY_LENGTH_MAX = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+def fingerprint(*parts: Any) -> str:
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def find(conn: Connection, *, tenant_id: str, scope: str, key: str) -> Any:
+    return conn.execute(
+        select(
+            idempotency_keys.c.fingerprint,
+            idempotency_keys.c.status_code,
+            idempotency_keys.c.response,
+        ).where(
+            and_(
+                idempotency_keys.c.tenant_id == tenant_id,
+                idempotency_keys.c.scope == scope,
+                idempotency_keys.c.key == key,
+            )
+        )
+    ).first()
+
+
+def run_idempotent(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    scope: str,
+    key: str | None,
+    request_fingerprint: str,
+    now: datetime,
+    work: Callable[[], tuple[int, dict[str, Any]]],
+) -> Outcome:
+    if key is None:
+        status, body = work()
+        return Outcome(status, body, replayed=False)
+    stored = find(conn, tenant_id=tenant_id, scope=scope, key=key)
+    if stored is not None:
+        if stored.fingerprint != request_fingerprint:
+            raise IdempotencyConflict(key)
+        return Outcome(stored.status_code, stored.response, replayed=True)
+    status, body = work()
+    values = {
+        "tenant_id": tenant_id,
+        "scope": scope,
+        "key": key,
+        "fingerprint": request_fingerprint,
+        "status_code": status,
+        "response": body,
+        "created_at": now,
+    }
+    dialect = conn.dialect.name
+    insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
+    result = conn.execute(insert_fn(idempotency_keys).values(**values).on_conflict_do_nothing())
+    if result.rowcount != 1:
+        raise RetryTransaction()
+    return Outcome(status, body, replayed=False)

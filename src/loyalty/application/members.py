@@ -1,0 +1,260 @@
+"""Members: enrolment, profile, lookup by the engine's id or the merchant's external id."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy.engine import Row
+
+from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.tables import members, wallets
+from loyalty.adapters.ids import new_id
+from loyalty.application.access import Principal, Scope
+from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
+from loyalty.application.programs import load_program
+from loyalty.domain.errors import MemberAlreadyExists, MemberNotFound
+from loyalty.domain.ledger import POINTS
+
+EXTERNAL_PREFIX = "ext:"
+MEMBERS_PAGE_DEFAULT = 50
+MEMBERS_PAGE_MAX = 200
+
+PROFILE_FIELDS = (
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "birth_date",
+    "gender",
+    "locale",
+    "marketing_consent",
+)
+
+
+@dataclass(slots=True)
+class MemberProfile:
+    email: str | None = None
+    phone: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    birth_date: date | None = None
+    gender: str | None = None
+    locale: str | None = None
+    marketing_consent: bool = False
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def normalise_email(email: str | None) -> str | None:
+    return email.strip().lower() if email else email
+
+
+def member_view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "program_id": row.program_id,
+        "external_id": row.external_id,
+        "email": row.email,
+        "phone": row.phone,
+        "first_name": row.first_name,
+        "last_name": row.last_name,
+        "birth_date": row.birth_date.isoformat() if row.birth_date else None,
+        "gender": row.gender,
+        "locale": row.locale,
+        "marketing_consent": row.marketing_consent,
+        "attributes": row.attributes,
+        "enrolled_at": row.enrolled_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+        "enrollment_source": row.enrollment_source,
+    }
+
+
+def find_member(conn: Connection, program_id: str, member_ref: str) -> Row[Any] | None:
+    """``member_ref`` is the engine's id (``mbr_...``) or ``ext:<external id>``."""
+    if member_ref.startswith(EXTERNAL_PREFIX):
+        cond = members.c.external_id == member_ref[len(EXTERNAL_PREFIX) :]
+    else:
+        cond = members.c.id == member_ref
+    return conn.execute(select(members).where(and_(members.c.program_id == program_id, cond))).first()
+
+
+def resolve_member(conn: Connection, program_id: str, member_ref: str) -> Row[Any]:
+    row = find_member(conn, program_id, member_ref)
+    if row is None:
+        raise MemberNotFound(member_ref)
+    return row
+
+
+def insert_member(
+    conn: Connection,
+    *,
+    program_id: str,
+    external_id: str,
+    profile: MemberProfile,
+    source: str,
+    now: datetime,
+) -> str:
+    existing = conn.execute(
+        select(members.c.id).where(
+            and_(members.c.program_id == program_id, members.c.external_id == external_id)
+        )
+    ).first()
+    if existing is not None:
+        raise MemberAlreadyExists(external_id, existing.id)
+    member_id = new_id("mbr")
+    conn.execute(
+        insert(members).values(
+            id=member_id,
+            program_id=program_id,
+            external_id=external_id,
+            email=normalise_email(profile.email),
+            phone=profile.phone,
+            first_name=profile.first_name,
+            last_name=profile.last_name,
+            birth_date=profile.birth_date,
+            gender=profile.gender,
+            locale=profile.locale,
+            marketing_consent=profile.marketing_consent,
+            attributes=profile.attributes,
+            enrolled_at=now,
+            updated_at=now,
+            enrollment_source=source,
+        )
+    )
+    conn.execute(
+        insert(wallets).values(
+            program_id=program_id, member_id=member_id, asset=POINTS, balance=0, debt=0,
+            updated_at=now,
+        )
+    )
+    return member_id
+
+
+def enroll_member(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    *,
+    external_id: str,
+    profile: MemberProfile,
+    now: datetime,
+    idempotency_key: str | None = None,
+) -> Outcome:
+    """Raises ``ProgramNotFound``, ``MemberAlreadyExists``."""
+
+    def work(conn: Connection) -> Outcome:
+        load_program(conn, principal, program_id, Scope.WRITE)
+
+        def effect() -> tuple[int, dict[str, Any]]:
+            member_id = insert_member(
+                conn, program_id=program_id, external_id=external_id, profile=profile,
+                source="api", now=now,
+            )
+            return 201, member_view(resolve_member(conn, program_id, member_id))
+
+        return run_idempotent(
+            conn,
+            tenant_id=principal.tenant_id,
+            scope=program_id,
+            key=None if idempotency_key is None else f"enroll:{idempotency_key}",
+            request_fingerprint=fingerprint("enroll", external_id, _profile_dict(profile)),
+            now=now,
+            work=effect,
+        )
+
+    return run_transaction(engine, work)
+
+
+def _profile_dict(profile: MemberProfile) -> dict[str, Any]:
+    return {name: getattr(profile, name) for name in (*PROFILE_FIELDS, "attributes")}
+
+
+def get_member(engine: Engine, principal: Principal, program_id: str, member_ref: str) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.READ)
+        return member_view(resolve_member(conn, program_id, member_ref))
+
+    return run_transaction(engine, work, write=False)
+
+
+def update_member(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    member_ref: str,
+    *,
+    changes: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """Partial update. ``attributes`` is merged key by key; a key set to null is removed
+    (JSON Merge Patch, RFC 7396). Raises ``MemberNotFound``."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.WRITE)
+        row = resolve_member(conn, program_id, member_ref)
+        values: dict[str, Any] = {k: v for k, v in changes.items() if k in PROFILE_FIELDS}
+        if "email" in values:
+            values["email"] = normalise_email(values["email"])
+        if "marketing_consent" in values and values["marketing_consent"] is None:
+            values["marketing_consent"] = False
+        if "attributes" in changes:
+            merged = dict(row.attributes)
+            for key, value in (changes["attributes"] or {}).items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            values["attributes"] = merged
+        values["updated_at"] = now
+        conn.execute(update(members).where(members.c.id == row.id).values(**values))
+        return member_view(resolve_member(conn, program_id, row.id))
+
+    return run_transaction(engine, work)
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    padded = cursor + "=" * (-len(cursor) % 4)
+    try:
+        return base64.urlsafe_b64decode(padded.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("malformed cursor") from exc
+
+
+def list_members(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    *,
+    limit: int = MEMBERS_PAGE_DEFAULT,
+    cursor: str | None = None,
+    external_id: str | None = None,
+    email: str | None = None,
+) -> dict[str, Any]:
+    """Members in enrolment order, ``limit`` at a time; ``next_cursor`` is null on the last
+    page. Filters match exactly (email case-insensitively)."""
+    assert 1 <= limit <= MEMBERS_PAGE_MAX
+
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.READ)
+        stmt = select(members).where(members.c.program_id == program_id)
+        if cursor:
+            stmt = stmt.where(members.c.id > decode_cursor(cursor))
+        if external_id is not None:
+            stmt = stmt.where(members.c.external_id == external_id)
+        if email is not None:
+            stmt = stmt.where(members.c.email == normalise_email(email))
+        rows = conn.execute(stmt.order_by(members.c.id).limit(limit + 1)).all()
+        page = rows[:limit]
+        return {
+            "items": [member_view(r) for r in page],
+            "next_cursor": encode_cursor(page[-1].id) if len(rows) > limit else None,
+        }
+
+    return run_transaction(engine, work, write=False)

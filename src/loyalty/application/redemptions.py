@@ -1,0 +1,380 @@
+"""Burning points (redemptions), cancelling a burn, and manual adjustments."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, insert, select
+
+from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.ledger_store import (
+    EntryRecord,
+    lot_expiries,
+    member_lots,
+    move_lots,
+    write_entry,
+)
+from loyalty.adapters.db.locking import lock_wallet
+from loyalty.adapters.db.tables import lot_movements, redemption_cancellations, redemptions
+from loyalty.adapters.ids import new_id
+from loyalty.application.access import Principal, Scope
+from loyalty.application.balances import balance_view
+from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
+from loyalty.application.ledger_ops import credit_points, debit_lots
+from loyalty.application.members import resolve_member
+from loyalty.application.programs import load_program
+from loyalty.domain.errors import RedemptionAlreadyCancelled, RedemptionNotFound
+from loyalty.domain.ledger import (
+    EntryKind,
+    LotTake,
+    MovementKind,
+    Posting,
+    consumption_order,
+    member_account,
+    plan_redemption,
+    program_account,
+)
+
+
+def _lots_view(conn: Connection, takes: list[LotTake]) -> list[dict[str, Any]]:
+    expiries = lot_expiries(conn, [t.lot_id for t in takes])
+    return [
+        {
+            "lot_id": t.lot_id,
+            "points": t.points,
+            "expires_at": expiries[t.lot_id].isoformat() if expiries[t.lot_id] else None,  # type: ignore[union-attr]
+        }
+        for t in takes
+    ]
+
+
+def redeem_points(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    member_ref: str,
+    *,
+    points: int,
+    reason: str | None,
+    reference: str | None,
+    idempotency_key: str,
+    now: datetime,
+) -> Outcome:
+    """Burn ``points``, earliest-expiring lots first. Raises ``InsufficientPoints`` (nothing is
+    clamped), ``MemberNotFound``, ``IdempotencyConflict``."""
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
+        member = resolve_member(conn, program_id, member_ref)
+
+        def effect() -> tuple[int, dict[str, Any]]:
+            wallet = lock_wallet(conn, program_id, member.id)
+            lots = member_lots(conn, program_id, member.id)
+            takes = plan_redemption(lots, points=points, balance=wallet.balance)
+            redemption_id = new_id("red")
+            entry_id = debit_lots(
+                conn,
+                program_id=program_id,
+                member_id=member.id,
+                takes=takes,
+                points=points,
+                kind=EntryKind.REDEEM,
+                movement=MovementKind.REDEEM,
+                to_purpose="redeemed",
+                program_version=ctx.settings.version,
+                now=now,
+                reason=reason,
+                source_type="redemption",
+                source_id=redemption_id,
+                actor=principal.key_id,
+                details={"reference": reference} if reference else {},
+            )
+            conn.execute(
+                insert(redemptions).values(
+                    id=redemption_id,
+                    program_id=program_id,
+                    member_id=member.id,
+                    entry_id=entry_id,
+                    points=points,
+                    reason=reason,
+                    reference=reference,
+                    created_at=now,
+                )
+            )
+            return 201, {
+                "id": redemption_id,
+                "member_id": member.id,
+                "points": points,
+                "reason": reason,
+                "reference": reference,
+                "status": "completed",
+                "entry_id": entry_id,
+                "created_at": now.isoformat(),
+                "lots": _lots_view(conn, takes),
+                "balance": balance_view(conn, program_id, member.id, now=now),
+            }
+
+        return run_idempotent(
+            conn,
+            tenant_id=principal.tenant_id,
+            scope=program_id,
+            key=f"redeem:{idempotency_key}",
+            request_fingerprint=fingerprint(member.id, points, reason, reference),
+            now=now,
+            work=effect,
+        )
+
+    return run_transaction(engine, work)
+
+
+def cancel_redemption(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    redemption_id: str,
+    *,
+    reason: str | None,
+    idempotency_key: str | None,
+    now: datetime,
+) -> Outcome:
+    """Reverse a redemption: every lot gets back what the redemption took, keeping its original
+    expiry (a lot already past it is expired again by the next expiry run). Raises
+    ``RedemptionNotFound``, ``RedemptionAlreadyCancelled``."""
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
+        red = conn.execute(
+            select(redemptions).where(
+                and_(redemptions.c.id == redemption_id, redemptions.c.program_id == program_id)
+            )
+        ).first()
+        if red is None:
+            raise RedemptionNotFound(redemption_id)
+
+        def effect() -> tuple[int, dict[str, Any]]:
+            wallet = lock_wallet(conn, program_id, red.member_id)
+            already = conn.execute(
+                select(redemption_cancellations.c.entry_id).where(
+                    redemption_cancellations.c.redemption_id == redemption_id
+                )
+            ).first()
+            if already is not None:
+                raise RedemptionAlreadyCancelled(redemption_id)
+            taken = conn.execute(
+                select(lot_movements.c.lot_id, lot_movements.c.amount).where(
+                    lot_movements.c.entry_id == red.entry_id
+                )
+            ).all()
+            restored = {r.lot_id: -int(r.amount) for r in taken}
+            # A member with a debt holds no points; restored points repay the debt first,
+            # earliest-expiring lot first, and the lot keeps only the rest.
+            repay_left = wallet.debt
+            repaid_by_lot: dict[str, int] = defaultdict(int)
+            if repay_left:
+                expiries = lot_expiries(conn, list(restored))
+                from loyalty.domain.ledger import Lot  # local: only this branch needs it
+
+                order = consumption_order(
+                    Lot(lot_id, pts, now, expiries[lot_id]) for lot_id, pts in restored.items()
+                )
+                for lot in order:
+                    step = min(lot.remaining, repay_left)
+                    repaid_by_lot[lot.lot_id] += step
+                    repay_left -= step
+            repaid = sum(repaid_by_lot.values())
+            entry_id = new_id("ent")
+            write_entry(
+                conn,
+                EntryRecord(
+                    entry_id=entry_id,
+                    program_id=program_id,
+                    member_id=red.member_id,
+                    kind=EntryKind.REDEEM_CANCEL,
+                    program_version=ctx.settings.version,
+                    created_at=now,
+                    reason=reason,
+                    source_type="redemption",
+                    source_id=redemption_id,
+                    reverses_entry_id=red.entry_id,
+                    actor=principal.key_id,
+                    details={"debt_repaid": repaid} if repaid else {},
+                ),
+                [
+                    Posting(
+                        program_account(program_id, "redeemed"),
+                        member_account(red.member_id),
+                        int(red.points),
+                    )
+                ],
+                debt_delta={red.member_id: -repaid} if repaid else None,
+            )
+            move_lots(
+                conn,
+                entry_id=entry_id,
+                program_id=program_id,
+                member_id=red.member_id,
+                kind=MovementKind.REDEEM_CANCEL,
+                changes=[(lot_id, pts - repaid_by_lot[lot_id]) for lot_id, pts in restored.items()],
+            )
+            conn.execute(
+                insert(redemption_cancellations).values(
+                    redemption_id=redemption_id,
+                    program_id=program_id,
+                    member_id=red.member_id,
+                    entry_id=entry_id,
+                    reason=reason,
+                    cancelled_at=now,
+                )
+            )
+            return 200, {
+                "id": redemption_id,
+                "member_id": red.member_id,
+                "points": int(red.points),
+                "status": "cancelled",
+                "cancel_entry_id": entry_id,
+                "cancelled_at": now.isoformat(),
+                "lots": _lots_view(
+                    conn, [LotTake(lot_id, pts) for lot_id, pts in restored.items()]
+                ),
+                "balance": balance_view(conn, program_id, red.member_id, now=now),
+            }
+
+        return run_idempotent(
+            conn,
+            tenant_id=principal.tenant_id,
+            scope=program_id,
+            key=None if idempotency_key is None else f"cancel:{idempotency_key}",
+            request_fingerprint=fingerprint(redemption_id, reason),
+            now=now,
+            work=effect,
+        )
+
+    return run_transaction(engine, work)
+
+
+def get_redemption(
+    engine: Engine, principal: Principal, program_id: str, redemption_id: str
+) -> dict[str, Any]:
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.READ)
+        red = conn.execute(
+            select(redemptions, redemption_cancellations.c.cancelled_at)
+            .outerjoin(
+                redemption_cancellations,
+                redemption_cancellations.c.redemption_id == redemptions.c.id,
+            )
+            .where(and_(redemptions.c.id == redemption_id, redemptions.c.program_id == program_id))
+        ).first()
+        if red is None:
+            raise RedemptionNotFound(redemption_id)
+        return {
+            "id": red.id,
+            "member_id": red.member_id,
+            "points": red.points,
+            "reason": red.reason,
+            "reference": red.reference,
+            "status": "cancelled" if red.cancelled_at else "completed",
+            "entry_id": red.entry_id,
+            "created_at": red.created_at.isoformat(),
+            "cancelled_at": red.cancelled_at.isoformat() if red.cancelled_at else None,
+        }
+
+    return run_transaction(engine, work, write=False)
+
+
+def adjust_points(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    member_ref: str,
+    *,
+    points: int,
+    reason: str,
+    reference: str | None,
+    expires_at: datetime | None,
+    idempotency_key: str,
+    now: datetime,
+) -> Outcome:
+    """A manual credit (``points`` > 0, a new lot with the program's expiry unless
+    ``expires_at`` is given) or debit (``points`` < 0, consumed like a redemption and never
+    below zero). The acting key is recorded. Raises ``InsufficientPoints``."""
+    assert points != 0
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
+        member = resolve_member(conn, program_id, member_ref)
+
+        def effect() -> tuple[int, dict[str, Any]]:
+            wallet = lock_wallet(conn, program_id, member.id)
+            details: dict[str, Any] = {"reference": reference} if reference else {}
+            lots_view: list[dict[str, Any]]
+            if points > 0:
+                credit = credit_points(
+                    conn,
+                    program_id=program_id,
+                    member_id=member.id,
+                    wallet=wallet,
+                    points=points,
+                    kind=EntryKind.ADJUST_CREDIT,
+                    from_purpose="adjustments",
+                    program_version=ctx.settings.version,
+                    now=now,
+                    expires_at=expires_at or ctx.settings.expiry.expires_at(now),
+                    reason=reason,
+                    source_type="adjustment",
+                    actor=principal.key_id,
+                    details=details,
+                )
+                entry_id = credit.entry_id
+                lots_view = [{
+                    "lot_id": credit.lot_id,
+                    "points": points,
+                    "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
+                }]
+            else:
+                takes = plan_redemption(
+                    member_lots(conn, program_id, member.id), points=-points, balance=wallet.balance
+                )
+                entry_id = debit_lots(
+                    conn,
+                    program_id=program_id,
+                    member_id=member.id,
+                    takes=takes,
+                    points=-points,
+                    kind=EntryKind.ADJUST_DEBIT,
+                    movement=MovementKind.ADJUST_DEBIT,
+                    to_purpose="adjustments",
+                    program_version=ctx.settings.version,
+                    now=now,
+                    reason=reason,
+                    source_type="adjustment",
+                    actor=principal.key_id,
+                    details=details,
+                )
+                lots_view = _lots_view(conn, takes)
+            return 201, {
+                "entry_id": entry_id,
+                "member_id": member.id,
+                "points": points,
+                "reason": reason,
+                "reference": reference,
+                "actor": principal.key_id,
+                "lots": lots_view,
+                "balance": balance_view(conn, program_id, member.id, now=now),
+            }
+
+        return run_idempotent(
+            conn,
+            tenant_id=principal.tenant_id,
+            scope=program_id,
+            key=f"adjust:{idempotency_key}",
+            request_fingerprint=fingerprint(
+                member.id, points, reason, reference, expires_at.isoformat() if expires_at else None
+            ),
+            now=now,
+            work=effect,
+        )
+
+    return run_transaction(engine, work)

@@ -1,0 +1,173 @@
+"""Domain errors. They describe what went wrong in business terms and know nothing about HTTP;
+the API maps each to a status and a stable ``code`` in one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base of every error a use case raises on purpose."""
+
+    code: str = "domain_error"
+
+    def __init__(self, detail: str, **context: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.context: dict[str, Any] = context
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class ProgramNotFound(NotFound):
+    code = "program_not_found"
+
+    def __init__(self, program_id: str) -> None:
+        super().__init__(f"Program {program_id!r} does not exist.", program_id=program_id)
+
+
+class MemberNotFound(NotFound):
+    code = "member_not_found"
+
+    def __init__(self, member_ref: str) -> None:
+        super().__init__(f"Member {member_ref!r} does not exist in this program.", member=member_ref)
+
+
+class OrderNotFound(NotFound):
+    code = "order_not_found"
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(
+            f"No purchase with order id {order_id!r} was recorded for this program.",
+            order_id=order_id,
+        )
+
+
+class RedemptionNotFound(NotFound):
+    code = "redemption_not_found"
+
+    def __init__(self, redemption_id: str) -> None:
+        super().__init__(f"Redemption {redemption_id!r} does not exist.", redemption_id=redemption_id)
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"API key {key_id!r} does not exist.", key_id=key_id)
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class MemberAlreadyExists(Conflict):
+    code = "member_already_exists"
+
+    def __init__(self, external_id: str, member_id: str) -> None:
+        super().__init__(
+            f"A member with external id {external_id!r} is already enrolled.",
+            external_id=external_id,
+            member_id=member_id,
+        )
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency key {key!r} was already used with a different request.", key=key
+        )
+
+
+class RedemptionAlreadyCancelled(Conflict):
+    code = "redemption_already_cancelled"
+
+    def __init__(self, redemption_id: str) -> None:
+        super().__init__(
+            f"Redemption {redemption_id!r} was already cancelled.", redemption_id=redemption_id
+        )
+
+
+class ProgramVersionConflict(Conflict):
+    code = "program_version_conflict"
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(
+            f"The program is at version {current}, not {expected}; reload it and retry.",
+            expected_version=expected,
+            current_version=current,
+        )
+
+
+class Unprocessable(DomainError):
+    code = "unprocessable"
+
+
+class InsufficientPoints(Unprocessable):
+    code = "insufficient_points"
+
+    def __init__(self, *, points_required: int, points_available: int) -> None:
+        super().__init__(
+            f"{points_required} points are required but only {points_available} are available.",
+            points_required=points_required,
+            points_available=points_available,
+        )
+
+
+class CurrencyMismatch(Unprocessable):
+    code = "currency_mismatch"
+
+    def __init__(self, *, expected: str, received: str) -> None:
+        super().__init__(
+            f"This program runs in {expected}; the event is in {received}.",
+            expected_currency=expected,
+            received_currency=received,
+        )
+
+
+class ReturnExceedsPurchase(Unprocessable):
+    code = "return_exceeds_purchase"
+
+    def __init__(self, *, order_id: str, line: str, quantity_returnable: int, requested: int) -> None:
+        super().__init__(
+            f"Line {line!r} of order {order_id!r} has {quantity_returnable} returnable units; "
+            f"{requested} were returned.",
+            order_id=order_id,
+            line=line,
+            quantity_returnable=quantity_returnable,
+            quantity_requested=requested,
+        )
+
+
+class UnknownOrderLine(Unprocessable):
+    code = "unknown_order_line"
+
+    def __init__(self, *, order_id: str, line: str) -> None:
+        super().__init__(
+            f"Order {order_id!r} has no line {line!r}.", order_id=order_id, line=line
+        )
+
+
+class MemberMismatch(Unprocessable):
+    code = "member_mismatch"
+
+    def __init__(self, *, order_id: str) -> None:
+        super().__init__(
+            f"Order {order_id!r} belongs to a different member than the one named in the return.",
+            order_id=order_id,
+        )
+
+
+class InvalidProgramDocument(Unprocessable):
+    code = "invalid_program_document"
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail, errors=errors or [])
+
+
+class EventRejected(Unprocessable):
+    code = "event_rejected"

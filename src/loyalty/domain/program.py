@@ -1,0 +1,54 @@
+"""A program's settings as the engine computes with them: one immutable version of the
+program document. The document grows (rules, tiers, campaigns); this is its spine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from loyalty.domain.points import Rounding
+
+
+class ExpiryPolicy(StrEnum):
+    NEVER = "never"
+    AFTER_DAYS = "after_days"
+
+
+class NegativeBalancePolicy(StrEnum):
+    """What a return does when the points it takes back were already spent."""
+
+    ALLOW_DEBT = "allow_debt"
+    """Take back everything; the shortfall is a debt that future earnings repay first."""
+
+    TAKE_AVAILABLE = "take_available"
+    """Take back only what the member still has; the shortfall is written off and recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class EarnRate:
+    points: int
+    per_spend_minor: int
+    rounding: Rounding
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    policy: ExpiryPolicy
+    days: int | None = None
+
+    def expires_at(self, earned_at: datetime) -> datetime | None:
+        if self.policy is ExpiryPolicy.NEVER:
+            return None
+        assert self.days is not None
+        return earned_at + timedelta(days=self.days)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSettings:
+    currency: str
+    earn: EarnRate
+    expiry: Expiry
+    negative_balance: NegativeBalancePolicy
+    auto_enroll: bool
+    version: int
