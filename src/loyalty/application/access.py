@@ -208,3 +208,20 @@ def revoke_api_key(engine: Engine, principal: Principal, key_id: str, *, now: da
             raise ApiKeyNotFound(key_id)
 
     run_transaction(engine, work)
+
+
+def create_key_for_tenant(
+    engine: Engine,
+    *,
+    tenant_id: str,
+    name: str,
+    scopes: list[Scope],
+    program_id: str | None,
+    now: datetime,
+) -> IssuedKey:
+    return run_transaction(
+        engine,
+        lambda conn: issue_key(
+            conn, tenant_id=tenant_id, name=name, scopes=scopes, program_id=program_id, now=now
+        ),
+    )

@@ -1,0 +1,97 @@
+"""The ASGI application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loyalty import __version__
+from loyalty.application.limits import REQUEST_BODY_BYTES_MAX
+from loyalty.bootstrap import build_engine
+from loyalty.entrypoints.api import errors
+from loyalty.entrypoints.api.routes import router
+
+DESCRIPTION = """
+An API-first engine for customer loyalty programs.
+
+* Authenticate with an API key: `Authorization: Bearer <key id>.<secret>`.
+* Members are addressed by the engine's id (`mbr_...`) or by `ext:<your external id>`.
+* Every error is an RFC 9457 problem (`application/problem+json`) with a stable `code`.
+* Writes are idempotent: events on their `id`, other writes on the `Idempotency-Key` header.
+* Points and money are integers in their smallest unit (`*_minor` for money).
+"""
+
+
+class BodySizeLimit:
+    """Refuse bodies over the maximum before the application reads them, whether or not the
+    client sent a truthful Content-Length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_bytes + 1
+                if declared > self.max_bytes:
+                    await self._reject(scope, receive, send)
+                    return
+        seen = 0
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_large = True
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = errors.problem(
+            413, "payload_too_large",
+            f"The request body exceeds {self.max_bytes} bytes.",
+            instance=scope.get("path"), max_bytes=self.max_bytes,
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(engine: Engine | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Loyalty Engine",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.engine = engine if engine is not None else build_engine()
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(BodySizeLimit, max_bytes=REQUEST_BODY_BYTES_MAX)
+    return app

@@ -1,0 +1,139 @@
+"""The one table from errors to HTTP: RFC 9457 problem details with a stable ``code``."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loyalty.adapters.db.engine import StorageUnavailable
+from loyalty.application.access import Forbidden, Unauthenticated
+from loyalty.domain import errors as e
+
+log = logging.getLogger("loyalty.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (e.NotFound, 404),
+    (e.Conflict, 409),
+    (e.Unprocessable, 422),
+]
+
+
+class ApiProblem(Exception):
+    """An error raised by the API layer itself (bad header, missing key...)."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:loyalty:problem:{code}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def status_for(exc: e.DomainError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    path = ""
+    for p in parts:
+        path += f"[{p}]" if p.isdigit() else (f".{p}" if path else p)
+    return path or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.DomainError)
+    async def _domain(request: Request, exc: e.DomainError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+        return problem(status_for(exc), exc.code, exc.detail, instance=request.url.path,
+                       headers=headers, **exc.context)
+
+    @app.exception_handler(ApiProblem)
+    async def _api(request: Request, exc: ApiProblem) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.detail, instance=request.url.path, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _loc(tuple(err.get("loc", ()))), "message": err.get("msg", ""),
+             "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        return problem(422, "validation_error", f"{len(errors)} field(s) are invalid.",
+                       instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        return problem(exc.status_code, code, str(exc.detail), instance=request.url.path)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        return problem(503, "storage_unavailable", "The database is unavailable; nothing was "
+                       "recorded. Retry with the same idempotency key.",
+                       instance=request.url.path, headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return problem(500, "internal_error", "An unexpected error occurred; nothing was "
+                       "recorded.", instance=request.url.path)
+
+
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "validation_error": (422, "The request is malformed; `errors` lists every bad field."),
+    "payload_too_large": (413, "The request body exceeds the documented maximum."),
+    "unauthenticated": (401, "No API key, or a key that is malformed, unknown or revoked."),
+    "forbidden": (403, "The key lacks the scope the operation needs."),
+    "idempotency_key_required": (400, "This operation needs an `Idempotency-Key` header."),
+    "not_found": (404, "No such route."),
+    "method_not_allowed": (405, "The route exists but not with this method."),
+    "storage_unavailable": (503, "The database is unavailable; retry after `Retry-After`."),
+    "internal_error": (500, "A bug; nothing was recorded."),
+    **{
+        cls.code: (status_for(cls.__new__(cls)), (cls.__doc__ or cls.__name__).strip())
+        for cls in [
+            e.ProgramNotFound, e.MemberNotFound, e.OrderNotFound, e.RedemptionNotFound,
+            e.ApiKeyNotFound, e.MemberAlreadyExists, e.IdempotencyConflict,
+            e.RedemptionAlreadyCancelled, e.ProgramVersionConflict, e.InsufficientPoints,
+            e.CurrencyMismatch, e.ReturnExceedsPurchase, e.UnknownOrderLine, e.MemberMismatch,
+            e.InvalidProgramDocument,
+        ]
+    },
+}

@@ -1,0 +1,299 @@
+"""The ``/v1`` routes. Handlers translate HTTP to use-case calls and nothing more."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+
+from loyalty.adapters.clock import utc_now
+from loyalty.application import access, balances, events, members, programs, redemptions
+from loyalty.application.access import Principal, Scope
+from loyalty.application.event_documents import Event
+from loyalty.application.idempotency import IDEMPOTENCY_KEY_LENGTH_MAX, Outcome
+from loyalty.application.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
+from loyalty.application.program_document import ProgramDocument
+from loyalty.entrypoints.api.errors import ApiProblem
+from loyalty.entrypoints.api.schemas import (
+    AdjustPoints,
+    CancelRedemption,
+    CreateApiKey,
+    EnrollMember,
+    RedeemPoints,
+    UpdateMember,
+)
+
+router = APIRouter(prefix="/v1")
+bearer = HTTPBearer(auto_error=False, description="An API key: `<key id>.<secret>`.")
+
+ProgramId = Annotated[str, Path(min_length=1, max_length=32)]
+MemberRefParam = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=160,
+        description="The engine's member id (`mbr_...`) or `ext:<the merchant's external id>`.",
+    ),
+]
+PageSize = Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)]
+Cursor = Annotated[str | None, Query(max_length=200)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=IDEMPOTENCY_KEY_LENGTH_MAX,
+        description="Makes the request safe to retry: the same key with the same body returns "
+        "the first response; with a different body, `409 idempotency_conflict`.",
+    ),
+]
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(engine_of)]
+
+
+def principal_of(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None:
+        raise access.Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
+    return access.authenticate(engine_of(request), credentials.credentials)
+
+
+Auth = Annotated[Principal, Depends(principal_of)]
+
+
+def respond(outcome: Outcome, response_status: int | None = None) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    return JSONResponse(outcome.body, status_code=response_status or outcome.status_code,
+                        headers=headers)
+
+
+def require_key(key: str | None) -> str:
+    if not key:
+        raise ApiProblem(400, "idempotency_key_required",
+                         "This operation moves points; send an `Idempotency-Key` header.")
+    return key
+
+
+def cursor_or_422(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        members.decode_cursor(cursor)
+    except ValueError:
+        raise ApiProblem(422, "validation_error", "The cursor is malformed.",
+                         errors=[{"field": "cursor", "message": "malformed cursor",
+                                  "type": "value_error"}]) from None
+    return cursor
+
+
+# --- programs ---------------------------------------------------------------------------
+
+
+@router.post("/programs", status_code=201, tags=["programs"])
+def create_program(
+    document: ProgramDocument, principal: Auth, engine: EngineDep, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    """Create a program from its document (version 1). Needs an `admin` key for the tenant."""
+    return respond(programs.create_program(engine, principal, document, now=utc_now(),
+                                           idempotency_key=idempotency_key))
+
+
+@router.get("/programs", tags=["programs"])
+def list_programs(principal: Auth, engine: EngineDep) -> dict[str, Any]:
+    return {"items": programs.list_programs(engine, principal)}
+
+
+@router.get("/programs/{program_id}", tags=["programs"])
+def get_program(program_id: ProgramId, principal: Auth, engine: EngineDep) -> dict[str, Any]:
+    return programs.get_program(engine, principal, program_id)
+
+
+@router.get("/programs/{program_id}/versions/{version}", tags=["programs"])
+def get_program_version(
+    program_id: ProgramId, version: Annotated[int, Path(ge=1, le=1_000_000)], principal: Auth,
+    engine: EngineDep,
+) -> dict[str, Any]:
+    return programs.get_program(engine, principal, program_id, version=version)
+
+
+@router.put("/programs/{program_id}", tags=["programs"])
+def update_program(
+    program_id: ProgramId,
+    document: ProgramDocument,
+    principal: Auth,
+    engine: EngineDep,
+    if_match: Annotated[str | None, Header(alias="If-Match", max_length=20)] = None,
+) -> dict[str, Any]:
+    """Publish a new version of the document. `If-Match: <version>` refuses the change
+    (`409 program_version_conflict`) unless the program is still at that version."""
+    expected: int | None = None
+    if if_match is not None:
+        try:
+            expected = int(if_match.strip().strip('"'))
+        except ValueError:
+            raise ApiProblem(422, "validation_error", "If-Match must be a version number.",
+                             errors=[{"field": "If-Match", "message": "not a version number",
+                                      "type": "int_parsing"}]) from None
+    return programs.update_program(engine, principal, program_id, document,
+                                   expected_version=expected, now=utc_now())
+
+
+# --- members ----------------------------------------------------------------------------
+
+
+@router.post("/programs/{program_id}/members", status_code=201, tags=["members"])
+def enroll_member(
+    program_id: ProgramId, body: EnrollMember, principal: Auth, engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    fields = body.model_dump(exclude={"external_id"}, exclude_none=True)
+    profile = members.MemberProfile(**fields)
+    return respond(members.enroll_member(
+        engine, principal, program_id, external_id=body.external_id, profile=profile,
+        now=utc_now(), idempotency_key=idempotency_key,
+    ))
+
+
+@router.get("/programs/{program_id}/members", tags=["members"])
+def list_members(
+    program_id: ProgramId,
+    principal: Auth,
+    engine: EngineDep,
+    limit: PageSize = PAGE_SIZE_DEFAULT,
+    cursor: Cursor = None,
+    external_id: Annotated[str | None, Query(max_length=128)] = None,
+    email: Annotated[str | None, Query(max_length=254)] = None,
+) -> dict[str, Any]:
+    """Members in enrolment order. Filter by exact `external_id` or `email`."""
+    return members.list_members(engine, principal, program_id, limit=limit,
+                                cursor=cursor_or_422(cursor), external_id=external_id, email=email)
+
+
+@router.get("/programs/{program_id}/members/{member}", tags=["members"])
+def get_member(program_id: ProgramId, member: MemberRefParam, principal: Auth,
+               engine: EngineDep) -> dict[str, Any]:
+    return members.get_member(engine, principal, program_id, member)
+
+
+@router.patch("/programs/{program_id}/members/{member}", tags=["members"])
+def update_member(program_id: ProgramId, member: MemberRefParam, body: UpdateMember,
+                  principal: Auth, engine: EngineDep) -> dict[str, Any]:
+    """Change profile fields; `attributes` merges key by key (null removes a key)."""
+    return members.update_member(engine, principal, program_id, member,
+                                 changes=body.model_dump(exclude_unset=True), now=utc_now())
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@router.post("/programs/{program_id}/events", status_code=201, tags=["events"])
+def post_event(program_id: ProgramId, event: Annotated[Event, Body()], principal: Auth,
+               engine: EngineDep) -> JSONResponse:
+    """Record a `purchase`, `return` or custom `action`. The event's `id` is its idempotency
+    key: the same id with the same body replays the first response (`Idempotent-Replayed`),
+    with a different body is `409 idempotency_conflict`."""
+    return respond(events.submit_event(engine, principal, program_id, event, now=utc_now()))
+
+
+# --- balance, statement -----------------------------------------------------------------
+
+
+@router.get("/programs/{program_id}/members/{member}/balance", tags=["points"])
+def get_balance(program_id: ProgramId, member: MemberRefParam, principal: Auth,
+                engine: EngineDep) -> dict[str, Any]:
+    return balances.get_balance(engine, principal, program_id, member, now=utc_now())
+
+
+@router.get("/programs/{program_id}/members/{member}/ledger", tags=["points"])
+def get_ledger(program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep,
+               limit: PageSize = PAGE_SIZE_DEFAULT, cursor: Cursor = None) -> dict[str, Any]:
+    """Every entry that moved the member's points, newest first."""
+    return balances.get_statement(engine, principal, program_id, member, limit=limit,
+                                  cursor=cursor_or_422(cursor))
+
+
+# --- redemptions, adjustments -----------------------------------------------------------
+
+
+@router.post("/programs/{program_id}/members/{member}/redemptions", status_code=201,
+             tags=["points"])
+def redeem(program_id: ProgramId, member: MemberRefParam, body: RedeemPoints, principal: Auth,
+           engine: EngineDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Burn points, earliest-expiring first. `Idempotency-Key` is required."""
+    return respond(redemptions.redeem_points(
+        engine, principal, program_id, member, points=body.points, reason=body.reason,
+        reference=body.reference, idempotency_key=require_key(idempotency_key), now=utc_now(),
+    ))
+
+
+@router.get("/programs/{program_id}/redemptions/{redemption_id}", tags=["points"])
+def get_redemption(program_id: ProgramId, redemption_id: Annotated[str, Path(max_length=32)],
+                   principal: Auth, engine: EngineDep) -> dict[str, Any]:
+    return redemptions.get_redemption(engine, principal, program_id, redemption_id)
+
+
+@router.post("/programs/{program_id}/redemptions/{redemption_id}/cancel", tags=["points"])
+def cancel_redemption(
+    program_id: ProgramId, redemption_id: Annotated[str, Path(max_length=32)], principal: Auth,
+    engine: EngineDep, body: CancelRedemption | None = None, idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Reverse a redemption; the points return to their lots with their original expiry."""
+    return respond(redemptions.cancel_redemption(
+        engine, principal, program_id, redemption_id, reason=body.reason if body else None,
+        idempotency_key=idempotency_key, now=utc_now(),
+    ))
+
+
+@router.post("/programs/{program_id}/members/{member}/adjustments", status_code=201,
+             tags=["points"])
+def adjust(program_id: ProgramId, member: MemberRefParam, body: AdjustPoints, principal: Auth,
+           engine: EngineDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """A manual credit (positive) or debit (negative) with a mandatory reason; the acting key
+    is recorded. `Idempotency-Key` is required."""
+    return respond(redemptions.adjust_points(
+        engine, principal, program_id, member, points=body.points, reason=body.reason,
+        reference=body.reference, expires_at=body.expires_at,
+        idempotency_key=require_key(idempotency_key), now=utc_now(),
+    ))
+
+
+# --- API keys ---------------------------------------------------------------------------
+
+
+@router.post("/api-keys", status_code=201, tags=["api keys"])
+def create_api_key(body: CreateApiKey, principal: Auth, engine: EngineDep,
+                   response: Response) -> dict[str, Any]:
+    """Create a key for this tenant. The `token` is shown once; only its hash is stored."""
+    principal.require(Scope.ADMIN)
+    if principal.program_id is not None:
+        raise access.Forbidden("A key limited to one program cannot create keys.")
+    if body.program_id is not None:
+        programs.get_program(engine, principal, body.program_id)
+    issued = access.create_key_for_tenant(engine, tenant_id=principal.tenant_id, name=body.name,
+                                          scopes=body.scopes, program_id=body.program_id,
+                                          now=utc_now())
+    response.headers["Cache-Control"] = "no-store"
+    return {"id": issued.key_id, "token": issued.token, "scopes": issued.scopes,
+            "program_id": issued.program_id}
+
+
+@router.get("/api-keys", tags=["api keys"])
+def list_api_keys(principal: Auth, engine: EngineDep) -> dict[str, Any]:
+    return {"items": access.list_api_keys(engine, principal)}
+
+
+@router.delete("/api-keys/{key_id}", status_code=204, tags=["api keys"])
+def revoke_api_key(key_id: Annotated[str, Path(max_length=32)], principal: Auth,
+                   engine: EngineDep) -> Response:
+    access.revoke_api_key(engine, principal, key_id, now=utc_now())
+    return Response(status_code=204)

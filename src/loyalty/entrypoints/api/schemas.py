@@ -1,0 +1,100 @@
+"""Request bodies. Event and program bodies are the shared documents in ``application``."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from loyalty.application.access import Scope
+from loyalty.application.limits import (
+    ATTRIBUTES_BYTES_MAX,
+    ATTRIBUTES_KEYS_MAX,
+    POINTS_PER_REQUEST_MAX,
+    REASON_LENGTH_MAX,
+    REFERENCE_LENGTH_MAX,
+    attributes_size,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _bounded_attributes(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return value
+    if len(value) > ATTRIBUTES_KEYS_MAX:
+        raise ValueError(f"at most {ATTRIBUTES_KEYS_MAX} attributes")
+    if attributes_size(value) > ATTRIBUTES_BYTES_MAX:
+        raise ValueError(f"attributes exceed {ATTRIBUTES_BYTES_MAX} bytes as JSON")
+    return value
+
+
+class MemberFields(_Strict):
+    email: Annotated[EmailStr, Field(max_length=254)] | None = None
+    phone: Annotated[str, Field(min_length=3, max_length=32, pattern=r"^\+?[0-9 ()\-.]+$")] | None = None
+    first_name: Annotated[str, Field(max_length=100)] | None = None
+    last_name: Annotated[str, Field(max_length=100)] | None = None
+    birth_date: date | None = None
+    gender: Annotated[str, Field(max_length=32)] | None = None
+    locale: Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$")] | None = None
+    marketing_consent: bool | None = None
+    attributes: dict[str, Any] | None = None
+
+    _attrs = field_validator("attributes")(_bounded_attributes)
+
+    @field_validator("birth_date")
+    @classmethod
+    def _plausible_birth_date(cls, value: date | None) -> date | None:
+        if value is not None and not date(1900, 1, 1) <= value <= date(2100, 1, 1):
+            raise ValueError("birth_date must be between 1900-01-01 and 2100-01-01")
+        return value
+
+
+class EnrollMember(MemberFields):
+    external_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class UpdateMember(MemberFields):
+    pass
+
+
+class RedeemPoints(_Strict):
+    points: Annotated[int, Field(ge=1, le=POINTS_PER_REQUEST_MAX)]
+    reason: Annotated[str, Field(max_length=REASON_LENGTH_MAX)] | None = None
+    reference: Annotated[str, Field(max_length=REFERENCE_LENGTH_MAX)] | None = None
+
+
+class CancelRedemption(_Strict):
+    reason: Annotated[str, Field(max_length=REASON_LENGTH_MAX)] | None = None
+
+
+class AdjustPoints(_Strict):
+    points: Annotated[
+        int,
+        Field(
+            ge=-POINTS_PER_REQUEST_MAX,
+            le=POINTS_PER_REQUEST_MAX,
+            description="Positive to credit, negative to debit; never zero.",
+        ),
+    ]
+    reason: Annotated[str, Field(min_length=1, max_length=REASON_LENGTH_MAX)]
+    reference: Annotated[str, Field(max_length=REFERENCE_LENGTH_MAX)] | None = None
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="For a credit: when it expires (default: the program's policy)."
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("points must not be zero")
+        return value
+
+
+class CreateApiKey(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=3)]
+    program_id: Annotated[str, Field(max_length=32)] | None = None
