@@ -72,7 +72,9 @@ def _wallets_match_postings(conn: Connection) -> list[dict[str, Any]]:
         select(wallets.c.program_id, wallets.c.member_id, wallets.c.balance, posted.label("posted"))
         .outerjoin(
             sums,
-            and_(sums.c.program_id == wallets.c.program_id, sums.c.member_id == wallets.c.member_id),
+            and_(
+                sums.c.program_id == wallets.c.program_id, sums.c.member_id == wallets.c.member_id
+            ),
         )
         .where(and_(wallets.c.asset == POINTS, wallets.c.balance != posted)),
     )
@@ -106,7 +108,11 @@ def _lots_match_movements(conn: Connection) -> list[dict[str, Any]]:
         conn,
         select(lots.c.id, lots.c.amount, lots.c.remaining, expected.label("expected"))
         .outerjoin(moved, moved.c.lot_id == lots.c.id)
-        .where(or_(lots.c.remaining != expected, lots.c.remaining < 0, lots.c.remaining > lots.c.amount)),
+        .where(
+            or_(
+                lots.c.remaining != expected, lots.c.remaining < 0, lots.c.remaining > lots.c.amount
+            )
+        ),
     )
 
 
@@ -128,7 +134,9 @@ def _wallets_match_lots(conn: Connection) -> list[dict[str, Any]]:
         )
         .outerjoin(
             held,
-            and_(held.c.program_id == wallets.c.program_id, held.c.member_id == wallets.c.member_id),
+            and_(
+                held.c.program_id == wallets.c.program_id, held.c.member_id == wallets.c.member_id
+            ),
         )
         .where(
             and_(
@@ -168,8 +176,12 @@ def _movements_balance_entries(conn: Connection) -> list[dict[str, Any]]:
     # exactly here; the wallet-vs-lots check above covers debt overall.
     return _rows(
         conn,
-        select(journal_entries.c.id, journal_entries.c.kind, lots_total.label("lots"),
-               member_total.label("member"))
+        select(
+            journal_entries.c.id,
+            journal_entries.c.kind,
+            lots_total.label("lots"),
+            member_total.label("member"),
+        )
         .outerjoin(lot_side, lot_side.c.entry_id == journal_entries.c.id)
         .outerjoin(created, created.c.entry_id == journal_entries.c.id)
         .outerjoin(member_side, member_side.c.entry_id == journal_entries.c.id)
@@ -206,17 +218,33 @@ CHECKS: list[tuple[str, str, Callable[[Connection], list[dict[str, Any]]]]] = [
     ("entries_balance", "every journal entry's postings sum to zero per asset", _entries_balance),
     ("entries_have_postings", "every journal entry has postings", _entries_have_postings),
     ("postings_have_wallets", "every member posting belongs to a wallet", _postings_have_wallets),
-    ("wallets_match_postings", "each wallet balance equals the sum of its postings",
-     _wallets_match_postings),
-    ("lots_match_movements", "each lot's remaining equals its amount plus its movements, "
-     "within 0..amount", _lots_match_movements),
-    ("wallets_match_lots", "each wallet balance equals its lots' remaining minus its debt, and "
-     "no member holds both points and debt", _wallets_match_lots),
-    ("movements_match_entries", "points taken from lots by a burn or expiry equal the points "
-     "the entry moved", _movements_balance_entries),
+    (
+        "wallets_match_postings",
+        "each wallet balance equals the sum of its postings",
+        _wallets_match_postings,
+    ),
+    (
+        "lots_match_movements",
+        "each lot's remaining equals its amount plus its movements, within 0..amount",
+        _lots_match_movements,
+    ),
+    (
+        "wallets_match_lots",
+        "each wallet balance equals its lots' remaining minus its debt, and "
+        "no member holds both points and debt",
+        _wallets_match_lots,
+    ),
+    (
+        "movements_match_entries",
+        "points taken from lots by a burn or expiry equal the points the entry moved",
+        _movements_balance_entries,
+    ),
     ("redemptions_cancelled_once", "no redemption is cancelled twice", _redemptions_cancelled_once),
-    ("cancellations_reverse_their_redemption", "a cancellation reverses its own redemption",
-     _cancellations_match),
+    (
+        "cancellations_reverse_their_redemption",
+        "a cancellation reverses its own redemption",
+        _cancellations_match,
+    ),
 ]
 
 

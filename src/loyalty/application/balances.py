@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select
 
-from loyalty.adapters.db.tables import journal_entries, lots, postings, wallets
 from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.tables import journal_entries, lots, postings, wallets
 from loyalty.application.access import Principal, Scope
 from loyalty.application.members import decode_cursor, encode_cursor, resolve_member
 from loyalty.application.programs import load_program
@@ -17,7 +17,9 @@ from loyalty.domain.ledger import POINTS, member_account
 EXPIRY_BUCKETS_MAX = 100
 
 
-def balance_view(conn: Connection, program_id: str, member_id: str, *, now: datetime) -> dict[str, Any]:
+def balance_view(
+    conn: Connection, program_id: str, member_id: str, *, now: datetime
+) -> dict[str, Any]:
     """``balance`` is the account's signed total; ``available`` what can be spent now; ``debt``
     what a return took back after it was spent, repaid by the next earnings."""
     wallet = conn.execute(
@@ -111,9 +113,7 @@ def get_statement(
                     "created_at": r.created_at.isoformat(),
                     "program_version": r.program_version,
                     "reason": r.reason,
-                    "source": {"type": r.source_type, "id": r.source_id}
-                    if r.source_type
-                    else None,
+                    "source": {"type": r.source_type, "id": r.source_id} if r.source_type else None,
                     "reverses_entry_id": r.reverses_entry_id,
                     "actor": r.actor,
                     "details": r.details,

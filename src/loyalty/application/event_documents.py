@@ -115,9 +115,9 @@ class ReturnEvent(_Strict):
     order_id: SourceId
     member: MemberRef | None = None
     occurred_at: AwareDatetime
-    lines: Annotated[list[ReturnLine], Field(min_length=1, max_length=LINES_PER_EVENT_MAX)] | None = (
-        Field(default=None, description="Omit to return everything not yet returned.")
-    )
+    lines: (
+        Annotated[list[ReturnLine], Field(min_length=1, max_length=LINES_PER_EVENT_MAX)] | None
+    ) = Field(default=None, description="Omit to return everything not yet returned.")
 
 
 class ActionEvent(_Strict):

@@ -69,8 +69,9 @@ def record_event(
     )
 
 
-def _member_for_event(conn: Connection, ctx: ProgramContext, ref: str, *, auto_enroll: bool,
-                      now: datetime) -> tuple[str, bool]:
+def _member_for_event(
+    conn: Connection, ctx: ProgramContext, ref: str, *, auto_enroll: bool, now: datetime
+) -> tuple[str, bool]:
     row = find_member(conn, ctx.program_id, ref)
     if row is not None:
         return str(row.id), False
@@ -87,9 +88,18 @@ def _member_for_event(conn: Connection, ctx: ProgramContext, ref: str, *, auto_e
     raise MemberNotFound(ref)
 
 
-def _insert_event(conn: Connection, ctx: ProgramContext, *, event_id: str, member_id: str,
-                  event: AnyEvent, body: dict[str, Any], now: datetime, entry_id: str | None,
-                  points: int) -> None:
+def _insert_event(
+    conn: Connection,
+    ctx: ProgramContext,
+    *,
+    event_id: str,
+    member_id: str,
+    event: AnyEvent,
+    body: dict[str, Any],
+    now: datetime,
+    entry_id: str | None,
+    points: int,
+) -> None:
     conn.execute(
         insert(events).values(
             id=event_id,
@@ -107,8 +117,14 @@ def _insert_event(conn: Connection, ctx: ProgramContext, *, event_id: str, membe
     )
 
 
-def _record_purchase(conn: Connection, ctx: ProgramContext, event: PurchaseEvent,
-                     body: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+def _record_purchase(
+    conn: Connection,
+    ctx: ProgramContext,
+    event: PurchaseEvent,
+    body: dict[str, Any],
+    *,
+    now: datetime,
+) -> dict[str, Any]:
     settings = ctx.settings
     line_ids = event.line_ids()
     purchase = Purchase(
@@ -171,8 +187,17 @@ def _record_purchase(conn: Connection, ctx: ProgramContext, event: PurchaseEvent
             "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
             "debt_repaid": credit.debt_repaid,
         }
-    _insert_event(conn, ctx, event_id=event_id, member_id=member_id, event=event, body=body,
-                  now=now, entry_id=entry_id, points=earning.points)
+    _insert_event(
+        conn,
+        ctx,
+        event_id=event_id,
+        member_id=member_id,
+        event=event,
+        body=body,
+        now=now,
+        entry_id=entry_id,
+        points=earning.points,
+    )
     if purchase.lines:
         conn.execute(
             insert(purchase_lines),
@@ -210,8 +235,14 @@ def _record_purchase(conn: Connection, ctx: ProgramContext, event: PurchaseEvent
     }
 
 
-def _record_return(conn: Connection, ctx: ProgramContext, event: ReturnEvent,
-                   body: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+def _record_return(
+    conn: Connection,
+    ctx: ProgramContext,
+    event: ReturnEvent,
+    body: dict[str, Any],
+    *,
+    now: datetime,
+) -> dict[str, Any]:
     settings = ctx.settings
     purchase = conn.execute(
         select(events.c.id, events.c.member_id, events.c.entry_id, events.c.points).where(
@@ -233,20 +264,19 @@ def _record_return(conn: Connection, ctx: ProgramContext, event: ReturnEvent,
             raise MemberMismatch(order_id=event.order_id)
     # Lock first: everything read below about this member's points is then stable.
     wallet = lock_wallet(conn, ctx.program_id, member_id)
-    returned = dict(
-        conn.execute(
-            select(return_lines.c.line_id, func.sum(return_lines.c.quantity))
-            .where(return_lines.c.purchase_event_id == purchase.id)
-            .group_by(return_lines.c.line_id)
-        ).all()
-    )
-    returned_points = dict(
-        conn.execute(
-            select(return_lines.c.line_id, func.sum(return_lines.c.points))
-            .where(return_lines.c.purchase_event_id == purchase.id)
-            .group_by(return_lines.c.line_id)
-        ).all()
-    )
+    returned: dict[str, int] = {}
+    returned_points: dict[str, int] = {}
+    for r in conn.execute(
+        select(
+            return_lines.c.line_id,
+            func.sum(return_lines.c.quantity).label("quantity"),
+            func.sum(return_lines.c.points).label("points"),
+        )
+        .where(return_lines.c.purchase_event_id == purchase.id)
+        .group_by(return_lines.c.line_id)
+    ).all():
+        returned[r.line_id] = int(r.quantity)
+        returned_points[r.line_id] = int(r.points)
     recorded = [
         RecordedLine(
             line_id=r.line_id,
@@ -284,7 +314,9 @@ def _record_return(conn: Connection, ctx: ProgramContext, event: ReturnEvent,
             points=points, own_lots=own, other_lots=others, policy=settings.negative_balance
         )
         taken, debt_added, written_off = (
-            takeback.points_taken, takeback.debt_added, takeback.points_written_off,
+            takeback.points_taken,
+            takeback.debt_added,
+            takeback.points_written_off,
         )
         if takeback.points_taken > 0:
             entry_id = debit_lots(
@@ -310,8 +342,17 @@ def _record_return(conn: Connection, ctx: ProgramContext, event: ReturnEvent,
                     "points_written_off": takeback.points_written_off,
                 },
             )
-    _insert_event(conn, ctx, event_id=event_id, member_id=member_id, event=event, body=body,
-                  now=now, entry_id=entry_id, points=-points)
+    _insert_event(
+        conn,
+        ctx,
+        event_id=event_id,
+        member_id=member_id,
+        event=event,
+        body=body,
+        now=now,
+        entry_id=entry_id,
+        points=-points,
+    )
     line_rows = [
         {
             "return_event_id": event_id,
@@ -346,14 +387,29 @@ def _record_return(conn: Connection, ctx: ProgramContext, event: ReturnEvent,
     }
 
 
-def _record_action(conn: Connection, ctx: ProgramContext, event: ActionEvent,
-                   body: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+def _record_action(
+    conn: Connection,
+    ctx: ProgramContext,
+    event: ActionEvent,
+    body: dict[str, Any],
+    *,
+    now: datetime,
+) -> dict[str, Any]:
     member_id, enrolled = _member_for_event(
         conn, ctx, event.member.as_ref(), auto_enroll=ctx.settings.auto_enroll, now=now
     )
     event_id = new_id("evt")
-    _insert_event(conn, ctx, event_id=event_id, member_id=member_id, event=event, body=body,
-                  now=now, entry_id=None, points=0)
+    _insert_event(
+        conn,
+        ctx,
+        event_id=event_id,
+        member_id=member_id,
+        event=event,
+        body=body,
+        now=now,
+        entry_id=None,
+        points=0,
+    )
     return {
         "event_id": event_id,
         "type": "action",
@@ -364,5 +420,3 @@ def _record_action(conn: Connection, ctx: ProgramContext, event: ActionEvent,
         "points_earned": 0,
         "program_version": ctx.settings.version,
     }
-
-

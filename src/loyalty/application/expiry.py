@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, tuple_, update
 
@@ -64,38 +65,71 @@ def _expire_batch(conn: Connection, *, now: datetime, batch_size: int) -> tuple[
     ).all()
     if not due:
         return 0, 0, 0
-    versions = dict(
-        conn.execute(
+    versions: dict[str, int] = {
+        r.id: int(r.current_version)
+        for r in conn.execute(
             select(programs.c.id, programs.c.current_version).where(
                 programs.c.id.in_({r.program_id for r in due})
             )
         ).all()
-    )
+    }
     by_member: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
     for r in due:
         by_member[(r.program_id, r.member_id)].append((r.id, int(r.remaining)))
-    entry_rows, posting_rows, movement_rows, wallet_rows = [], [], [], []
+    entry_rows: list[dict[str, Any]] = []
+    posting_rows: list[dict[str, Any]] = []
+    movement_rows: list[dict[str, Any]] = []
+    wallet_rows: list[dict[str, Any]] = []
     for (program_id, member_id), member_lots in by_member.items():
         entry_id = new_id("ent")
         total = sum(points for _, points in member_lots)
-        entry_rows.append({
-            "id": entry_id, "program_id": program_id, "member_id": member_id,
-            "kind": EntryKind.EXPIRE.value, "program_version": versions[program_id],
-            "reason": "points expired", "source_type": "job", "source_id": "expire",
-            "reverses_entry_id": None, "actor": None, "created_at": now,
-            "details": {"lots": len(member_lots)},
-        })
-        posting_rows.append({
-            "entry_id": entry_id, "leg": 0, "program_id": program_id, "member_id": member_id,
-            "account": member_account(member_id), "asset": POINTS, "amount": -total,
-        })
-        posting_rows.append({
-            "entry_id": entry_id, "leg": 1, "program_id": program_id, "member_id": None,
-            "account": program_account(program_id, "expired"), "asset": POINTS, "amount": total,
-        })
+        entry_rows.append(
+            {
+                "id": entry_id,
+                "program_id": program_id,
+                "member_id": member_id,
+                "kind": EntryKind.EXPIRE.value,
+                "program_version": versions[program_id],
+                "reason": "points expired",
+                "source_type": "job",
+                "source_id": "expire",
+                "reverses_entry_id": None,
+                "actor": None,
+                "created_at": now,
+                "details": {"lots": len(member_lots)},
+            }
+        )
+        posting_rows.append(
+            {
+                "entry_id": entry_id,
+                "leg": 0,
+                "program_id": program_id,
+                "member_id": member_id,
+                "account": member_account(member_id),
+                "asset": POINTS,
+                "amount": -total,
+            }
+        )
+        posting_rows.append(
+            {
+                "entry_id": entry_id,
+                "leg": 1,
+                "program_id": program_id,
+                "member_id": None,
+                "account": program_account(program_id, "expired"),
+                "asset": POINTS,
+                "amount": total,
+            }
+        )
         movement_rows.extend(
-            {"entry_id": entry_id, "lot_id": lot_id, "program_id": program_id,
-             "member_id": member_id, "kind": MovementKind.EXPIRE.value, "amount": -points}
+            {
+                "entry_id": entry_id,
+                "lot_id": lot_id,
+                "program_id": program_id,
+                "member_id": member_id,
+                "kind": MovementKind.EXPIRE.value,
+                "amount": -points,
+            }
             for lot_id, points in member_lots
         )
         wallet_rows.append({"p": program_id, "m": member_id, "delta": total, "now": now})

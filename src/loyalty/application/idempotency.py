@@ -85,7 +85,12 @@ def run_idempotent(
     }
     dialect = conn.dialect.name
     insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
-    result = conn.execute(insert_fn(idempotency_keys).values(**values).on_conflict_do_nothing())
-    if result.rowcount != 1:
+    inserted = conn.execute(
+        insert_fn(idempotency_keys)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(idempotency_keys.c.key)
+    ).first()
+    if inserted is None:
         raise RetryTransaction()
     return Outcome(status, body, replayed=False)

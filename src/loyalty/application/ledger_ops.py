@@ -68,7 +68,8 @@ def credit_points(
             source_type=source_type,
             source_id=source_id,
             actor=actor,
-            details={**(details or {}), "debt_repaid": plan.debt_repaid} if plan.debt_repaid
+            details={**(details or {}), "debt_repaid": plan.debt_repaid}
+            if plan.debt_repaid
             else (details or {}),
         ),
         [Posting(program_account(program_id, from_purpose), member_account(member_id), points)],

@@ -78,7 +78,9 @@ def find_member(conn: Connection, program_id: str, member_ref: str) -> Row[Any] 
         cond = members.c.external_id == member_ref[len(EXTERNAL_PREFIX) :]
     else:
         cond = members.c.id == member_ref
-    return conn.execute(select(members).where(and_(members.c.program_id == program_id, cond))).first()
+    return conn.execute(
+        select(members).where(and_(members.c.program_id == program_id, cond))
+    ).first()
 
 
 def resolve_member(conn: Connection, program_id: str, member_ref: str) -> Row[Any]:
@@ -126,7 +128,11 @@ def insert_member(
     )
     conn.execute(
         insert(wallets).values(
-            program_id=program_id, member_id=member_id, asset=POINTS, balance=0, debt=0,
+            program_id=program_id,
+            member_id=member_id,
+            asset=POINTS,
+            balance=0,
+            debt=0,
             updated_at=now,
         )
     )
@@ -150,8 +156,12 @@ def enroll_member(
 
         def effect() -> tuple[int, dict[str, Any]]:
             member_id = insert_member(
-                conn, program_id=program_id, external_id=external_id, profile=profile,
-                source="api", now=now,
+                conn,
+                program_id=program_id,
+                external_id=external_id,
+                profile=profile,
+                source="api",
+                now=now,
             )
             return 201, member_view(resolve_member(conn, program_id, member_id))
 
@@ -172,7 +182,9 @@ def _profile_dict(profile: MemberProfile) -> dict[str, Any]:
     return {name: getattr(profile, name) for name in (*PROFILE_FIELDS, "attributes")}
 
 
-def get_member(engine: Engine, principal: Principal, program_id: str, member_ref: str) -> dict[str, Any]:
+def get_member(
+    engine: Engine, principal: Principal, program_id: str, member_ref: str
+) -> dict[str, Any]:
     def work(conn: Connection) -> dict[str, Any]:
         load_program(conn, principal, program_id, Scope.READ)
         return member_view(resolve_member(conn, program_id, member_ref))

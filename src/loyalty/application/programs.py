@@ -44,7 +44,9 @@ def _settings(program_id: str, version: int, document: dict[str, Any]) -> Progra
     return cached
 
 
-def load_program(conn: Connection, principal: Principal, program_id: str, scope: Scope) -> ProgramContext:
+def load_program(
+    conn: Connection, principal: Principal, program_id: str, scope: Scope
+) -> ProgramContext:
     """The program's current version, if this key may use it; another tenant's program is
     reported as absent."""
     principal.require_program(program_id, scope)
@@ -66,8 +68,13 @@ def load_program(conn: Connection, principal: Principal, program_id: str, scope:
     )
 
 
-def _program_view(program_id: str, version: int, document: dict[str, Any], created_at: datetime,
-                  updated_at: datetime) -> dict[str, Any]:
+def _program_view(
+    program_id: str,
+    version: int,
+    document: dict[str, Any],
+    created_at: datetime,
+    updated_at: datetime,
+) -> dict[str, Any]:
     return {
         "id": program_id,
         "version": version,
@@ -144,10 +151,13 @@ def update_program(
         ctx = load_program(conn, principal, program_id, Scope.ADMIN)
         row = conn.execute(
             select(programs.c.current_version, programs.c.created_at, program_versions.c.document)
-            .join(program_versions, and_(
-                program_versions.c.program_id == programs.c.id,
-                program_versions.c.version == programs.c.current_version,
-            ))
+            .join(
+                program_versions,
+                and_(
+                    program_versions.c.program_id == programs.c.id,
+                    program_versions.c.version == programs.c.current_version,
+                ),
+            )
             .where(programs.c.id == program_id)
             .with_for_update(of=programs)
         ).one()
@@ -211,8 +221,12 @@ def list_programs(engine: Engine, principal: Principal) -> list[dict[str, Any]]:
             stmt = stmt.where(programs.c.id == principal.program_id)
         rows = conn.execute(stmt.order_by(programs.c.id).limit(PROGRAMS_PAGE_MAX)).all()
         return [
-            {"id": r.id, "name": r.name, "version": r.current_version,
-             "created_at": r.created_at.isoformat()}
+            {
+                "id": r.id,
+                "name": r.name,
+                "version": r.current_version,
+                "created_at": r.created_at.isoformat(),
+            }
             for r in rows
         ]
 

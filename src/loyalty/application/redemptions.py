@@ -328,11 +328,13 @@ def adjust_points(
                     details=details,
                 )
                 entry_id = credit.entry_id
-                lots_view = [{
-                    "lot_id": credit.lot_id,
-                    "points": points,
-                    "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
-                }]
+                lots_view = [
+                    {
+                        "lot_id": credit.lot_id,
+                        "points": points,
+                        "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
+                    }
+                ]
             else:
                 takes = plan_redemption(
                     member_lots(conn, program_id, member.id), points=-points, balance=wallet.balance

@@ -32,7 +32,9 @@ class MemberNotFound(NotFound):
     code = "member_not_found"
 
     def __init__(self, member_ref: str) -> None:
-        super().__init__(f"Member {member_ref!r} does not exist in this program.", member=member_ref)
+        super().__init__(
+            f"Member {member_ref!r} does not exist in this program.", member=member_ref
+        )
 
 
 class OrderNotFound(NotFound):
@@ -49,7 +51,9 @@ class RedemptionNotFound(NotFound):
     code = "redemption_not_found"
 
     def __init__(self, redemption_id: str) -> None:
-        super().__init__(f"Redemption {redemption_id!r} does not exist.", redemption_id=redemption_id)
+        super().__init__(
+            f"Redemption {redemption_id!r} does not exist.", redemption_id=redemption_id
+        )
 
 
 class ApiKeyNotFound(NotFound):
@@ -132,7 +136,9 @@ class CurrencyMismatch(Unprocessable):
 class ReturnExceedsPurchase(Unprocessable):
     code = "return_exceeds_purchase"
 
-    def __init__(self, *, order_id: str, line: str, quantity_returnable: int, requested: int) -> None:
+    def __init__(
+        self, *, order_id: str, line: str, quantity_returnable: int, requested: int
+    ) -> None:
         super().__init__(
             f"Line {line!r} of order {order_id!r} has {quantity_returnable} returnable units; "
             f"{requested} were returned.",
@@ -147,9 +153,7 @@ class UnknownOrderLine(Unprocessable):
     code = "unknown_order_line"
 
     def __init__(self, *, order_id: str, line: str) -> None:
-        super().__init__(
-            f"Order {order_id!r} has no line {line!r}.", order_id=order_id, line=line
-        )
+        super().__init__(f"Order {order_id!r} has no line {line!r}.", order_id=order_id, line=line)
 
 
 class MemberMismatch(Unprocessable):

@@ -134,6 +134,8 @@ def run_transaction(engine: Engine, work: Callable[[Connection], T], *, write: b
                 delay_s = min(delay_s * 2, 0.2)
                 continue
             if _is_retryable(exc) or _is_unavailable(exc):
-                raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
+                raise StorageUnavailable(
+                    f"database unavailable: {type(exc.orig).__name__}"
+                ) from exc
             raise
     raise AssertionError("unreachable")

@@ -43,7 +43,6 @@ metadata = MetaData(
 )
 
 
-
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every database. SQLite has no time zones, so values are
     stored there as naive UTC and made aware again on the way out."""

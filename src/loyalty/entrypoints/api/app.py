@@ -66,9 +66,11 @@ class BodySizeLimit:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = errors.problem(
-            413, "payload_too_large",
+            413,
+            "payload_too_large",
             f"The request body exceeds {self.max_bytes} bytes.",
-            instance=scope.get("path"), max_bytes=self.max_bytes,
+            instance=scope.get("path"),
+            max_bytes=self.max_bytes,
         )
         await response(scope, receive, send)
 

@@ -80,8 +80,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(e.DomainError)
     async def _domain(request: Request, exc: e.DomainError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
-        return problem(status_for(exc), exc.code, exc.detail, instance=request.url.path,
-                       headers=headers, **exc.context)
+        return problem(
+            status_for(exc),
+            exc.code,
+            exc.detail,
+            instance=request.url.path,
+            headers=headers,
+            **exc.context,
+        )
 
     @app.exception_handler(ApiProblem)
     async def _api(request: Request, exc: ApiProblem) -> JSONResponse:
@@ -90,12 +96,20 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _loc(tuple(err.get("loc", ()))), "message": err.get("msg", ""),
-             "type": err.get("type", "")}
+            {
+                "field": _loc(tuple(err.get("loc", ()))),
+                "message": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
             for err in exc.errors()
         ]
-        return problem(422, "validation_error", f"{len(errors)} field(s) are invalid.",
-                       instance=request.url.path, errors=errors)
+        return problem(
+            422,
+            "validation_error",
+            f"{len(errors)} field(s) are invalid.",
+            instance=request.url.path,
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -105,35 +119,49 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StorageUnavailable)
     async def _storage(request: Request, exc: StorageUnavailable) -> JSONResponse:
-        return problem(503, "storage_unavailable", "The database is unavailable; nothing was "
-                       "recorded. Retry with the same idempotency key.",
-                       instance=request.url.path, headers={"Retry-After": str(exc.retry_after_s)})
+        return problem(
+            503,
+            "storage_unavailable",
+            "The database is unavailable; nothing was "
+            "recorded. Retry with the same idempotency key.",
+            instance=request.url.path,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return problem(500, "internal_error", "An unexpected error occurred; nothing was "
-                       "recorded.", instance=request.url.path)
+        return problem(
+            500,
+            "internal_error",
+            "An unexpected error occurred; nothing was recorded.",
+            instance=request.url.path,
+        )
 
 
-ERROR_CODES: dict[str, tuple[int, str]] = {
-    "validation_error": (422, "The request is malformed; `errors` lists every bad field."),
-    "payload_too_large": (413, "The request body exceeds the documented maximum."),
-    "unauthenticated": (401, "No API key, or a key that is malformed, unknown or revoked."),
-    "forbidden": (403, "The key lacks the scope the operation needs."),
-    "idempotency_key_required": (400, "This operation needs an `Idempotency-Key` header."),
-    "not_found": (404, "No such route."),
-    "method_not_allowed": (405, "The route exists but not with this method."),
-    "storage_unavailable": (503, "The database is unavailable; retry after `Retry-After`."),
-    "internal_error": (500, "A bug; nothing was recorded."),
-    **{
-        cls.code: (status_for(cls.__new__(cls)), (cls.__doc__ or cls.__name__).strip())
-        for cls in [
-            e.ProgramNotFound, e.MemberNotFound, e.OrderNotFound, e.RedemptionNotFound,
-            e.ApiKeyNotFound, e.MemberAlreadyExists, e.IdempotencyConflict,
-            e.RedemptionAlreadyCancelled, e.ProgramVersionConflict, e.InsufficientPoints,
-            e.CurrencyMismatch, e.ReturnExceedsPurchase, e.UnknownOrderLine, e.MemberMismatch,
-            e.InvalidProgramDocument,
-        ]
-    },
+ERROR_CODES: dict[str, int] = {
+    "validation_error": 422,
+    "payload_too_large": 413,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "idempotency_key_required": 400,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "storage_unavailable": 503,
+    "internal_error": 500,
 }
+"""Codes the API layer itself produces; domain codes come from ``domain_error_codes()``."""
+
+
+def domain_error_codes() -> dict[str, int]:
+    """Every domain error's code and status, found by walking the error classes."""
+    found: dict[str, int] = {}
+    pending: list[type[e.DomainError]] = [e.DomainError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__subclasses__():
+            continue
+        status = next((s for base, s in STATUS_BY_ERROR if issubclass(cls, base)), 400)
+        found[cls.code] = status
+    return found

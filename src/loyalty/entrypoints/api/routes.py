@@ -73,14 +73,18 @@ Auth = Annotated[Principal, Depends(principal_of)]
 
 def respond(outcome: Outcome, response_status: int | None = None) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-    return JSONResponse(outcome.body, status_code=response_status or outcome.status_code,
-                        headers=headers)
+    return JSONResponse(
+        outcome.body, status_code=response_status or outcome.status_code, headers=headers
+    )
 
 
 def require_key(key: str | None) -> str:
     if not key:
-        raise ApiProblem(400, "idempotency_key_required",
-                         "This operation moves points; send an `Idempotency-Key` header.")
+        raise ApiProblem(
+            400,
+            "idempotency_key_required",
+            "This operation moves points; send an `Idempotency-Key` header.",
+        )
     return key
 
 
@@ -90,9 +94,12 @@ def cursor_or_422(cursor: str | None) -> str | None:
     try:
         members.decode_cursor(cursor)
     except ValueError:
-        raise ApiProblem(422, "validation_error", "The cursor is malformed.",
-                         errors=[{"field": "cursor", "message": "malformed cursor",
-                                  "type": "value_error"}]) from None
+        raise ApiProblem(
+            422,
+            "validation_error",
+            "The cursor is malformed.",
+            errors=[{"field": "cursor", "message": "malformed cursor", "type": "value_error"}],
+        ) from None
     return cursor
 
 
@@ -101,11 +108,17 @@ def cursor_or_422(cursor: str | None) -> str | None:
 
 @router.post("/programs", status_code=201, tags=["programs"])
 def create_program(
-    document: ProgramDocument, principal: Auth, engine: EngineDep, idempotency_key: IdempotencyKey = None
+    document: ProgramDocument,
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Create a program from its document (version 1). Needs an `admin` key for the tenant."""
-    return respond(programs.create_program(engine, principal, document, now=utc_now(),
-                                           idempotency_key=idempotency_key))
+    return respond(
+        programs.create_program(
+            engine, principal, document, now=utc_now(), idempotency_key=idempotency_key
+        )
+    )
 
 
 @router.get("/programs", tags=["programs"])
@@ -120,7 +133,9 @@ def get_program(program_id: ProgramId, principal: Auth, engine: EngineDep) -> di
 
 @router.get("/programs/{program_id}/versions/{version}", tags=["programs"])
 def get_program_version(
-    program_id: ProgramId, version: Annotated[int, Path(ge=1, le=1_000_000)], principal: Auth,
+    program_id: ProgramId,
+    version: Annotated[int, Path(ge=1, le=1_000_000)],
+    principal: Auth,
     engine: EngineDep,
 ) -> dict[str, Any]:
     return programs.get_program(engine, principal, program_id, version=version)
@@ -141,11 +156,17 @@ def update_program(
         try:
             expected = int(if_match.strip().strip('"'))
         except ValueError:
-            raise ApiProblem(422, "validation_error", "If-Match must be a version number.",
-                             errors=[{"field": "If-Match", "message": "not a version number",
-                                      "type": "int_parsing"}]) from None
-    return programs.update_program(engine, principal, program_id, document,
-                                   expected_version=expected, now=utc_now())
+            raise ApiProblem(
+                422,
+                "validation_error",
+                "If-Match must be a version number.",
+                errors=[
+                    {"field": "If-Match", "message": "not a version number", "type": "int_parsing"}
+                ],
+            ) from None
+    return programs.update_program(
+        engine, principal, program_id, document, expected_version=expected, now=utc_now()
+    )
 
 
 # --- members ----------------------------------------------------------------------------
@@ -153,15 +174,25 @@ def update_program(
 
 @router.post("/programs/{program_id}/members", status_code=201, tags=["members"])
 def enroll_member(
-    program_id: ProgramId, body: EnrollMember, principal: Auth, engine: EngineDep,
+    program_id: ProgramId,
+    body: EnrollMember,
+    principal: Auth,
+    engine: EngineDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     fields = body.model_dump(exclude={"external_id"}, exclude_none=True)
     profile = members.MemberProfile(**fields)
-    return respond(members.enroll_member(
-        engine, principal, program_id, external_id=body.external_id, profile=profile,
-        now=utc_now(), idempotency_key=idempotency_key,
-    ))
+    return respond(
+        members.enroll_member(
+            engine,
+            principal,
+            program_id,
+            external_id=body.external_id,
+            profile=profile,
+            now=utc_now(),
+            idempotency_key=idempotency_key,
+        )
+    )
 
 
 @router.get("/programs/{program_id}/members", tags=["members"])
@@ -175,30 +206,50 @@ def list_members(
     email: Annotated[str | None, Query(max_length=254)] = None,
 ) -> dict[str, Any]:
     """Members in enrolment order. Filter by exact `external_id` or `email`."""
-    return members.list_members(engine, principal, program_id, limit=limit,
-                                cursor=cursor_or_422(cursor), external_id=external_id, email=email)
+    return members.list_members(
+        engine,
+        principal,
+        program_id,
+        limit=limit,
+        cursor=cursor_or_422(cursor),
+        external_id=external_id,
+        email=email,
+    )
 
 
 @router.get("/programs/{program_id}/members/{member}", tags=["members"])
-def get_member(program_id: ProgramId, member: MemberRefParam, principal: Auth,
-               engine: EngineDep) -> dict[str, Any]:
+def get_member(
+    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
     return members.get_member(engine, principal, program_id, member)
 
 
 @router.patch("/programs/{program_id}/members/{member}", tags=["members"])
-def update_member(program_id: ProgramId, member: MemberRefParam, body: UpdateMember,
-                  principal: Auth, engine: EngineDep) -> dict[str, Any]:
+def update_member(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: UpdateMember,
+    principal: Auth,
+    engine: EngineDep,
+) -> dict[str, Any]:
     """Change profile fields; `attributes` merges key by key (null removes a key)."""
-    return members.update_member(engine, principal, program_id, member,
-                                 changes=body.model_dump(exclude_unset=True), now=utc_now())
+    return members.update_member(
+        engine,
+        principal,
+        program_id,
+        member,
+        changes=body.model_dump(exclude_unset=True),
+        now=utc_now(),
+    )
 
 
 # --- events -----------------------------------------------------------------------------
 
 
 @router.post("/programs/{program_id}/events", status_code=201, tags=["events"])
-def post_event(program_id: ProgramId, event: Annotated[Event, Body()], principal: Auth,
-               engine: EngineDep) -> JSONResponse:
+def post_event(
+    program_id: ProgramId, event: Annotated[Event, Body()], principal: Auth, engine: EngineDep
+) -> JSONResponse:
     """Record a `purchase`, `return` or custom `action`. The event's `id` is its idempotency
     key: the same id with the same body replays the first response (`Idempotent-Replayed`),
     with a different body is `409 idempotency_conflict`."""
@@ -209,82 +260,147 @@ def post_event(program_id: ProgramId, event: Annotated[Event, Body()], principal
 
 
 @router.get("/programs/{program_id}/members/{member}/balance", tags=["points"])
-def get_balance(program_id: ProgramId, member: MemberRefParam, principal: Auth,
-                engine: EngineDep) -> dict[str, Any]:
+def get_balance(
+    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
     return balances.get_balance(engine, principal, program_id, member, now=utc_now())
 
 
 @router.get("/programs/{program_id}/members/{member}/ledger", tags=["points"])
-def get_ledger(program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep,
-               limit: PageSize = PAGE_SIZE_DEFAULT, cursor: Cursor = None) -> dict[str, Any]:
+def get_ledger(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    principal: Auth,
+    engine: EngineDep,
+    limit: PageSize = PAGE_SIZE_DEFAULT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
     """Every entry that moved the member's points, newest first."""
-    return balances.get_statement(engine, principal, program_id, member, limit=limit,
-                                  cursor=cursor_or_422(cursor))
+    return balances.get_statement(
+        engine, principal, program_id, member, limit=limit, cursor=cursor_or_422(cursor)
+    )
 
 
 # --- redemptions, adjustments -----------------------------------------------------------
 
 
-@router.post("/programs/{program_id}/members/{member}/redemptions", status_code=201,
-             tags=["points"])
-def redeem(program_id: ProgramId, member: MemberRefParam, body: RedeemPoints, principal: Auth,
-           engine: EngineDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@router.post(
+    "/programs/{program_id}/members/{member}/redemptions", status_code=201, tags=["points"]
+)
+def redeem(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: RedeemPoints,
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Burn points, earliest-expiring first. `Idempotency-Key` is required."""
-    return respond(redemptions.redeem_points(
-        engine, principal, program_id, member, points=body.points, reason=body.reason,
-        reference=body.reference, idempotency_key=require_key(idempotency_key), now=utc_now(),
-    ))
+    return respond(
+        redemptions.redeem_points(
+            engine,
+            principal,
+            program_id,
+            member,
+            points=body.points,
+            reason=body.reason,
+            reference=body.reference,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
 
 
 @router.get("/programs/{program_id}/redemptions/{redemption_id}", tags=["points"])
-def get_redemption(program_id: ProgramId, redemption_id: Annotated[str, Path(max_length=32)],
-                   principal: Auth, engine: EngineDep) -> dict[str, Any]:
+def get_redemption(
+    program_id: ProgramId,
+    redemption_id: Annotated[str, Path(max_length=32)],
+    principal: Auth,
+    engine: EngineDep,
+) -> dict[str, Any]:
     return redemptions.get_redemption(engine, principal, program_id, redemption_id)
 
 
 @router.post("/programs/{program_id}/redemptions/{redemption_id}/cancel", tags=["points"])
 def cancel_redemption(
-    program_id: ProgramId, redemption_id: Annotated[str, Path(max_length=32)], principal: Auth,
-    engine: EngineDep, body: CancelRedemption | None = None, idempotency_key: IdempotencyKey = None,
+    program_id: ProgramId,
+    redemption_id: Annotated[str, Path(max_length=32)],
+    principal: Auth,
+    engine: EngineDep,
+    body: CancelRedemption | None = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Reverse a redemption; the points return to their lots with their original expiry."""
-    return respond(redemptions.cancel_redemption(
-        engine, principal, program_id, redemption_id, reason=body.reason if body else None,
-        idempotency_key=idempotency_key, now=utc_now(),
-    ))
+    return respond(
+        redemptions.cancel_redemption(
+            engine,
+            principal,
+            program_id,
+            redemption_id,
+            reason=body.reason if body else None,
+            idempotency_key=idempotency_key,
+            now=utc_now(),
+        )
+    )
 
 
-@router.post("/programs/{program_id}/members/{member}/adjustments", status_code=201,
-             tags=["points"])
-def adjust(program_id: ProgramId, member: MemberRefParam, body: AdjustPoints, principal: Auth,
-           engine: EngineDep, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+@router.post(
+    "/programs/{program_id}/members/{member}/adjustments", status_code=201, tags=["points"]
+)
+def adjust(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: AdjustPoints,
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """A manual credit (positive) or debit (negative) with a mandatory reason; the acting key
     is recorded. `Idempotency-Key` is required."""
-    return respond(redemptions.adjust_points(
-        engine, principal, program_id, member, points=body.points, reason=body.reason,
-        reference=body.reference, expires_at=body.expires_at,
-        idempotency_key=require_key(idempotency_key), now=utc_now(),
-    ))
+    return respond(
+        redemptions.adjust_points(
+            engine,
+            principal,
+            program_id,
+            member,
+            points=body.points,
+            reason=body.reason,
+            reference=body.reference,
+            expires_at=body.expires_at,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
 
 
 # --- API keys ---------------------------------------------------------------------------
 
 
 @router.post("/api-keys", status_code=201, tags=["api keys"])
-def create_api_key(body: CreateApiKey, principal: Auth, engine: EngineDep,
-                   response: Response) -> dict[str, Any]:
+def create_api_key(
+    body: CreateApiKey, principal: Auth, engine: EngineDep, response: Response
+) -> dict[str, Any]:
     """Create a key for this tenant. The `token` is shown once; only its hash is stored."""
     principal.require(Scope.ADMIN)
     if principal.program_id is not None:
         raise access.Forbidden("A key limited to one program cannot create keys.")
     if body.program_id is not None:
         programs.get_program(engine, principal, body.program_id)
-    issued = access.create_key_for_tenant(engine, tenant_id=principal.tenant_id, name=body.name,
-                                          scopes=body.scopes, program_id=body.program_id,
-                                          now=utc_now())
+    issued = access.create_key_for_tenant(
+        engine,
+        tenant_id=principal.tenant_id,
+        name=body.name,
+        scopes=body.scopes,
+        program_id=body.program_id,
+        now=utc_now(),
+    )
     response.headers["Cache-Control"] = "no-store"
-    return {"id": issued.key_id, "token": issued.token, "scopes": issued.scopes,
-            "program_id": issued.program_id}
+    return {
+        "id": issued.key_id,
+        "token": issued.token,
+        "scopes": issued.scopes,
+        "program_id": issued.program_id,
+    }
 
 
 @router.get("/api-keys", tags=["api keys"])
@@ -293,7 +409,8 @@ def list_api_keys(principal: Auth, engine: EngineDep) -> dict[str, Any]:
 
 
 @router.delete("/api-keys/{key_id}", status_code=204, tags=["api keys"])
-def revoke_api_key(key_id: Annotated[str, Path(max_length=32)], principal: Auth,
-                   engine: EngineDep) -> Response:
+def revoke_api_key(
+    key_id: Annotated[str, Path(max_length=32)], principal: Auth, engine: EngineDep
+) -> Response:
     access.revoke_api_key(engine, principal, key_id, now=utc_now())
     return Response(status_code=204)

@@ -34,12 +34,17 @@ def _bounded_attributes(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 class MemberFields(_Strict):
     email: Annotated[EmailStr, Field(max_length=254)] | None = None
-    phone: Annotated[str, Field(min_length=3, max_length=32, pattern=r"^\+?[0-9 ()\-.]+$")] | None = None
+    phone: (
+        Annotated[str, Field(min_length=3, max_length=32, pattern=r"^\+?[0-9 ()\-.]+$")] | None
+    ) = None
     first_name: Annotated[str, Field(max_length=100)] | None = None
     last_name: Annotated[str, Field(max_length=100)] | None = None
     birth_date: date | None = None
     gender: Annotated[str, Field(max_length=32)] | None = None
-    locale: Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$")] | None = None
+    locale: (
+        Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8})*$")]
+        | None
+    ) = None
     marketing_consent: bool | None = None
     attributes: dict[str, Any] | None = None
 

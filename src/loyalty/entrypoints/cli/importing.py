@@ -1,0 +1,135 @@
+"""Reading events from CSV or JSON Lines for ``loyalty events import``.
+
+JSON Lines: one event per line, exactly as the API takes it.
+
+CSV: one row per purchase line (or one row for an event without lines), with the columns
+``type,id,member_external_id,member_id,occurred_at,currency,total_minor,channel,store,order_id,
+action,line_id,sku,name,category,brand,quantity,unit_price_minor,discount_minor``. Consecutive
+rows with the same ``type`` and ``id`` form one event.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from loyalty.application.event_documents import Event
+from loyalty.application.events import AnyEvent
+
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+LINE_FIELDS = ("line_id", "sku", "name", "category", "brand")
+INT_LINE_FIELDS = ("quantity", "unit_price_minor", "discount_minor")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRow:
+    """One event read from the file: ``event`` or, if it could not be parsed, ``error``."""
+
+    location: str
+    source_id: str | None
+    event: AnyEvent | None
+    error: str | None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _parse(raw: Any, location: str) -> ParsedRow:
+    source_id = raw.get("id") if isinstance(raw, dict) else None
+    try:
+        event = EVENT_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        return ParsedRow(location, source_id, None, _validation_message(exc))
+    return ParsedRow(location, event.id, event, None)
+
+
+def read_jsonl(path: Path) -> Iterator[ParsedRow]:
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield ParsedRow(f"line {number}", None, None, f"invalid JSON: {exc.msg}")
+                continue
+            yield _parse(raw, f"line {number}")
+
+
+def _int(value: str) -> int | str:
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _event_from_rows(rows: list[dict[str, str]]) -> dict[str, Any]:
+    first = rows[0]
+    kind = first.get("type", "")
+    event: dict[str, Any] = {
+        "type": kind,
+        "id": first.get("id", ""),
+        "occurred_at": first.get("occurred_at", ""),
+    }
+    if first.get("member_id"):
+        event["member"] = {"id": first["member_id"]}
+    elif first.get("member_external_id"):
+        event["member"] = {"external_id": first["member_external_id"]}
+    if kind == "purchase":
+        event["currency"] = first.get("currency", "")
+        event["total_minor"] = _int(first.get("total_minor", ""))
+        for optional in ("channel", "store"):
+            if first.get(optional):
+                event[optional] = first[optional]
+    elif kind == "return":
+        event["order_id"] = first.get("order_id", "")
+    elif kind == "action":
+        event["action"] = first.get("action", "")
+    lines = []
+    for row in rows:
+        if not (row.get("sku") or row.get("unit_price_minor") or row.get("line_id")):
+            continue
+        line: dict[str, Any] = {k: row[k] for k in LINE_FIELDS if row.get(k)}
+        line.update({k: _int(row[k]) for k in INT_LINE_FIELDS if row.get(k)})
+        if kind == "return":
+            line = {k: v for k, v in line.items() if k in ("line_id", "sku", "quantity")}
+        lines.append(line)
+    if lines:
+        event["lines"] = lines
+    return event
+
+
+def read_csv(path: Path) -> Iterator[ParsedRow]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        group: list[dict[str, str]] = []
+        start = 2
+        number = 1
+        for number, row in enumerate(reader, start=2):
+            if group and (row.get("type"), row.get("id")) != (
+                group[0].get("type"),
+                group[0].get("id"),
+            ):
+                yield _parse(_event_from_rows(group), f"rows {start}-{number - 1}")
+                group, start = [], number
+            group.append(row)
+        if group:
+            yield _parse(_event_from_rows(group), f"rows {start}-{number}")
+
+
+def read_events(path: Path) -> Iterator[ParsedRow]:
+    if path.suffix.lower() == ".csv":
+        return read_csv(path)
+    return read_jsonl(path)
