@@ -91,6 +91,14 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _is_unique_violation(exc: DBAPIError) -> bool:
+    """Two transactions inserted the same natural key (an event's source id, a member's
+    external id). Re-running the loser finds the winner's row and replays or refuses."""
+    if getattr(exc.orig, "sqlstate", None) == "23505":
+        return True
+    return "unique constraint failed" in str(exc.orig).lower()
+
+
 def _is_retryable(exc: DBAPIError) -> bool:
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None)
@@ -129,6 +137,10 @@ def run_transaction(engine: Engine, work: Callable[[Connection], T], *, write: b
                 continue
             raise StorageUnavailable("transaction kept conflicting; retry later") from None
         except DBAPIError as exc:
+            if _is_unique_violation(exc):
+                if attempt < TRANSACTION_ATTEMPTS_MAX:
+                    continue
+                raise
             if _is_retryable(exc) and attempt < TRANSACTION_ATTEMPTS_MAX:
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.2)
