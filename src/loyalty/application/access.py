@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -148,12 +150,45 @@ def issue_key(
     return IssuedKey(key_id, tenant_id, f"{key_id}.{secret}", scope_list, program_id)
 
 
+AUTH_CACHE_TTL_S = 5.0
+AUTH_CACHE_ENTRIES_MAX = 10_000
+_auth_cache: dict[str, tuple[Principal, float]] = {}
+_auth_lock = threading.Lock()
+
+
 def authenticate(engine: Engine, token: str) -> Principal:
     """The principal behind a bearer token; ``Unauthenticated`` for anything else, with the
-    same message whether the key is unknown, revoked or the secret is wrong."""
+    same message whether the key is unknown, revoked or the secret is wrong.
+
+    A verified key is remembered for ``AUTH_CACHE_TTL_S`` seconds in this process (keyed by the
+    token's hash, never the token), so a revocation reaches other processes within that time.
+    """
     key_id, sep, secret = token.partition(".")
     if not sep or not key_id or not secret or len(token) > 200:
         raise Unauthenticated("The API key is malformed.")
+    cache_key = _digest(f"{engine.url}|{token}")
+    cached = _auth_cache.get(cache_key)
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    principal = _authenticate_uncached(engine, key_id, secret)
+    with _auth_lock:
+        if len(_auth_cache) >= AUTH_CACHE_ENTRIES_MAX:
+            _auth_cache.clear()
+        _auth_cache[cache_key] = (principal, time.monotonic() + AUTH_CACHE_TTL_S)
+    return principal
+
+
+def forget_cached_keys(key_id: str | None = None) -> None:
+    with _auth_lock:
+        if key_id is None:
+            _auth_cache.clear()
+            return
+        for cache_key, (principal, _) in list(_auth_cache.items()):
+            if principal.key_id == key_id:
+                del _auth_cache[cache_key]
+
+
+def _authenticate_uncached(engine: Engine, key_id: str, secret: str) -> Principal:
 
     def work(conn: Connection) -> Principal:
         row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
@@ -208,6 +243,7 @@ def revoke_api_key(engine: Engine, principal: Principal, key_id: str, *, now: da
             raise ApiKeyNotFound(key_id)
 
     run_transaction(engine, work)
+    forget_cached_keys(key_id)
 
 
 def create_key_for_tenant(

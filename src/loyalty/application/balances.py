@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, select
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import journal_entries, lots, postings, wallets
@@ -17,34 +17,37 @@ from loyalty.domain.ledger import POINTS, member_account
 EXPIRY_BUCKETS_MAX = 100
 
 
+_WALLET = select(wallets.c.balance, wallets.c.debt).where(
+    and_(
+        wallets.c.program_id == bindparam("program_id"),
+        wallets.c.member_id == bindparam("member_id"),
+        wallets.c.asset == POINTS,
+    )
+)
+_EXPIRING = (
+    select(lots.c.expires_at, func.sum(lots.c.remaining).label("points"))
+    .where(
+        and_(
+            lots.c.program_id == bindparam("program_id"),
+            lots.c.member_id == bindparam("member_id"),
+            lots.c.remaining > 0,
+            lots.c.expires_at.is_not(None),
+        )
+    )
+    .group_by(lots.c.expires_at)
+    .order_by(lots.c.expires_at)
+    .limit(EXPIRY_BUCKETS_MAX)
+)
+
+
 def balance_view(
     conn: Connection, program_id: str, member_id: str, *, now: datetime
 ) -> dict[str, Any]:
     """``balance`` is the account's signed total; ``available`` what can be spent now; ``debt``
     what a return took back after it was spent, repaid by the next earnings."""
-    wallet = conn.execute(
-        select(wallets.c.balance, wallets.c.debt).where(
-            and_(
-                wallets.c.program_id == program_id,
-                wallets.c.member_id == member_id,
-                wallets.c.asset == POINTS,
-            )
-        )
-    ).one()
-    expiring = conn.execute(
-        select(lots.c.expires_at, func.sum(lots.c.remaining).label("points"))
-        .where(
-            and_(
-                lots.c.program_id == program_id,
-                lots.c.member_id == member_id,
-                lots.c.remaining > 0,
-                lots.c.expires_at.is_not(None),
-            )
-        )
-        .group_by(lots.c.expires_at)
-        .order_by(lots.c.expires_at)
-        .limit(EXPIRY_BUCKETS_MAX)
-    ).all()
+    params = {"program_id": program_id, "member_id": member_id}
+    wallet = conn.execute(_WALLET, params).one()
+    expiring = conn.execute(_EXPIRING, params).all()
     return {
         "member_id": member_id,
         "balance": wallet.balance,

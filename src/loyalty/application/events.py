@@ -33,6 +33,9 @@ from loyalty.domain.purchase import (
 
 AnyEvent = PurchaseEvent | ReturnEvent | ActionEvent
 
+_INSERT_EVENT = insert(events)
+_INSERT_LINES = insert(purchase_lines)
+
 
 def submit_event(
     engine: Engine, principal: Principal, program_id: str, event: AnyEvent, *, now: datetime
@@ -101,19 +104,20 @@ def _insert_event(
     points: int,
 ) -> None:
     conn.execute(
-        insert(events).values(
-            id=event_id,
-            program_id=ctx.program_id,
-            member_id=member_id,
-            type=event.type,
-            source_id=event.id,
-            action=event.action if isinstance(event, ActionEvent) else None,
-            occurred_at=event.occurred_at,
-            received_at=now,
-            payload=body,
-            entry_id=entry_id,
-            points=points,
-        )
+        _INSERT_EVENT,
+        {
+            "id": event_id,
+            "program_id": ctx.program_id,
+            "member_id": member_id,
+            "type": event.type,
+            "source_id": event.id,
+            "action": event.action if isinstance(event, ActionEvent) else None,
+            "occurred_at": event.occurred_at,
+            "received_at": now,
+            "payload": body,
+            "entry_id": entry_id,
+            "points": points,
+        },
     )
 
 
@@ -200,7 +204,7 @@ def _record_purchase(
     )
     if purchase.lines:
         conn.execute(
-            insert(purchase_lines),
+            _INSERT_LINES,
             [
                 {
                     "event_id": event_id,

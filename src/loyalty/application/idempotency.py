@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, and_, bindparam, select, text
 
 from loyalty.adapters.db.engine import RetryTransaction
 from loyalty.adapters.db.tables import idempotency_keys
@@ -39,20 +37,32 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_FIND = select(
+    idempotency_keys.c.fingerprint,
+    idempotency_keys.c.status_code,
+    idempotency_keys.c.response,
+).where(
+    and_(
+        idempotency_keys.c.tenant_id == bindparam("tenant_id"),
+        idempotency_keys.c.scope == bindparam("scope"),
+        idempotency_keys.c.key == bindparam("key"),
+    )
+)
+# Written as text because SQLAlchemy cannot cache a compiled ON CONFLICT statement, and this
+# runs on every write; the SQL is the same on PostgreSQL and SQLite (3.35+).
+_INSERT = text(
+    "INSERT INTO idempotency_keys "
+    "(tenant_id, scope, key, fingerprint, status_code, response, created_at) "
+    "VALUES (:tenant_id, :scope, :key, :fingerprint, :status_code, :response, :created_at) "
+    "ON CONFLICT DO NOTHING RETURNING key"
+).bindparams(
+    bindparam("response", type_=idempotency_keys.c.response.type),
+    bindparam("created_at", type_=idempotency_keys.c.created_at.type),
+)
+
+
 def find(conn: Connection, *, tenant_id: str, scope: str, key: str) -> Any:
-    return conn.execute(
-        select(
-            idempotency_keys.c.fingerprint,
-            idempotency_keys.c.status_code,
-            idempotency_keys.c.response,
-        ).where(
-            and_(
-                idempotency_keys.c.tenant_id == tenant_id,
-                idempotency_keys.c.scope == scope,
-                idempotency_keys.c.key == key,
-            )
-        )
-    ).first()
+    return conn.execute(_FIND, {"tenant_id": tenant_id, "scope": scope, "key": key}).first()
 
 
 def run_idempotent(
@@ -83,14 +93,7 @@ def run_idempotent(
         "response": body,
         "created_at": now,
     }
-    dialect = conn.dialect.name
-    insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
-    inserted = conn.execute(
-        insert_fn(idempotency_keys)
-        .values(**values)
-        .on_conflict_do_nothing()
-        .returning(idempotency_keys.c.key)
-    ).first()
+    inserted = conn.execute(_INSERT, values).first()
     if inserted is None:
         raise RetryTransaction()
     return Outcome(status, body, replayed=False)

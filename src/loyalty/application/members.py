@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 from sqlalchemy.engine import Row
 
 from loyalty.adapters.db.engine import run_transaction
@@ -72,15 +72,24 @@ def member_view(row: Row[Any]) -> dict[str, Any]:
     }
 
 
+_BY_ID = select(members).where(
+    and_(members.c.program_id == bindparam("program_id"), members.c.id == bindparam("ref"))
+)
+_BY_EXTERNAL_ID = select(members).where(
+    and_(
+        members.c.program_id == bindparam("program_id"),
+        members.c.external_id == bindparam("ref"),
+    )
+)
+
+
 def find_member(conn: Connection, program_id: str, member_ref: str) -> Row[Any] | None:
     """``member_ref`` is the engine's id (``mbr_...``) or ``ext:<external id>``."""
     if member_ref.startswith(EXTERNAL_PREFIX):
-        cond = members.c.external_id == member_ref[len(EXTERNAL_PREFIX) :]
+        stmt, ref = _BY_EXTERNAL_ID, member_ref[len(EXTERNAL_PREFIX) :]
     else:
-        cond = members.c.id == member_ref
-    return conn.execute(
-        select(members).where(and_(members.c.program_id == program_id, cond))
-    ).first()
+        stmt, ref = _BY_ID, member_ref
+    return conn.execute(stmt, {"program_id": program_id, "ref": ref}).first()
 
 
 def resolve_member(conn: Connection, program_id: str, member_ref: str) -> Row[Any]:

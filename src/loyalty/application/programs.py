@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import program_versions, programs
@@ -44,23 +44,26 @@ def _settings(program_id: str, version: int, document: dict[str, Any]) -> Progra
     return cached
 
 
+_CURRENT = (
+    select(programs.c.tenant_id, programs.c.current_version, program_versions.c.document)
+    .join(
+        program_versions,
+        and_(
+            program_versions.c.program_id == programs.c.id,
+            program_versions.c.version == programs.c.current_version,
+        ),
+    )
+    .where(programs.c.id == bindparam("program_id"))
+)
+
+
 def load_program(
     conn: Connection, principal: Principal, program_id: str, scope: Scope
 ) -> ProgramContext:
     """The program's current version, if this key may use it; another tenant's program is
     reported as absent."""
     principal.require_program(program_id, scope)
-    row = conn.execute(
-        select(programs.c.tenant_id, programs.c.current_version, program_versions.c.document)
-        .join(
-            program_versions,
-            and_(
-                program_versions.c.program_id == programs.c.id,
-                program_versions.c.version == programs.c.current_version,
-            ),
-        )
-        .where(programs.c.id == program_id)
-    ).first()
+    row = conn.execute(_CURRENT, {"program_id": program_id}).first()
     if row is None or row.tenant_id != principal.tenant_id:
         raise ProgramNotFound(program_id)
     return ProgramContext(

@@ -13,11 +13,46 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from loyalty.adapters.db.tables import journal_entries, lot_movements, lots, postings, wallets
 from loyalty.domain.ledger import POINTS, EntryKind, Lot, MovementKind, Posting, account_deltas
 from loyalty.domain.ledger import assert_balanced as _assert_balanced
+
+# Statements on the earn path are built once: building and cache-keying a Core statement costs
+# more than executing it.
+_INSERT_ENTRY = insert(journal_entries)
+_INSERT_POSTINGS = insert(postings)
+_INSERT_LOT = insert(lots)
+_INSERT_MOVEMENTS = insert(lot_movements)
+_MOVE_WALLET = (
+    update(wallets)
+    .where(
+        and_(
+            wallets.c.program_id == bindparam("w_program_id"),
+            wallets.c.member_id == bindparam("w_member_id"),
+            wallets.c.asset == POINTS,
+        )
+    )
+    .values(
+        balance=wallets.c.balance + bindparam("balance_change"),
+        debt=wallets.c.debt + bindparam("debt_change"),
+        updated_at=bindparam("w_updated_at"),
+    )
+)
+_MOVE_LOT = (
+    update(lots)
+    .where(lots.c.id == bindparam("m_lot_id"))
+    .values(remaining=lots.c.remaining + bindparam("m_amount"))
+)
+_MEMBER_LOTS = select(lots.c.id, lots.c.remaining, lots.c.earned_at, lots.c.expires_at).where(
+    and_(
+        lots.c.program_id == bindparam("program_id"),
+        lots.c.member_id == bindparam("member_id"),
+        lots.c.remaining > 0,
+    )
+)
+_ENTRY_LOTS = _MEMBER_LOTS.where(lots.c.entry_id == bindparam("entry_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +91,21 @@ def write_entry(
     _assert_balanced(entry_postings)
     deltas = account_deltas(entry_postings)
     conn.execute(
-        insert(journal_entries).values(
-            id=entry.entry_id,
-            program_id=entry.program_id,
-            member_id=entry.member_id,
-            kind=entry.kind.value,
-            program_version=entry.program_version,
-            reason=entry.reason,
-            source_type=entry.source_type,
-            source_id=entry.source_id,
-            reverses_entry_id=entry.reverses_entry_id,
-            actor=entry.actor,
-            created_at=entry.created_at,
-            details=entry.details or {},
-        )
+        _INSERT_ENTRY,
+        {
+            "id": entry.entry_id,
+            "program_id": entry.program_id,
+            "member_id": entry.member_id,
+            "kind": entry.kind.value,
+            "program_version": entry.program_version,
+            "reason": entry.reason,
+            "source_type": entry.source_type,
+            "source_id": entry.source_id,
+            "reverses_entry_id": entry.reverses_entry_id,
+            "actor": entry.actor,
+            "created_at": entry.created_at,
+            "details": entry.details or {},
+        },
     )
     legs = [
         {
@@ -84,7 +120,7 @@ def write_entry(
         for leg, ((account, asset), amount) in enumerate(sorted(deltas.items()))
         if amount != 0
     ]
-    conn.execute(insert(postings), legs)
+    conn.execute(_INSERT_POSTINGS, legs)
     member_deltas: dict[str, int] = defaultdict(int)
     for (account, asset), amount in deltas.items():
         member = member_of_account(account)
@@ -96,19 +132,14 @@ def write_entry(
         if balance_change == 0 and debt_change == 0:
             continue
         result = conn.execute(
-            update(wallets)
-            .where(
-                and_(
-                    wallets.c.program_id == entry.program_id,
-                    wallets.c.member_id == member_id,
-                    wallets.c.asset == POINTS,
-                )
-            )
-            .values(
-                balance=wallets.c.balance + balance_change,
-                debt=wallets.c.debt + debt_change,
-                updated_at=entry.created_at,
-            )
+            _MOVE_WALLET,
+            {
+                "w_program_id": entry.program_id,
+                "w_member_id": member_id,
+                "balance_change": balance_change,
+                "debt_change": debt_change,
+                "w_updated_at": entry.created_at,
+            },
         )
         assert result.rowcount == 1, f"wallet missing for {member_id}"
     return dict(member_deltas)
@@ -127,17 +158,18 @@ def insert_lot(
     expires_at: datetime | None,
 ) -> None:
     conn.execute(
-        insert(lots).values(
-            id=lot_id,
-            program_id=program_id,
-            member_id=member_id,
-            entry_id=entry_id,
-            asset=POINTS,
-            amount=amount,
-            remaining=remaining,
-            earned_at=earned_at,
-            expires_at=expires_at,
-        )
+        _INSERT_LOT,
+        {
+            "id": lot_id,
+            "program_id": program_id,
+            "member_id": member_id,
+            "entry_id": entry_id,
+            "asset": POINTS,
+            "amount": amount,
+            "remaining": remaining,
+            "earned_at": earned_at,
+            "expires_at": expires_at,
+        },
     )
 
 
@@ -166,31 +198,19 @@ def move_lots(
     ]
     if not rows:
         return
-    conn.execute(insert(lot_movements), rows)
-    for row in rows:
-        conn.execute(
-            update(lots)
-            .where(lots.c.id == row["lot_id"])
-            .values(remaining=lots.c.remaining + row["amount"])
-        )
+    conn.execute(_INSERT_MOVEMENTS, rows)
+    conn.execute(_MOVE_LOT, [{"m_lot_id": r["lot_id"], "m_amount": r["amount"]} for r in rows])
 
 
 def member_lots(
     conn: Connection, program_id: str, member_id: str, *, entry_id: str | None = None
 ) -> list[Lot]:
     """Lots of a member that still hold points (optionally only those an entry created)."""
-    conditions = [
-        lots.c.program_id == program_id,
-        lots.c.member_id == member_id,
-        lots.c.remaining > 0,
-    ]
-    if entry_id is not None:
-        conditions.append(lots.c.entry_id == entry_id)
-    rows = conn.execute(
-        select(lots.c.id, lots.c.remaining, lots.c.earned_at, lots.c.expires_at).where(
-            and_(*conditions)
-        )
-    ).all()
+    params = {"program_id": program_id, "member_id": member_id}
+    if entry_id is None:
+        rows = conn.execute(_MEMBER_LOTS, params).all()
+    else:
+        rows = conn.execute(_ENTRY_LOTS, {**params, "entry_id": entry_id}).all()
     return [Lot(r.id, r.remaining, r.earned_at, r.expires_at) for r in rows]
 
 

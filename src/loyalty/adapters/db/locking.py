@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, select, tuple_
+from sqlalchemy import Connection, and_, bindparam, select, tuple_
 
 from loyalty.adapters.db.tables import wallets
 from loyalty.domain.ledger import POINTS
@@ -46,12 +46,25 @@ def lock_wallets(
     return {r.member_id: WalletState(r.member_id, r.balance, r.debt) for r in rows}
 
 
+_LOCK_ONE = (
+    select(wallets.c.member_id, wallets.c.balance, wallets.c.debt)
+    .where(
+        and_(
+            wallets.c.program_id == bindparam("program_id"),
+            wallets.c.member_id == bindparam("member_id"),
+            wallets.c.asset == POINTS,
+        )
+    )
+    .with_for_update()
+)
+
+
 def lock_wallet(conn: Connection, program_id: str, member_id: str) -> WalletState:
-    states = lock_wallets(conn, program_id, [member_id])
-    state = states.get(member_id)
-    if state is None:
+    """One member's wallet: a single lock needs no ordering."""
+    row = conn.execute(_LOCK_ONE, {"program_id": program_id, "member_id": member_id}).first()
+    if row is None:
         raise LookupError(f"member {member_id} has no wallet")
-    return state
+    return WalletState(row.member_id, row.balance, row.debt)
 
 
 def lock_wallets_by_key(

@@ -1,0 +1,1 @@
+"""Benchmarks. They print figures; nothing here asserts a time."""
