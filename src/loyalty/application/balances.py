@@ -43,15 +43,19 @@ _EXPIRING = (
 def balance_view(
     conn: Connection, program_id: str, member_id: str, *, now: datetime
 ) -> dict[str, Any]:
-    """``balance`` is the account's signed total; ``available`` what can be spent now; ``debt``
-    what a return took back after it was spent, repaid by the next earnings."""
+    """``balance`` is the account's signed total; ``available`` what can be spent now (the
+    balance less lots already past their expiry); ``debt`` what a return took back after it was
+    spent, repaid by the next earnings."""
     params = {"program_id": program_id, "member_id": member_id}
     wallet = conn.execute(_WALLET, params).one()
     expiring = conn.execute(_EXPIRING, params).all()
+    # Lots past their expiry that the expiry job has not reached yet are not spendable (the
+    # next burn expires them first), so they are not shown as available.
+    overdue = sum(int(r.points) for r in expiring if r.expires_at <= now)
     return {
         "member_id": member_id,
         "balance": wallet.balance,
-        "available": max(wallet.balance, 0),
+        "available": max(wallet.balance - overdue, 0),
         "pending": 0,
         "debt": wallet.debt,
         "expiring": [

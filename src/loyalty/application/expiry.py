@@ -52,6 +52,33 @@ def _expire_batch(conn: Connection, *, now: datetime, batch_size: int) -> tuple[
         return 0, 0, 0
     keys = [(r.program_id, r.member_id) for r in due_members]
     lock_wallets_by_key(conn, keys)
+    return expire_locked(conn, keys, now=now)
+
+
+_DUE_FOR_MEMBER = select(lots.c.id).where(
+    and_(
+        lots.c.program_id == bindparam("program_id"),
+        lots.c.member_id == bindparam("member_id"),
+        lots.c.expires_at <= bindparam("now"),
+        lots.c.remaining > 0,
+    )
+).limit(1)
+
+
+def expire_member_now(conn: Connection, program_id: str, member_id: str, *, now: datetime) -> int:
+    """Expire one member's overdue lots inside the caller's transaction (the caller holds the
+    member's wallet lock), so a burn never spends points that are already past their expiry.
+    Returns the points expired."""
+    params = {"program_id": program_id, "member_id": member_id, "now": now}
+    if conn.execute(_DUE_FOR_MEMBER, params).first() is None:
+        return 0
+    return expire_locked(conn, [(program_id, member_id)], now=now)[1]
+
+
+def expire_locked(
+    conn: Connection, keys: list[tuple[str, str]], *, now: datetime
+) -> tuple[int, int, int]:
+    """Expire the due lots of members whose wallets the caller has locked."""
     due = conn.execute(
         select(lots.c.id, lots.c.program_id, lots.c.member_id, lots.c.remaining)
         .where(

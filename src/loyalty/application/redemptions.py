@@ -21,11 +21,12 @@ from loyalty.adapters.db.tables import lot_movements, redemption_cancellations, 
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
+from loyalty.application.expiry import expire_member_now
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import resolve_member
 from loyalty.application.programs import load_program
-from loyalty.domain.errors import RedemptionAlreadyCancelled, RedemptionNotFound
+from loyalty.domain.errors import ExpiryInPast, RedemptionAlreadyCancelled, RedemptionNotFound
 from loyalty.domain.ledger import (
     EntryKind,
     LotTake,
@@ -70,6 +71,8 @@ def redeem_points(
         member = resolve_member(conn, program_id, member_ref)
 
         def effect() -> tuple[int, dict[str, Any]]:
+            lock_wallet(conn, program_id, member.id)
+            expire_member_now(conn, program_id, member.id, now=now)
             wallet = lock_wallet(conn, program_id, member.id)
             lots = member_lots(conn, program_id, member.id)
             takes = plan_redemption(lots, points=points, balance=wallet.balance)
@@ -301,12 +304,16 @@ def adjust_points(
     ``expires_at`` is given) or debit (``points`` < 0, consumed like a redemption and never
     below zero). The acting key is recorded. Raises ``InsufficientPoints``."""
     assert points != 0
+    if points > 0 and expires_at is not None and expires_at <= now:
+        raise ExpiryInPast(expires_at=expires_at.isoformat())
 
     def work(conn: Connection) -> Outcome:
         ctx = load_program(conn, principal, program_id, Scope.WRITE)
         member = resolve_member(conn, program_id, member_ref)
 
         def effect() -> tuple[int, dict[str, Any]]:
+            lock_wallet(conn, program_id, member.id)
+            expire_member_now(conn, program_id, member.id, now=now)
             wallet = lock_wallet(conn, program_id, member.id)
             details: dict[str, Any] = {"reference": reference} if reference else {}
             lots_view: list[dict[str, Any]]

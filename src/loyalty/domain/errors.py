@@ -175,3 +175,10 @@ class InvalidProgramDocument(Unprocessable):
 
 class EventRejected(Unprocessable):
     code = "event_rejected"
+
+
+class ExpiryInPast(Unprocessable):
+    code = "expiry_in_past"
+
+    def __init__(self, *, expires_at: str) -> None:
+        super().__init__(f"expires_at {expires_at} is not in the future.", expires_at=expires_at)

@@ -119,6 +119,9 @@ def plan_return(
     ``order_points`` / ``order_points_returned`` say what is left of it.
     """
     if not recorded:
+        if requested:
+            first = requested[0]
+            raise UnknownOrderLine(order_id=order_id, line=first.line_id or first.sku or "")
         left = order_points - order_points_returned
         return [LineReturn(line_id="order", quantity=1, points=left)] if left > 0 else []
 
