@@ -160,6 +160,9 @@ def _record_purchase(
     event_id = new_id("evt")
     entry_id: str | None = None
     lot: dict[str, Any] | None = None
+    # Points count as earned when the purchase happened (a POS that was offline sends it late),
+    # never later than now; expiry runs from there.
+    earned_at = min(event.occurred_at, now)
     if earning.points > 0:
         wallet = lock_wallet(conn, ctx.program_id, member_id)
         credit = credit_points(
@@ -172,7 +175,8 @@ def _record_purchase(
             from_purpose="issued",
             program_version=settings.version,
             now=now,
-            expires_at=settings.expiry.expires_at(now),
+            expires_at=settings.expiry.expires_at(earned_at),
+            earned_at=earned_at,
             source_type="purchase",
             source_id=event.id,
             details={

@@ -122,9 +122,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Serve the HTTP API (docs at /docs)."""
+    import os
+
     import uvicorn
+
+    if database_url:
+        os.environ["LOYALTY_DATABASE_URL"] = database_url
 
     console.print(f"Serving on http://{host}:{port} (API docs at http://{host}:{port}/docs)")
     uvicorn.run(
