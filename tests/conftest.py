@@ -175,7 +175,7 @@ class Api:
             "type": "purchase",
             "id": order_id,
             "member": {"external_id": external_id},
-            "occurred_at": "2026-01-15T10:00:00Z",
+            "occurred_at": datetime.now(UTC).isoformat(),
             "currency": "EUR",
             "total_minor": total,
             "lines": lines,
