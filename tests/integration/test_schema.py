@@ -1,0 +1,57 @@
+"""The schema comes only from migrations, and the migrations match the table definitions."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from loyalty.adapters.db.schema import current_revision, head_revision
+from loyalty.adapters.db.tables import metadata
+
+
+def test_the_migrated_schema_matches_the_table_definitions(engine):
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diffs = compare_metadata(context, metadata)
+    assert diffs == []
+
+
+def test_a_migrated_database_is_at_the_head_revision(engine):
+    assert current_revision(engine) == head_revision()
+    assert set(inspect(engine).get_table_names()) >= {t.name for t in metadata.sorted_tables}
+
+
+def test_the_database_refuses_a_lot_below_zero_or_a_wallet_with_negative_lots(engine):
+    # The CHECK constraints repeat the ledger invariants in the database itself.
+    with engine.connect() as conn:
+        conn.execute(
+            text("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', '2026-01-01')")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO programs (id, tenant_id, name, current_version, created_at, updated_at)"
+                " VALUES ('p', 't', 'p', 1, '2026-01-01', '2026-01-01')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO members (id, program_id, external_id, attributes, enrolled_at,"
+                " updated_at, enrollment_source, marketing_consent)"
+                " VALUES ('m', 'p', 'x', '{}', '2026-01-01', '2026-01-01', 'api', false)"
+            )
+        )
+        conn.commit()
+        for bad in (
+            "INSERT INTO wallets (program_id, member_id, asset, balance, debt, updated_at)"
+            " VALUES ('p', 'm', 'PTS', -5, 0, '2026-01-01')",
+            "INSERT INTO wallets (program_id, member_id, asset, balance, debt, updated_at)"
+            " VALUES ('p', 'm', 'PTS', 0, -1, '2026-01-01')",
+        ):
+            try:
+                conn.execute(text(bad))
+            except IntegrityError:
+                conn.rollback()
+            else:
+                raise AssertionError(f"the database accepted: {bad}")
