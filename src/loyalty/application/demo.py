@@ -3,14 +3,16 @@ purchase history, a return and a redemption. Deterministic for a given ``now``."
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import api_keys, programs
+from loyalty.adapters.db.tables import redemptions as redemptions_table
 from loyalty.application import access, members, redemptions
 from loyalty.application import programs as program_uc
 from loyalty.application.access import Principal, Scope
@@ -18,6 +20,7 @@ from loyalty.application.batch import record_events_batch
 from loyalty.application.event_documents import LineItem, MemberRef, PurchaseEvent, ReturnEvent
 from loyalty.application.events import AnyEvent
 from loyalty.application.program_document import ProgramDocument
+from loyalty.domain.errors import MemberAlreadyExists
 
 DEMO_TENANT = "demo"
 DEMO_KEY_ID = "key_demo"
@@ -56,41 +59,66 @@ class DemoInfo:
     created: bool
 
 
-def demo_exists(engine: Engine) -> str | None:
-    def work(conn: object) -> str | None:
-        from sqlalchemy import Connection
+@dataclass(frozen=True, slots=True)
+class _DemoState:
+    tenant_id: str | None
+    key_created_at: datetime | None
+    program_id: str | None
+    complete: bool
 
-        assert isinstance(conn, Connection)
-        key = conn.execute(select(api_keys.c.tenant_id).where(api_keys.c.id == DEMO_KEY_ID)).first()
+
+def _demo_state(engine: Engine) -> _DemoState:
+    def work(conn: Connection) -> _DemoState:
+        key = conn.execute(
+            select(api_keys.c.tenant_id, api_keys.c.created_at).where(api_keys.c.id == DEMO_KEY_ID)
+        ).first()
         if key is None:
-            return None
+            return _DemoState(None, None, None, complete=False)
         program = conn.execute(
             select(programs.c.id)
             .where(programs.c.tenant_id == key.tenant_id)
             .order_by(programs.c.id)
         ).first()
-        return None if program is None else str(program.id)
+        if program is None:
+            return _DemoState(key.tenant_id, key.created_at, None, complete=False)
+        # The demo's last step is the redemption: its presence marks a complete load.
+        done = conn.execute(
+            select(redemptions_table.c.id)
+            .where(redemptions_table.c.program_id == program.id)
+            .limit(1)
+        ).first()
+        return _DemoState(key.tenant_id, key.created_at, str(program.id), done is not None)
 
     return run_transaction(engine, work, write=False)
 
 
+def demo_exists(engine: Engine) -> str | None:
+    state = _demo_state(engine)
+    return state.program_id if state.complete else None
+
+
 def load_demo(engine: Engine, *, now: datetime, seed: int = 7) -> DemoInfo:
-    existing = demo_exists(engine)
-    if existing is not None:
-        return DemoInfo(DEMO_TOKEN, existing, created=False)
-    issued = access.create_api_key(
-        engine,
-        tenant_name=DEMO_TENANT,
-        name="demo admin key",
-        scopes=[Scope.ADMIN],
-        program_id=None,
-        now=now,
-        key_id=DEMO_KEY_ID,
-        secret=DEMO_KEY_SECRET,
-    )
-    principal = Principal(
-        issued.tenant_id, issued.key_id, access.expand_scopes([Scope.ADMIN]), None
-    )
+    """Load the demo, or finish a load that was interrupted: every step is idempotent and
+    replays with the times of the first attempt."""
+    state = _demo_state(engine)
+    if state.complete and state.program_id is not None:
+        return DemoInfo(DEMO_TOKEN, state.program_id, created=False)
+    if state.tenant_id is None:
+        issued = access.create_api_key(
+            engine,
+            tenant_name=DEMO_TENANT,
+            name="demo admin key",
+            scopes=[Scope.ADMIN],
+            program_id=None,
+            now=now,
+            key_id=DEMO_KEY_ID,
+            secret=DEMO_KEY_SECRET,
+        )
+        tenant_id = issued.tenant_id
+    else:
+        tenant_id = state.tenant_id
+        now = state.key_created_at or now
+    principal = Principal(tenant_id, DEMO_KEY_ID, access.expand_scopes([Scope.ADMIN]), None)
     document = ProgramDocument.model_validate(
         {
             "name": "Bean & Crumb Rewards",
@@ -105,24 +133,29 @@ def load_demo(engine: Engine, *, now: datetime, seed: int = 7) -> DemoInfo:
         }
     )
     start = now - timedelta(days=90)
-    program_id = str(program_uc.create_program(engine, principal, document, now=start).body["id"])
+    program_id = state.program_id or str(
+        program_uc.create_program(
+            engine, principal, document, now=start, idempotency_key="demo-program"
+        ).body["id"]
+    )
     rng = random.Random(seed)  # noqa: S311 - demo data, not security
     for i, (first, last) in enumerate(NAMES, start=1):
-        members.enroll_member(
-            engine,
-            principal,
-            program_id,
-            external_id=f"C{1000 + i}",
-            profile=members.MemberProfile(
-                email=f"{first}.{last}@example.com".lower(),
-                first_name=first,
-                last_name=last,
-                locale="en-GB",
-                marketing_consent=i % 3 != 0,
-                attributes={"favourite": rng.choice(CATALOG)[1]},
-            ),
-            now=start,
-        )
+        with contextlib.suppress(MemberAlreadyExists):
+            members.enroll_member(
+                engine,
+                principal,
+                program_id,
+                external_id=f"C{1000 + i}",
+                profile=members.MemberProfile(
+                    email=f"{first}.{last}@example.com".lower(),
+                    first_name=first,
+                    last_name=last,
+                    locale="en-GB",
+                    marketing_consent=i % 3 != 0,
+                    attributes={"favourite": rng.choice(CATALOG)[1]},
+                ),
+                now=start,
+            )
     history: list[tuple[datetime, AnyEvent]] = []
     order = 0
     for i in range(1, len(NAMES) + 1):
@@ -163,32 +196,32 @@ def load_demo(engine: Engine, *, now: datetime, seed: int = 7) -> DemoInfo:
     history.sort(key=lambda item: item[0])
     for at, event in history:
         record_events_batch(engine, principal, program_id, [event], now=at)
-    first_order = history[0][1]
+    first_at, first_order = history[0]
+    returned_at = first_at + timedelta(days=2)
     record_events_batch(
         engine,
         principal,
         program_id,
         [
             ReturnEvent(
-                type="return",
-                id="RET-00001",
-                order_id=first_order.id,
-                occurred_at=history[0][0] + timedelta(days=2),
+                type="return", id="RET-00001", order_id=first_order.id, occurred_at=returned_at
             )
         ],
-        now=history[0][0] + timedelta(days=2),
+        now=returned_at,
     )
-    redemptions.redeem_points(
-        engine,
-        principal,
-        program_id,
-        "ext:C1001",
-        points=5,
-        reason="free espresso",
-        reference="demo",
-        idempotency_key="demo-redemption-1",
-        now=now - timedelta(days=1),
-    ) if _balance(engine, principal, program_id, "ext:C1001", now) >= 5 else None
+    redeemed_at = now - timedelta(days=1)
+    if _balance(engine, principal, program_id, "ext:C1001", redeemed_at) >= 5:
+        redemptions.redeem_points(
+            engine,
+            principal,
+            program_id,
+            "ext:C1001",
+            points=5,
+            reason="free espresso",
+            reference="demo",
+            idempotency_key="demo-redemption-1",
+            now=redeemed_at,
+        )
     return DemoInfo(DEMO_TOKEN, program_id, created=True)
 
 

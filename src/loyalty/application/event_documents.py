@@ -84,9 +84,12 @@ class PurchaseEvent(_Strict):
 
     @model_validator(mode="after")
     def _lines_consistent(self) -> PurchaseEvent:
-        ids = [line.line_id for line in self.lines if line.line_id is not None]
+        ids = self.line_ids()
         if len(ids) != len(set(ids)):
-            raise ValueError("line_id values must be unique within a purchase")
+            raise ValueError(
+                "line ids must be unique within a purchase (a line without line_id is named "
+                "by its 1-based position)"
+            )
         base = sum(li.quantity * li.unit_price_minor - li.discount_minor for li in self.lines)
         if base > MONEY_MINOR_MAX:
             raise ValueError(f"the lines add up to more than {MONEY_MINOR_MAX}")

@@ -55,14 +55,18 @@ def _expire_batch(conn: Connection, *, now: datetime, batch_size: int) -> tuple[
     return expire_locked(conn, keys, now=now)
 
 
-_DUE_FOR_MEMBER = select(lots.c.id).where(
-    and_(
-        lots.c.program_id == bindparam("program_id"),
-        lots.c.member_id == bindparam("member_id"),
-        lots.c.expires_at <= bindparam("now"),
-        lots.c.remaining > 0,
+_DUE_FOR_MEMBER = (
+    select(lots.c.id)
+    .where(
+        and_(
+            lots.c.program_id == bindparam("program_id"),
+            lots.c.member_id == bindparam("member_id"),
+            lots.c.expires_at <= bindparam("now"),
+            lots.c.remaining > 0,
+        )
     )
-).limit(1)
+    .limit(1)
+)
 
 
 def expire_member_now(conn: Connection, program_id: str, member_id: str, *, now: datetime) -> int:

@@ -56,7 +56,7 @@ def _parse(raw: Any, location: str) -> ParsedRow:
 
 
 def read_jsonl(path: Path) -> Iterator[ParsedRow]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -112,7 +112,8 @@ def _event_from_rows(rows: list[dict[str, str]]) -> dict[str, Any]:
 
 
 def read_csv(path: Path) -> Iterator[ParsedRow]:
-    with path.open(encoding="utf-8", newline="") as fh:
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark before the header.
+    with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         group: list[dict[str, str]] = []
         start = 2

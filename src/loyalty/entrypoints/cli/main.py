@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from loyalty.adapters.clock import utc_now
 from loyalty.adapters.db.schema import current_revision, head_revision, migrate
@@ -48,6 +48,15 @@ app.add_typer(jobs_app, name="jobs")
 jobs_app.add_typer(jobs_run_app, name="run")
 
 console = Console()
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    """Loyalty Engine: an API-first engine for loyalty programs."""
+    # Runs however the command ends (success, typer.Exit, or an error).
+    ctx.call_on_close(dispose_engines)
+
+
 err = Console(stderr=True)
 
 DatabaseUrl = Annotated[
@@ -60,14 +69,25 @@ DatabaseUrl = Annotated[
 ]
 
 
-def _engine(database_url: str | None):  # type: ignore[no-untyped-def]
+_open_engines: list[Engine] = []
+
+
+def _engine(database_url: str | None) -> Engine:
+    """An engine for this command; ``main``'s callback disposes it when the command ends."""
     settings = Settings.from_env()
     if database_url:
         settings = Settings(database_url=database_url, pool_size=settings.pool_size)
-    return build_engine(settings)
+    engine = build_engine(settings)
+    _open_engines.append(engine)
+    return engine
 
 
-def _principal_for_program(engine, program_id: str) -> Principal:  # type: ignore[no-untyped-def]
+def dispose_engines() -> None:
+    while _open_engines:
+        _open_engines.pop().dispose()
+
+
+def _principal_for_program(engine: Engine, program_id: str) -> Principal:
     """The CLI runs with the operator's authority over the database: admin for the program's
     tenant, recorded as the actor ``cli``."""
     with engine.connect() as conn:
