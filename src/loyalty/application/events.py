@@ -21,7 +21,12 @@ from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program
-from loyalty.domain.errors import MemberMismatch, MemberNotFound, OrderNotFound
+from loyalty.domain.errors import (
+    MemberAlreadyExists,
+    MemberMismatch,
+    MemberNotFound,
+    OrderNotFound,
+)
 from loyalty.domain.ledger import EntryKind, MovementKind, plan_takeback
 from loyalty.domain.purchase import (
     Purchase,
@@ -80,14 +85,18 @@ def _member_for_event(
     if row is not None:
         return str(row.id), False
     if auto_enroll and ref.startswith("ext:"):
-        member_id = insert_member(
-            conn,
-            program_id=ctx.program_id,
-            external_id=ref[len("ext:") :],
-            profile=MemberProfile(),
-            source="auto_enroll",
-            now=now,
-        )
+        try:
+            member_id = insert_member(
+                conn,
+                program_id=ctx.program_id,
+                external_id=ref[len("ext:") :],
+                profile=MemberProfile(),
+                source="auto_enroll",
+                now=now,
+            )
+        except MemberAlreadyExists as exists:
+            # Another event enrolled the same customer since the lookup above: earn on them.
+            return str(exists.context["member_id"]), False
         return member_id, True
     raise MemberNotFound(ref)
 

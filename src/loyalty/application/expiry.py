@@ -40,7 +40,9 @@ class ExpiryReport:
     batches: int
 
 
-def _expire_batch(conn: Connection, *, now: datetime, batch_size: int) -> tuple[int, int, int]:
+def _expire_batch(
+    conn: Connection, *, now: datetime, batch_size: int
+) -> tuple[int, int, int] | None:
     due_members = conn.execute(
         select(lots.c.program_id, lots.c.member_id)
         .where(and_(lots.c.expires_at <= now, lots.c.remaining > 0))
@@ -49,9 +51,11 @@ def _expire_batch(conn: Connection, *, now: datetime, batch_size: int) -> tuple[
         .limit(batch_size)
     ).all()
     if not due_members:
-        return 0, 0, 0
+        return None
     keys = [(r.program_id, r.member_id) for r in due_members]
     lock_wallets_by_key(conn, keys)
+    # May expire nothing if a burn expired these lots while this waited for the locks; that is
+    # not the end of the run, which ends only when no member has a due lot.
     return expire_locked(conn, keys, now=now)
 
 
@@ -198,11 +202,14 @@ def expire_due_lots(
     assert 1 <= batch_size <= EXPIRY_BATCH_MAX
     lots_total = points_total = members_total = batches = 0
     while True:
-        n_lots, n_points, n_members = run_transaction(
+        result = run_transaction(
             engine, lambda conn: _expire_batch(conn, now=now, batch_size=batch_size)
         )
-        if n_lots == 0:
+        if result is None:
             break
+        n_lots, n_points, n_members = result
+        if n_lots == 0:
+            continue
         batches += 1
         lots_total += n_lots
         points_total += n_points

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, and_, bindparam, select, text
 
 from loyalty.adapters.db.engine import RetryTransaction
 from loyalty.adapters.db.tables import idempotency_keys
-from loyalty.domain.errors import IdempotencyConflict
+from loyalty.domain.errors import DomainError, IdempotencyConflict
 
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 
@@ -83,7 +83,17 @@ def run_idempotent(
         if stored.fingerprint != request_fingerprint:
             raise IdempotencyConflict(key)
         return Outcome(stored.status_code, stored.response, replayed=True)
-    status, body = work()
+    try:
+        status, body = work()
+    except DomainError:
+        # A twin request may have committed while this one waited for a lock and then found the
+        # state already changed by it (points gone, member enrolled): replay its response.
+        stored = find(conn, tenant_id=tenant_id, scope=scope, key=key)
+        if stored is None:
+            raise
+        if stored.fingerprint != request_fingerprint:
+            raise IdempotencyConflict(key) from None
+        return Outcome(stored.status_code, stored.response, replayed=True)
     values = {
         "tenant_id": tenant_id,
         "scope": scope,
