@@ -19,7 +19,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from loyalty.adapters.db.engine import run_transaction
-from loyalty.adapters.db.tables import api_keys, tenants
+from loyalty.adapters.db.tables import api_keys, programs, tenants
 from loyalty.adapters.ids import new_id
 from loyalty.domain.errors import ApiKeyNotFound, DomainError, ProgramNotFound
 
@@ -108,6 +108,12 @@ def create_api_key(
 
     def work(conn: Connection) -> IssuedKey:
         tenant_id = ensure_tenant(conn, tenant_name, now=now)
+        if program_id is not None:
+            owner = conn.execute(
+                select(programs.c.tenant_id).where(programs.c.id == program_id)
+            ).first()
+            if owner is None or owner.tenant_id != tenant_id:
+                raise ProgramNotFound(program_id)
         return issue_key(
             conn,
             tenant_id=tenant_id,
@@ -206,6 +212,8 @@ def _authenticate_uncached(engine: Engine, key_id: str, secret: str) -> Principa
 
 def list_api_keys(engine: Engine, principal: Principal) -> list[dict[str, object]]:
     principal.require(Scope.ADMIN)
+    if principal.program_id is not None:
+        raise Forbidden("A key limited to one program cannot manage keys.")
 
     def work(conn: Connection) -> list[dict[str, object]]:
         rows = conn.execute(

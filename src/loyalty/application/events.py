@@ -3,7 +3,7 @@ for the rules to come. Each event is idempotent on its source id."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select
@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, select
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.ledger_store import member_lots
 from loyalty.adapters.db.locking import lock_wallet
-from loyalty.adapters.db.tables import events, purchase_lines, return_lines
+from loyalty.adapters.db.tables import events, lot_movements, lots, purchase_lines, return_lines
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
@@ -62,9 +62,9 @@ def record_event(
 
     def effect() -> tuple[int, dict[str, Any]]:
         if isinstance(event, PurchaseEvent):
-            return 201, _record_purchase(conn, ctx, event, body, now=now)
+            return 201, _record_purchase(conn, ctx, event, body, now=now, actor=principal.key_id)
         if isinstance(event, ReturnEvent):
-            return 201, _record_return(conn, ctx, event, body, now=now)
+            return 201, _record_return(conn, ctx, event, body, now=now, actor=principal.key_id)
         return 201, _record_action(conn, ctx, event, body, now=now)
 
     return run_idempotent(
@@ -72,6 +72,7 @@ def record_event(
         tenant_id=principal.tenant_id,
         scope=program_id,
         key=f"event:{event.type}:{event.id}",
+        client_key=event.id,
         request_fingerprint=fingerprint(body),
         now=now,
         work=effect,
@@ -138,6 +139,7 @@ def _record_purchase(
     body: dict[str, Any],
     *,
     now: datetime,
+    actor: str,
 ) -> dict[str, Any]:
     settings = ctx.settings
     line_ids = event.line_ids()
@@ -171,7 +173,7 @@ def _record_purchase(
     lot: dict[str, Any] | None = None
     # Points count as earned when the purchase happened (a POS that was offline sends it late),
     # never later than now; expiry runs from there.
-    earned_at = min(event.occurred_at, now)
+    earned_at = min(event.occurred_at.astimezone(UTC), now)
     if earning.points > 0:
         wallet = lock_wallet(conn, ctx.program_id, member_id)
         credit = credit_points(
@@ -188,6 +190,7 @@ def _record_purchase(
             earned_at=earned_at,
             source_type="purchase",
             source_id=event.id,
+            actor=actor,
             details={
                 "event_id": event_id,
                 "base_minor": earning.base_minor,
@@ -260,6 +263,7 @@ def _record_return(
     body: dict[str, Any],
     *,
     now: datetime,
+    actor: str,
 ) -> dict[str, Any]:
     settings = ctx.settings
     purchase = conn.execute(
@@ -324,14 +328,45 @@ def _record_return(
         order_points_returned=int(sum(returned_points.values())),
     )
     points = sum(lr.points for lr in plan)
+    # Points of this purchase that expired unspent are already gone: they are not taken again
+    # from the member's other points. Across all returns of the order, what is charged is the
+    # points reversed less what expired from the purchase's own lots.
+    expired_own = 0
+    if purchase.entry_id is not None:
+        expired_own = int(
+            conn.execute(
+                select(func.coalesce(func.sum(-lot_movements.c.amount), 0))
+                .select_from(lot_movements.join(lots, lots.c.id == lot_movements.c.lot_id))
+                .where(
+                    and_(
+                        lots.c.entry_id == purchase.entry_id,
+                        lot_movements.c.kind == MovementKind.EXPIRE.value,
+                    )
+                )
+            ).scalar_one()
+        )
+    charged_before = -int(
+        conn.execute(
+            select(func.coalesce(func.sum(events.c.points), 0)).where(
+                events.c.id.in_(
+                    select(return_lines.c.return_event_id).where(
+                        return_lines.c.purchase_event_id == purchase.id
+                    )
+                )
+            )
+        ).scalar_one()
+    )
+    reversed_before = sum(returned_points.values())
+    charge_total = max(0, reversed_before + points - expired_own)
+    charge = max(0, charge_total - charged_before)
     event_id = new_id("evt")
     entry_id: str | None = None
     taken = debt_added = written_off = 0
-    if points > 0:
+    if charge > 0:
         own = member_lots(conn, ctx.program_id, member_id, entry_id=purchase.entry_id)
         others = member_lots(conn, ctx.program_id, member_id)
         takeback = plan_takeback(
-            points=points, own_lots=own, other_lots=others, policy=settings.negative_balance
+            points=charge, own_lots=own, other_lots=others, policy=settings.negative_balance
         )
         taken, debt_added, written_off = (
             takeback.points_taken,
@@ -353,11 +388,13 @@ def _record_return(
                 debt_added=takeback.debt_added,
                 source_type="return",
                 source_id=event.id,
+                actor=actor,
                 reverses_entry_id=purchase.entry_id,
                 details={
                     "event_id": event_id,
                     "order_id": event.order_id,
-                    "points_to_reverse": points,
+                    "points_reversed": points,
+                    "points_already_expired": points - charge,
                     "debt_added": takeback.debt_added,
                     "points_written_off": takeback.points_written_off,
                 },
@@ -371,7 +408,7 @@ def _record_return(
         body=body,
         now=now,
         entry_id=entry_id,
-        points=-points,
+        points=-charge,
     )
     line_rows = [
         {
@@ -394,6 +431,7 @@ def _record_return(
         "order_id": event.order_id,
         "member_id": member_id,
         "points_reversed": points,
+        "points_already_expired": points - charge,
         "points_taken": taken,
         "debt_added": debt_added,
         "points_written_off": written_off,

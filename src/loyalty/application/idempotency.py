@@ -74,14 +74,16 @@ def run_idempotent(
     request_fingerprint: str,
     now: datetime,
     work: Callable[[], tuple[int, dict[str, Any]]],
+    client_key: str | None = None,
 ) -> Outcome:
+    """``key`` is namespaced by operation; ``client_key`` is what the client sent, for errors."""
     if key is None:
         status, body = work()
         return Outcome(status, body, replayed=False)
     stored = find(conn, tenant_id=tenant_id, scope=scope, key=key)
     if stored is not None:
         if stored.fingerprint != request_fingerprint:
-            raise IdempotencyConflict(key)
+            raise IdempotencyConflict(client_key or key)
         return Outcome(stored.status_code, stored.response, replayed=True)
     try:
         status, body = work()
@@ -92,7 +94,7 @@ def run_idempotent(
         if stored is None:
             raise
         if stored.fingerprint != request_fingerprint:
-            raise IdempotencyConflict(key) from None
+            raise IdempotencyConflict(client_key or key) from None
         return Outcome(stored.status_code, stored.response, replayed=True)
     values = {
         "tenant_id": tenant_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -15,8 +16,9 @@ from loyalty.adapters.db.tables import members, wallets
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
+from loyalty.application.limits import ATTRIBUTES_BYTES_MAX, ATTRIBUTES_KEYS_MAX, attributes_size
 from loyalty.application.programs import load_program
-from loyalty.domain.errors import MemberAlreadyExists, MemberNotFound
+from loyalty.domain.errors import LimitExceeded, MemberAlreadyExists, MemberNotFound
 from loyalty.domain.ledger import POINTS
 
 EXTERNAL_PREFIX = "ext:"
@@ -179,6 +181,7 @@ def enroll_member(
             tenant_id=principal.tenant_id,
             scope=program_id,
             key=None if idempotency_key is None else f"enroll:{idempotency_key}",
+            client_key=idempotency_key,
             request_fingerprint=fingerprint("enroll", external_id, _profile_dict(profile)),
             now=now,
             work=effect,
@@ -228,6 +231,15 @@ def update_member(
                     merged.pop(key, None)
                 else:
                     merged[key] = value
+            if len(merged) > ATTRIBUTES_KEYS_MAX or attributes_size(merged) > ATTRIBUTES_BYTES_MAX:
+                raise LimitExceeded(
+                    f"Merged attributes would exceed {ATTRIBUTES_KEYS_MAX} keys or "
+                    f"{ATTRIBUTES_BYTES_MAX} bytes; remove keys by setting them to null.",
+                    limit="attributes",
+                    keys=len(merged),
+                    keys_max=ATTRIBUTES_KEYS_MAX,
+                    bytes_max=ATTRIBUTES_BYTES_MAX,
+                )
             values["attributes"] = merged
         values["updated_at"] = now
         conn.execute(update(members).where(members.c.id == row.id).values(**values))
@@ -240,12 +252,19 @@ def encode_cursor(last_id: str) -> str:
     return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
 
 
+_CURSOR_ID = re.compile(r"^[a-z]{3}_[0-9A-HJKMNP-TV-Z]{26}$")
+
+
 def decode_cursor(cursor: str) -> str:
+    """The id a page ended at; ``ValueError`` for anything this engine did not hand out."""
     padded = cursor + "=" * (-len(cursor) % 4)
     try:
-        return base64.urlsafe_b64decode(padded.encode()).decode()
+        decoded = base64.b64decode(padded.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("malformed cursor") from exc
+    if not _CURSOR_ID.match(decoded):
+        raise ValueError("malformed cursor")
+    return decoded
 
 
 def list_members(

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, upda
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import program_versions, programs
 from loyalty.adapters.ids import new_id
-from loyalty.application.access import Principal, Scope
+from loyalty.application.access import Forbidden, Principal, Scope
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.program_document import ProgramDocument, settings_from_document
 from loyalty.domain.errors import InvalidProgramDocument, ProgramNotFound, ProgramVersionConflict
@@ -97,7 +97,7 @@ def create_program(
 ) -> Outcome:
     principal.require(Scope.ADMIN)
     if principal.program_id is not None:
-        raise ProgramNotFound("(new)")
+        raise Forbidden("A key limited to one program cannot create programs.")
     doc = document.model_dump(mode="json")
 
     def work(conn: Connection) -> Outcome:

@@ -124,6 +124,7 @@ def redeem_points(
             tenant_id=principal.tenant_id,
             scope=program_id,
             key=f"redeem:{idempotency_key}",
+            client_key=idempotency_key,
             request_fingerprint=fingerprint(member.id, points, reason, reference),
             now=now,
             work=effect,
@@ -249,6 +250,7 @@ def cancel_redemption(
             tenant_id=principal.tenant_id,
             scope=program_id,
             key=None if idempotency_key is None else f"cancel:{idempotency_key}",
+            client_key=idempotency_key,
             request_fingerprint=fingerprint(redemption_id, reason),
             now=now,
             work=effect,
@@ -379,6 +381,7 @@ def adjust_points(
             tenant_id=principal.tenant_id,
             scope=program_id,
             key=f"adjust:{idempotency_key}",
+            client_key=idempotency_key,
             request_fingerprint=fingerprint(
                 member.id, points, reason, reference, expires_at.isoformat() if expires_at else None
             ),

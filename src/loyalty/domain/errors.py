@@ -182,3 +182,9 @@ class ExpiryInPast(Unprocessable):
 
     def __init__(self, *, expires_at: str) -> None:
         super().__init__(f"expires_at {expires_at} is not in the future.", expires_at=expires_at)
+
+
+class LimitExceeded(Unprocessable):
+    """A documented maximum would be exceeded by the result of the request."""
+
+    code = "limit_exceeded"

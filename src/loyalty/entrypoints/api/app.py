@@ -46,23 +46,42 @@ class BodySizeLimit:
                 if declared > self.max_bytes:
                     await self._reject(scope, receive, send)
                     return
+        # Read the whole body first (it is bounded), so an oversized chunked body is refused
+        # with 413 before any handler or parser sees it.
+        chunks: list[bytes] = []
         seen = 0
-        too_large = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen, too_large
+        more = True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    too_large = True
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        if _has_nul(body) or b"%00" in scope.get("query_string", b"") or "\x00" in scope["path"]:
+            await self._refuse_nul(scope, receive, send)
+            return
+        await self.app(
+            scope,
+            _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
+            send,
+        )
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
+    async def _refuse_nul(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = errors.problem(
+            422,
+            "validation_error",
+            "Text must not contain NUL characters.",
+            instance=scope.get("path"),
+            errors=[{"field": "body", "message": "NUL character (U+0000)", "type": "nul"}],
+        )
+        await response(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = errors.problem(
@@ -75,8 +94,24 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+def _has_nul(body: bytes) -> bool:
+    """NUL has no place in any text the engine stores (PostgreSQL refuses it); in JSON it can
+    only arrive as the escape ``\\u0000``."""
+    return b"\x00" in body or b"\\u0000" in body.lower()
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A ``receive`` that hands out ``messages`` and then defers to ``then``."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def create_app(engine: Engine | None = None) -> FastAPI:
@@ -90,6 +125,7 @@ def create_app(engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine if engine is not None else build_engine()
     errors.install(app)
     app.include_router(router)
+    app.state.api_routes = list(router.routes)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, Any]:

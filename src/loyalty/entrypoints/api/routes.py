@@ -217,32 +217,6 @@ def list_members(
     )
 
 
-@router.get("/programs/{program_id}/members/{member}", tags=["members"])
-def get_member(
-    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
-) -> dict[str, Any]:
-    return members.get_member(engine, principal, program_id, member)
-
-
-@router.patch("/programs/{program_id}/members/{member}", tags=["members"])
-def update_member(
-    program_id: ProgramId,
-    member: MemberRefParam,
-    body: UpdateMember,
-    principal: Auth,
-    engine: EngineDep,
-) -> dict[str, Any]:
-    """Change profile fields; `attributes` merges key by key (null removes a key)."""
-    return members.update_member(
-        engine,
-        principal,
-        program_id,
-        member,
-        changes=body.model_dump(exclude_unset=True),
-        now=utc_now(),
-    )
-
-
 # --- events -----------------------------------------------------------------------------
 
 
@@ -259,14 +233,14 @@ def post_event(
 # --- balance, statement -----------------------------------------------------------------
 
 
-@router.get("/programs/{program_id}/members/{member}/balance", tags=["points"])
+@router.get("/programs/{program_id}/members/{member:path}/balance", tags=["points"])
 def get_balance(
     program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
 ) -> dict[str, Any]:
     return balances.get_balance(engine, principal, program_id, member, now=utc_now())
 
 
-@router.get("/programs/{program_id}/members/{member}/ledger", tags=["points"])
+@router.get("/programs/{program_id}/members/{member:path}/ledger", tags=["points"])
 def get_ledger(
     program_id: ProgramId,
     member: MemberRefParam,
@@ -285,7 +259,7 @@ def get_ledger(
 
 
 @router.post(
-    "/programs/{program_id}/members/{member}/redemptions", status_code=201, tags=["points"]
+    "/programs/{program_id}/members/{member:path}/redemptions", status_code=201, tags=["points"]
 )
 def redeem(
     program_id: ProgramId,
@@ -345,7 +319,7 @@ def cancel_redemption(
 
 
 @router.post(
-    "/programs/{program_id}/members/{member}/adjustments", status_code=201, tags=["points"]
+    "/programs/{program_id}/members/{member:path}/adjustments", status_code=201, tags=["points"]
 )
 def adjust(
     program_id: ProgramId,
@@ -414,3 +388,31 @@ def revoke_api_key(
 ) -> Response:
     access.revoke_api_key(engine, principal, key_id, now=utc_now())
     return Response(status_code=204)
+
+
+# Registered last: ``{member:path}`` admits external ids containing "/", so the routes with a
+# suffix (/balance, /ledger, ...) must be tried before these.
+@router.get("/programs/{program_id}/members/{member:path}", tags=["members"])
+def get_member(
+    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    return members.get_member(engine, principal, program_id, member)
+
+
+@router.patch("/programs/{program_id}/members/{member:path}", tags=["members"])
+def update_member(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: UpdateMember,
+    principal: Auth,
+    engine: EngineDep,
+) -> dict[str, Any]:
+    """Change profile fields; `attributes` merges key by key (null removes a key)."""
+    return members.update_member(
+        engine,
+        principal,
+        program_id,
+        member,
+        changes=body.model_dump(exclude_unset=True),
+        now=utc_now(),
+    )

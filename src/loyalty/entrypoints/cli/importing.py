@@ -46,8 +46,20 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _parse(raw: Any, location: str) -> ParsedRow:
     source_id = raw.get("id") if isinstance(raw, dict) else None
+    if _has_nul(raw):
+        return ParsedRow(location, None, None, "text must not contain NUL characters")
     try:
         event = EVENT_ADAPTER.validate_python(raw)
     except ValidationError as exc:
