@@ -16,6 +16,7 @@ from loyalty.application.event_documents import Event
 from loyalty.application.idempotency import IDEMPOTENCY_KEY_LENGTH_MAX, Outcome
 from loyalty.application.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from loyalty.application.program_document import ProgramDocument
+from loyalty.entrypoints.api import responses as bodies
 from loyalty.entrypoints.api.errors import ApiProblem
 from loyalty.entrypoints.api.schemas import (
     AdjustPoints,
@@ -106,7 +107,12 @@ def cursor_or_422(cursor: str | None) -> str | None:
 # --- programs ---------------------------------------------------------------------------
 
 
-@router.post("/programs", status_code=201, tags=["programs"])
+@router.post(
+    "/programs",
+    status_code=201,
+    tags=["programs"],
+    responses=bodies.documented(201, bodies.ProgramOut, "The program at version 1."),
+)
 def create_program(
     document: ProgramDocument,
     principal: Auth,
@@ -121,17 +127,29 @@ def create_program(
     )
 
 
-@router.get("/programs", tags=["programs"])
+@router.get(
+    "/programs",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.ProgramList, "Programs."),
+)
 def list_programs(principal: Auth, engine: EngineDep) -> dict[str, Any]:
     return {"items": programs.list_programs(engine, principal)}
 
 
-@router.get("/programs/{program_id}", tags=["programs"])
+@router.get(
+    "/programs/{program_id}",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.ProgramOut, "The current version."),
+)
 def get_program(program_id: ProgramId, principal: Auth, engine: EngineDep) -> dict[str, Any]:
     return programs.get_program(engine, principal, program_id)
 
 
-@router.get("/programs/{program_id}/versions/{version}", tags=["programs"])
+@router.get(
+    "/programs/{program_id}/versions/{version}",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.ProgramOut, "That version."),
+)
 def get_program_version(
     program_id: ProgramId,
     version: Annotated[int, Path(ge=1, le=1_000_000)],
@@ -141,7 +159,11 @@ def get_program_version(
     return programs.get_program(engine, principal, program_id, version=version)
 
 
-@router.put("/programs/{program_id}", tags=["programs"])
+@router.put(
+    "/programs/{program_id}",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.ProgramOut, "The new current version."),
+)
 def update_program(
     program_id: ProgramId,
     document: ProgramDocument,
@@ -172,7 +194,12 @@ def update_program(
 # --- members ----------------------------------------------------------------------------
 
 
-@router.post("/programs/{program_id}/members", status_code=201, tags=["members"])
+@router.post(
+    "/programs/{program_id}/members",
+    status_code=201,
+    tags=["members"],
+    responses=bodies.documented(201, bodies.MemberOut, "The member."),
+)
 def enroll_member(
     program_id: ProgramId,
     body: EnrollMember,
@@ -195,7 +222,11 @@ def enroll_member(
     )
 
 
-@router.get("/programs/{program_id}/members", tags=["members"])
+@router.get(
+    "/programs/{program_id}/members",
+    tags=["members"],
+    responses=bodies.documented(200, bodies.MemberPage, "A page of members."),
+)
 def list_members(
     program_id: ProgramId,
     principal: Auth,
@@ -220,7 +251,17 @@ def list_members(
 # --- events -----------------------------------------------------------------------------
 
 
-@router.post("/programs/{program_id}/events", status_code=201, tags=["events"])
+@router.post(
+    "/programs/{program_id}/events",
+    status_code=201,
+    tags=["events"],
+    responses=bodies.documented(
+        201,
+        bodies.EventResult,
+        "A purchase: points per line and the new balance; a return: what was taken "
+        "back; an action: recorded.",
+    ),
+)
 def post_event(
     program_id: ProgramId, event: Annotated[Event, Body()], principal: Auth, engine: EngineDep
 ) -> JSONResponse:
@@ -233,14 +274,22 @@ def post_event(
 # --- balance, statement -----------------------------------------------------------------
 
 
-@router.get("/programs/{program_id}/members/{member:path}/balance", tags=["points"])
+@router.get(
+    "/programs/{program_id}/members/{member:path}/balance",
+    tags=["points"],
+    responses=bodies.documented(200, bodies.BalanceOut, "The balance."),
+)
 def get_balance(
     program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
 ) -> dict[str, Any]:
     return balances.get_balance(engine, principal, program_id, member, now=utc_now())
 
 
-@router.get("/programs/{program_id}/members/{member:path}/ledger", tags=["points"])
+@router.get(
+    "/programs/{program_id}/members/{member:path}/ledger",
+    tags=["points"],
+    responses=bodies.documented(200, bodies.LedgerPage, "Entries, newest first."),
+)
 def get_ledger(
     program_id: ProgramId,
     member: MemberRefParam,
@@ -259,7 +308,12 @@ def get_ledger(
 
 
 @router.post(
-    "/programs/{program_id}/members/{member:path}/redemptions", status_code=201, tags=["points"]
+    "/programs/{program_id}/members/{member:path}/redemptions",
+    status_code=201,
+    tags=["points"],
+    responses=bodies.documented(
+        201, bodies.RedemptionOut, "The redemption and the lots it consumed."
+    ),
 )
 def redeem(
     program_id: ProgramId,
@@ -285,7 +339,11 @@ def redeem(
     )
 
 
-@router.get("/programs/{program_id}/redemptions/{redemption_id}", tags=["points"])
+@router.get(
+    "/programs/{program_id}/redemptions/{redemption_id}",
+    tags=["points"],
+    responses=bodies.documented(200, bodies.RedemptionStatus, "The redemption."),
+)
 def get_redemption(
     program_id: ProgramId,
     redemption_id: Annotated[str, Path(max_length=32)],
@@ -295,7 +353,11 @@ def get_redemption(
     return redemptions.get_redemption(engine, principal, program_id, redemption_id)
 
 
-@router.post("/programs/{program_id}/redemptions/{redemption_id}/cancel", tags=["points"])
+@router.post(
+    "/programs/{program_id}/redemptions/{redemption_id}/cancel",
+    tags=["points"],
+    responses=bodies.documented(200, bodies.CancellationOut, "The cancelled redemption."),
+)
 def cancel_redemption(
     program_id: ProgramId,
     redemption_id: Annotated[str, Path(max_length=32)],
@@ -319,7 +381,10 @@ def cancel_redemption(
 
 
 @router.post(
-    "/programs/{program_id}/members/{member:path}/adjustments", status_code=201, tags=["points"]
+    "/programs/{program_id}/members/{member:path}/adjustments",
+    status_code=201,
+    tags=["points"],
+    responses=bodies.documented(201, bodies.AdjustmentOut, "The adjustment."),
 )
 def adjust(
     program_id: ProgramId,
@@ -350,7 +415,12 @@ def adjust(
 # --- API keys ---------------------------------------------------------------------------
 
 
-@router.post("/api-keys", status_code=201, tags=["api keys"])
+@router.post(
+    "/api-keys",
+    status_code=201,
+    tags=["api keys"],
+    responses=bodies.documented(201, bodies.ApiKeyCreated, "The key; `token` is shown only here."),
+)
 def create_api_key(
     body: CreateApiKey, principal: Auth, engine: EngineDep, response: Response
 ) -> dict[str, Any]:
@@ -377,7 +447,11 @@ def create_api_key(
     }
 
 
-@router.get("/api-keys", tags=["api keys"])
+@router.get(
+    "/api-keys",
+    tags=["api keys"],
+    responses=bodies.documented(200, bodies.ApiKeyList, "Keys, without secrets."),
+)
 def list_api_keys(principal: Auth, engine: EngineDep) -> dict[str, Any]:
     return {"items": access.list_api_keys(engine, principal)}
 
@@ -392,14 +466,22 @@ def revoke_api_key(
 
 # Registered last: ``{member:path}`` admits external ids containing "/", so the routes with a
 # suffix (/balance, /ledger, ...) must be tried before these.
-@router.get("/programs/{program_id}/members/{member:path}", tags=["members"])
+@router.get(
+    "/programs/{program_id}/members/{member:path}",
+    tags=["members"],
+    responses=bodies.documented(200, bodies.MemberOut, "The member."),
+)
 def get_member(
     program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
 ) -> dict[str, Any]:
     return members.get_member(engine, principal, program_id, member)
 
 
-@router.patch("/programs/{program_id}/members/{member:path}", tags=["members"])
+@router.patch(
+    "/programs/{program_id}/members/{member:path}",
+    tags=["members"],
+    responses=bodies.documented(200, bodies.MemberOut, "The updated member."),
+)
 def update_member(
     program_id: ProgramId,
     member: MemberRefParam,

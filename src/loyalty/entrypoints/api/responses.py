@@ -1,0 +1,256 @@
+"""Response bodies, for the OpenAPI document. Handlers return the use cases' plain results; a
+test validates real responses against these models (``extra="forbid"``), so they cannot drift
+from what the API sends."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, RootModel
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details. Extra members depend on ``code`` (see docs/errors.md)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    instance: str | None = None
+
+
+class ProgramOut(_Body):
+    id: str
+    version: int
+    document: dict[str, Any]
+    created_at: str
+    updated_at: str
+    current_version: int | None = None
+
+
+class ProgramSummary(_Body):
+    id: str
+    name: str
+    version: int
+    created_at: str
+
+
+class ProgramList(_Body):
+    items: list[ProgramSummary]
+
+
+class MemberOut(_Body):
+    id: str
+    program_id: str
+    external_id: str
+    email: str | None
+    phone: str | None
+    first_name: str | None
+    last_name: str | None
+    birth_date: str | None
+    gender: str | None
+    locale: str | None
+    marketing_consent: bool
+    attributes: dict[str, Any]
+    enrolled_at: str
+    updated_at: str
+    enrollment_source: Literal["api", "auto_enroll"]
+
+
+class MemberPage(_Body):
+    items: list[MemberOut]
+    next_cursor: str | None
+
+
+class ExpiryBucket(_Body):
+    expires_at: str
+    points: int
+    expired: bool
+
+
+class BalanceOut(_Body):
+    member_id: str
+    balance: int
+    available: int
+    pending: int
+    debt: int
+    expiring: list[ExpiryBucket]
+    as_of: str
+
+
+class LotOut(_Body):
+    id: str
+    points: int
+    expires_at: str | None
+    debt_repaid: int
+
+
+class LineEarning(_Body):
+    line_id: str
+    sku: str | None
+    base_minor: int
+    points: int
+
+
+class PurchaseResult(_Body):
+    event_id: str
+    type: Literal["purchase"]
+    order_id: str
+    member_id: str
+    member_enrolled: bool
+    points_earned: int
+    base_minor: int
+    program_version: int
+    entry_id: str | None
+    lot: LotOut | None
+    lines: list[LineEarning]
+    balance: BalanceOut
+
+
+class LineReturned(_Body):
+    line_id: str
+    quantity: int
+    points: int
+
+
+class ReturnResult(_Body):
+    event_id: str
+    type: Literal["return"]
+    return_id: str
+    order_id: str
+    member_id: str
+    points_reversed: int
+    points_already_expired: int
+    points_taken: int
+    debt_added: int
+    points_written_off: int
+    program_version: int
+    entry_id: str | None
+    lines: list[LineReturned]
+    balance: BalanceOut
+
+
+class ActionResult(_Body):
+    event_id: str
+    type: Literal["action"]
+    action: str
+    id: str
+    member_id: str
+    member_enrolled: bool
+    points_earned: int
+    program_version: int
+
+
+class EventResult(RootModel[PurchaseResult | ReturnResult | ActionResult]):
+    """What ``POST .../events`` answers, by the event's ``type``."""
+
+
+class EntrySource(_Body):
+    type: str
+    id: str | None
+
+
+class LedgerEntry(_Body):
+    id: str
+    kind: str
+    points: int
+    created_at: str
+    program_version: int
+    reason: str | None
+    source: EntrySource | None
+    reverses_entry_id: str | None
+    actor: str | None
+    details: dict[str, Any]
+
+
+class LedgerPage(_Body):
+    items: list[LedgerEntry]
+    next_cursor: str | None
+
+
+class LotTaken(_Body):
+    lot_id: str
+    points: int
+    expires_at: str | None
+
+
+class RedemptionOut(_Body):
+    id: str
+    member_id: str
+    points: int
+    reason: str | None
+    reference: str | None
+    status: Literal["completed"]
+    entry_id: str
+    created_at: str
+    lots: list[LotTaken]
+    balance: BalanceOut
+
+
+class CancellationOut(_Body):
+    id: str
+    member_id: str
+    points: int
+    status: Literal["cancelled"]
+    cancel_entry_id: str
+    cancelled_at: str
+    lots: list[LotTaken]
+    balance: BalanceOut
+
+
+class RedemptionStatus(_Body):
+    id: str
+    member_id: str
+    points: int
+    reason: str | None
+    reference: str | None
+    status: Literal["completed", "cancelled"]
+    entry_id: str
+    created_at: str
+    cancelled_at: str | None
+
+
+class AdjustmentOut(_Body):
+    entry_id: str
+    member_id: str
+    points: int
+    reason: str
+    reference: str | None
+    actor: str
+    lots: list[LotTaken]
+    balance: BalanceOut
+
+
+class ApiKeyCreated(_Body):
+    id: str
+    token: str
+    scopes: list[str]
+    program_id: str | None
+
+
+class ApiKeyOut(_Body):
+    id: str
+    name: str
+    scopes: list[str]
+    program_id: str | None
+    created_at: str
+    revoked_at: str | None
+
+
+class ApiKeyList(_Body):
+    items: list[ApiKeyOut]
+
+
+def documented(status: int, model: type[BaseModel], description: str) -> dict[int | str, Any]:
+    """``responses=`` for a route: its success body and the problem shape of its errors."""
+    return {
+        status: {"model": model, "description": description},
+        "4XX": {"model": Problem, "description": "A problem (application/problem+json)."},
+        503: {"model": Problem, "description": "Database unavailable; retry (Retry-After)."},
+    }
