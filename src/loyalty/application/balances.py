@@ -40,6 +40,16 @@ _EXPIRING = (
 )
 
 
+_OVERDUE = select(func.coalesce(func.sum(lots.c.remaining), 0)).where(
+    and_(
+        lots.c.program_id == bindparam("program_id"),
+        lots.c.member_id == bindparam("member_id"),
+        lots.c.remaining > 0,
+        lots.c.expires_at <= bindparam("now"),
+    )
+)
+
+
 def balance_view(
     conn: Connection, program_id: str, member_id: str, *, now: datetime
 ) -> dict[str, Any]:
@@ -51,7 +61,7 @@ def balance_view(
     expiring = conn.execute(_EXPIRING, params).all()
     # Lots past their expiry that the expiry job has not reached yet are not spendable (the
     # next burn expires them first), so they are not shown as available.
-    overdue = sum(int(r.points) for r in expiring if r.expires_at <= now)
+    overdue = int(conn.execute(_OVERDUE, {**params, "now": now}).scalar_one())
     return {
         "member_id": member_id,
         "balance": wallet.balance,
