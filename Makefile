@@ -31,6 +31,7 @@ test: lint
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -69,14 +69,18 @@ def _prepare(url: str) -> tuple[str, str]:
     engine = make_engine(url)
     migrate(engine)
     now = datetime.now(UTC)
-    issued = create_api_key(engine, tenant_name="bench", name="bench", scopes=[Scope.ADMIN],
-                            program_id=None, now=now)
+    issued = create_api_key(
+        engine, tenant_name="bench", name="bench", scopes=[Scope.ADMIN], program_id=None, now=now
+    )
     principal = authenticate(engine, issued.token)
-    doc = ProgramDocument.model_validate({
-        "name": "Bench", "currency": "EUR",
-        "points": {"expiry": {"policy": "after_days", "days": 365}},
-        "enrollment": {"auto_enroll_on_purchase": True},
-    })
+    doc = ProgramDocument.model_validate(
+        {
+            "name": "Bench",
+            "currency": "EUR",
+            "points": {"expiry": {"policy": "after_days", "days": 365}},
+            "enrollment": {"auto_enroll_on_purchase": True},
+        }
+    )
     program_id = str(programs.create_program(engine, principal, doc, now=now).body["id"])
     engine.dispose()
     return issued.token, program_id
@@ -85,8 +89,17 @@ def _prepare(url: str) -> tuple[str, str]:
 def _start_server(url: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_POOL_SIZE": "20"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "loyalty.entrypoints.api.asgi:app", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "loyalty.entrypoints.api.asgi:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         env=env,
     )
     deadline = time.time() + 30
@@ -102,18 +115,29 @@ def _start_server(url: str, port: int) -> subprocess.Popen[bytes]:
 
 def _purchase(rng: random.Random, order_id: str, member: int) -> dict[str, object]:
     lines = [
-        {"sku": f"SKU-{rng.randint(1, 500)}", "quantity": rng.randint(1, 3),
-         "unit_price_minor": rng.randint(100, 5000), "category": "grocery"}
+        {
+            "sku": f"SKU-{rng.randint(1, 500)}",
+            "quantity": rng.randint(1, 3),
+            "unit_price_minor": rng.randint(100, 5000),
+            "category": "grocery",
+        }
         for _ in range(rng.randint(3, 5))
     ]
     total = sum(int(li["quantity"]) * int(li["unit_price_minor"]) for li in lines)  # type: ignore[call-overload]
-    return {"type": "purchase", "id": order_id, "member": {"external_id": f"M{member}"},
-            "occurred_at": "2026-11-01T10:00:00Z", "currency": "EUR", "total_minor": total,
-            "lines": lines}
+    return {
+        "type": "purchase",
+        "id": order_id,
+        "member": {"external_id": f"M{member}"},
+        "occurred_at": "2026-11-01T10:00:00Z",
+        "currency": "EUR",
+        "total_minor": total,
+        "lines": lines,
+    }
 
 
-async def _drive(port: int, token: str, program_id: str, clients: int, seconds: float,
-                 members: int) -> RunResult:
+async def _drive(
+    port: int, token: str, program_id: str, clients: int, seconds: float, members: int
+) -> RunResult:
     url = f"http://127.0.0.1:{port}/v1/programs/{program_id}/events"
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
@@ -150,10 +174,15 @@ def _pgbench(admin_url: str, clients: int, seconds: int) -> float:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = admin_url.rsplit("/", 1)[0]
     try:
-        subprocess.run([pgbench, "-i", "-q", "-s", "10", f"{base}/{name}"], check=True,
-                       capture_output=True)
-        out = subprocess.run([pgbench, "-c", str(clients), "-j", "2", "-T", str(seconds),
-                              f"{base}/{name}"], check=True, capture_output=True, text=True).stdout
+        subprocess.run(
+            [pgbench, "-i", "-q", "-s", "10", f"{base}/{name}"], check=True, capture_output=True
+        )
+        out = subprocess.run(
+            [pgbench, "-c", str(clients), "-j", "2", "-T", str(seconds), f"{base}/{name}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         match = re.search(r"tps = ([0-9.]+)", out)
         return float(match.group(1)) if match else float("nan")
     finally:
@@ -189,13 +218,18 @@ def _bench_db(kind: str, clients_list: list[int], seconds: int, repeat: int) -> 
                         ratios.append(res.rate / tps)
                     if res.errors:
                         print(f"  ({res.errors} non-201 responses)")
-                line = (f"{kind:10} clients={clients:3}  events/s median {statistics.median(rates):7.0f}"
-                        f" (min {min(rates):.0f}, max {max(rates):.0f})  p50 {statistics.median(p50s):6.1f} ms"
-                        f"  p99 {statistics.median(p99s):6.1f} ms")
+                rate, p50, p99 = (statistics.median(x) for x in (rates, p50s, p99s))
+                line = (
+                    f"{kind:10} clients={clients:3}  events/s median {rate:7.0f}"
+                    f" (min {min(rates):.0f}, max {max(rates):.0f})  p50 {p50:6.1f} ms"
+                    f"  p99 {p99:6.1f} ms"
+                )
                 if ratios:
-                    line += (f"  pgbench tps {statistics.median(tpss):7.0f}  ratio "
-                             f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}, "
-                             f"max {max(ratios):.2f})")
+                    line += (
+                        f"  pgbench tps {statistics.median(tpss):7.0f}  ratio "
+                        f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}, "
+                        f"max {max(ratios):.2f})"
+                    )
                 print(line, flush=True)
         finally:
             server.terminate()
@@ -208,17 +242,20 @@ def _bench_db(kind: str, clients_list: list[int], seconds: int, repeat: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--clients", default="8,32")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-    print(f"earn over HTTP: {args.seconds}s x {args.repeat} runs per setting, one uvicorn "
-          f"worker, load generator in the same machine; python {platform.python_version()}, "
-          f"{os.cpu_count()} cores, {platform.machine()}")
+    print(
+        f"earn over HTTP: {args.seconds}s x {args.repeat} runs per setting, one uvicorn "
+        f"worker, load generator in the same machine; python {platform.python_version()}, "
+        f"{os.cpu_count()} cores, {platform.machine()}"
+    )
     with psycopg.connect(PG_ADMIN_URL) as conn:
         row = conn.execute("SHOW server_version").fetchone()
         print(f"PostgreSQL {row[0] if row else '?'}")

@@ -31,8 +31,8 @@ def test_the_database_refuses_a_lot_below_zero_or_a_wallet_with_negative_lots(en
         )
         conn.execute(
             text(
-                "INSERT INTO programs (id, tenant_id, name, current_version, created_at, updated_at)"
-                " VALUES ('p', 't', 'p', 1, '2026-01-01', '2026-01-01')"
+                "INSERT INTO programs (id, tenant_id, name, current_version, created_at,"
+                " updated_at) VALUES ('p', 't', 'p', 1, '2026-01-01', '2026-01-01')"
             )
         )
         conn.execute(
