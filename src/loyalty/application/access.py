@@ -242,13 +242,15 @@ def revoke_api_key(engine: Engine, principal: Principal, key_id: str, *, now: da
         raise Forbidden("A key limited to one program cannot manage keys.")
 
     def work(conn: Connection) -> None:
-        result = conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.tenant_id == principal.tenant_id)
-            .values(revoked_at=now)
-        )
-        if result.rowcount != 1:
+        row = conn.execute(
+            select(api_keys.c.revoked_at).where(
+                api_keys.c.id == key_id, api_keys.c.tenant_id == principal.tenant_id
+            )
+        ).first()
+        if row is None:
             raise ApiKeyNotFound(key_id)
+        if row.revoked_at is None:  # revoking twice keeps the first revocation time
+            conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=now))
 
     run_transaction(engine, work)
     forget_cached_keys(key_id)

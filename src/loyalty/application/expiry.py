@@ -80,13 +80,15 @@ def expire_member_now(conn: Connection, program_id: str, member_id: str, *, now:
     params = {"program_id": program_id, "member_id": member_id, "now": now}
     if conn.execute(_DUE_FOR_MEMBER, params).first() is None:
         return 0
-    return expire_locked(conn, [(program_id, member_id)], now=now)[1]
+    return expire_locked(conn, [(program_id, member_id)], now=now, trigger="on_burn")[1]
 
 
 def expire_locked(
-    conn: Connection, keys: list[tuple[str, str]], *, now: datetime
+    conn: Connection, keys: list[tuple[str, str]], *, now: datetime, trigger: str = "job"
 ) -> tuple[int, int, int]:
-    """Expire the due lots of members whose wallets the caller has locked."""
+    """Expire the due lots of members whose wallets the caller has locked. ``trigger`` is
+    recorded as the entry's source: ``job`` for the expiry run, ``on_burn`` when a redemption,
+    debit or return expired them first."""
     due = conn.execute(
         select(lots.c.id, lots.c.program_id, lots.c.member_id, lots.c.remaining)
         .where(
@@ -126,8 +128,8 @@ def expire_locked(
                 "kind": EntryKind.EXPIRE.value,
                 "program_version": versions[program_id],
                 "reason": "points expired",
-                "source_type": "job",
-                "source_id": "expire",
+                "source_type": "expiry",
+                "source_id": trigger,
                 "reverses_entry_id": None,
                 "actor": None,
                 "created_at": now,

@@ -64,22 +64,27 @@ class BodySizeLimit:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         body = b"".join(chunks)
-        if _has_nul(body) or b"%00" in scope.get("query_string", b"") or "\x00" in scope["path"]:
-            await self._refuse_nul(scope, receive, send)
-            return
+        for where, found in (
+            ("body", _has_nul(body)),
+            ("query", b"%00" in scope.get("query_string", b"")),
+            ("path", "\x00" in scope["path"]),
+        ):
+            if found:
+                await self._refuse_nul(scope, receive, send, where)
+                return
         await self.app(
             scope,
             _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
             send,
         )
 
-    async def _refuse_nul(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse_nul(self, scope: Scope, receive: Receive, send: Send, where: str) -> None:
         response = errors.problem(
             422,
             "validation_error",
             "Text must not contain NUL characters.",
             instance=scope.get("path"),
-            errors=[{"field": "body", "message": "NUL character (U+0000)", "type": "nul"}],
+            errors=[{"field": where, "message": "NUL character (U+0000)", "type": "nul"}],
         )
         await response(scope, receive, send)
 

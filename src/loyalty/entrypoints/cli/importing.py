@@ -59,7 +59,8 @@ def _has_nul(value: Any) -> bool:
 def _parse(raw: Any, location: str) -> ParsedRow:
     source_id = raw.get("id") if isinstance(raw, dict) else None
     if _has_nul(raw):
-        return ParsedRow(location, None, None, "text must not contain NUL characters")
+        shown_id = source_id if isinstance(source_id, str) else None
+        return ParsedRow(location, shown_id, None, "text must not contain NUL characters")
     try:
         event = EVENT_ADAPTER.validate_python(raw)
     except ValidationError as exc:

@@ -170,9 +170,18 @@ def apikey_create(
 ) -> None:
     """Create an API key and print it once; only its hash is stored."""
     engine = _engine(database_url)
-    issued = access.create_api_key(
-        engine, tenant_name=tenant, name=name, scopes=list(scope), program_id=program, now=utc_now()
-    )
+    try:
+        issued = access.create_api_key(
+            engine,
+            tenant_name=tenant,
+            name=name,
+            scopes=list(scope),
+            program_id=program,
+            now=utc_now(),
+        )
+    except DomainError as exc:
+        err.print(f"[red]{exc.code}: {exc.detail}[/red]")
+        raise typer.Exit(1) from None
     console.print(
         f"Tenant {issued.tenant_id}, key {issued.key_id}, scopes {','.join(issued.scopes)}"
     )
