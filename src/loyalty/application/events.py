@@ -16,7 +16,7 @@ from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
-from loyalty.application.expiry import expire_member_now
+from loyalty.application.expiry import lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
@@ -285,9 +285,8 @@ def _record_return(
         if named.id != member_id:
             raise MemberMismatch(order_id=event.order_id)
     # Lock first: everything read below about this member's points is then stable.
-    lock_wallet(conn, ctx.program_id, member_id)
     # Points already past their expiry are gone; a return must not take them from the balance.
-    expire_member_now(conn, ctx.program_id, member_id, now=now)
+    lock_for_burn(conn, ctx.program_id, member_id, now=now)
     returned: dict[str, int] = {}
     returned_points: dict[str, int] = {}
     for r in conn.execute(

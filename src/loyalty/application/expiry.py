@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, tuple_, update
 
 from loyalty.adapters.db.engine import run_transaction
-from loyalty.adapters.db.locking import lock_wallets_by_key
+from loyalty.adapters.db.locking import WalletState, lock_wallet, lock_wallets_by_key
 from loyalty.adapters.db.tables import (
     journal_entries,
     lot_movements,
@@ -71,6 +71,17 @@ _DUE_FOR_MEMBER = (
     )
     .limit(1)
 )
+
+
+def lock_for_burn(
+    conn: Connection, program_id: str, member_id: str, *, now: datetime
+) -> WalletState:
+    """Lock a member's wallet and expire their overdue lots, so what follows (a burn, a debit,
+    a return) never spends points already past their expiry. Returns the wallet as it is now."""
+    wallet = lock_wallet(conn, program_id, member_id)
+    if expire_member_now(conn, program_id, member_id, now=now):
+        wallet = lock_wallet(conn, program_id, member_id)
+    return wallet
 
 
 def expire_member_now(conn: Connection, program_id: str, member_id: str, *, now: datetime) -> int:

@@ -21,7 +21,7 @@ from loyalty.adapters.db.tables import lot_movements, redemption_cancellations, 
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
-from loyalty.application.expiry import expire_member_now
+from loyalty.application.expiry import lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import resolve_member
@@ -71,9 +71,7 @@ def redeem_points(
         member = resolve_member(conn, program_id, member_ref)
 
         def effect() -> tuple[int, dict[str, Any]]:
-            lock_wallet(conn, program_id, member.id)
-            expire_member_now(conn, program_id, member.id, now=now)
-            wallet = lock_wallet(conn, program_id, member.id)
+            wallet = lock_for_burn(conn, program_id, member.id, now=now)
             lots = member_lots(conn, program_id, member.id)
             takes = plan_redemption(lots, points=points, balance=wallet.balance)
             redemption_id = new_id("red")
@@ -314,9 +312,7 @@ def adjust_points(
         member = resolve_member(conn, program_id, member_ref)
 
         def effect() -> tuple[int, dict[str, Any]]:
-            lock_wallet(conn, program_id, member.id)
-            expire_member_now(conn, program_id, member.id, now=now)
-            wallet = lock_wallet(conn, program_id, member.id)
+            wallet = lock_for_burn(conn, program_id, member.id, now=now)
             details: dict[str, Any] = {"reference": reference} if reference else {}
             lots_view: list[dict[str, Any]]
             if points > 0:
