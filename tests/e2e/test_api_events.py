@@ -45,8 +45,20 @@ def test_purchase_earns_per_line_points_that_add_up(api):
     assert body["base_minor"] == 3149
     assert body["points_earned"] == 31
     assert body["lines"] == [
-        {"line_id": "L1", "sku": "A", "base_minor": 1050, "points": 10},
-        {"line_id": "L2", "sku": "B", "base_minor": 2099, "points": 21},
+        {
+            "line_id": "L1",
+            "sku": "A",
+            "base_minor": 1050,
+            "points": 10,
+            "rules": [{"rule": "base", "points": 10}],
+        },
+        {
+            "line_id": "L2",
+            "sku": "B",
+            "base_minor": 2099,
+            "points": 21,
+            "rules": [{"rule": "base", "points": 21}],
+        },
     ]
     assert sum(li["points"] for li in body["lines"]) == body["points_earned"]
     assert body["lot"]["points"] == 31

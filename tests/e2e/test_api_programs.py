@@ -20,7 +20,7 @@ DOCUMENT: dict[str, Any] = {
     "enrollment": {"auto_enroll_on_purchase": True},
 }
 
-NORMALISED = {"schema_version": 1, **DOCUMENT}
+NORMALISED = {"schema_version": 1, **DOCUMENT, "rules": []}
 
 
 def _create(api: Any, document: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +64,7 @@ def test_create_fills_documented_defaults(api):
             "negative_balance": "allow_debt",
         },
         "enrollment": {"auto_enroll_on_purchase": False},
+        "rules": [],
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -84,7 +85,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
     r = api.request("PUT", f"/v1/programs/{program}", json=changed)
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 2
-    assert r.json()["document"] == {"schema_version": 1, **changed}
+    assert r.json()["document"] == {"schema_version": 1, **changed, "rules": []}
 
     current = api.request("GET", f"/v1/programs/{program}").json()
     assert current["version"] == 2

@@ -15,6 +15,7 @@ from loyalty.adapters.db.tables import events, lot_movements, lots, purchase_lin
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
+from loyalty.application.earning import earn_on_action, earn_on_purchase
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
 from loyalty.application.expiry import lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
@@ -22,6 +23,7 @@ from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.domain.errors import (
+    CurrencyMismatch,
     MemberAlreadyExists,
     MemberMismatch,
     MemberNotFound,
@@ -33,7 +35,6 @@ from loyalty.domain.purchase import (
     PurchaseLine,
     RecordedLine,
     ReturnRequestLine,
-    compute_earning,
     plan_return,
 )
 
@@ -65,7 +66,7 @@ def record_event(
             return 201, _record_purchase(conn, ctx, event, body, now=now, actor=principal.key_id)
         if isinstance(event, ReturnEvent):
             return 201, _record_return(conn, ctx, event, body, now=now, actor=principal.key_id)
-        return 201, _record_action(conn, ctx, event, body, now=now)
+        return 201, _record_action(conn, ctx, event, body, now=now, actor=principal.key_id)
 
     return run_idempotent(
         conn,
@@ -81,10 +82,10 @@ def record_event(
 
 def _member_for_event(
     conn: Connection, ctx: ProgramContext, ref: str, *, auto_enroll: bool, now: datetime
-) -> tuple[str, bool]:
+) -> tuple[str, bool, dict[str, Any]]:
     row = find_member(conn, ctx.program_id, ref)
     if row is not None:
-        return str(row.id), False
+        return str(row.id), False, dict(row.attributes)
     if auto_enroll and ref.startswith("ext:"):
         try:
             member_id = insert_member(
@@ -97,8 +98,10 @@ def _member_for_event(
             )
         except MemberAlreadyExists as exists:
             # Another event enrolled the same customer since the lookup above: earn on them.
-            return str(exists.context["member_id"]), False
-        return member_id, True
+            again = find_member(conn, ctx.program_id, ref)
+            attributes = dict(again.attributes) if again is not None else {}
+            return str(exists.context["member_id"]), False, attributes
+        return member_id, True, {}
     raise MemberNotFound(ref)
 
 
@@ -164,9 +167,13 @@ def _record_purchase(
         channel=event.channel,
         store=event.store,
     )
-    earning = compute_earning(purchase, settings)
-    member_id, enrolled = _member_for_event(
+    if purchase.currency != settings.currency:
+        raise CurrencyMismatch(expected=settings.currency, received=purchase.currency)
+    member_id, enrolled, attributes = _member_for_event(
         conn, ctx, event.member.as_ref(), auto_enroll=settings.auto_enroll, now=now
+    )
+    earning = earn_on_purchase(
+        settings, purchase, member_attributes=attributes, expression_results={}
     )
     event_id = new_id("evt")
     entry_id: str | None = None
@@ -199,6 +206,7 @@ def _record_purchase(
                     "per_spend_minor": settings.earn.per_spend_minor,
                     "rounding": settings.earn.rounding.value,
                 },
+                "rules": earning.rules,
             },
         )
         entry_id = credit.entry_id
@@ -248,8 +256,15 @@ def _record_purchase(
         "program_version": earning.program_version,
         "entry_id": entry_id,
         "lot": lot,
+        "rules": earning.rules,
         "lines": [
-            {"line_id": le.line_id, "sku": pl.sku, "base_minor": le.base_minor, "points": le.points}
+            {
+                "line_id": le.line_id,
+                "sku": pl.sku,
+                "base_minor": le.base_minor,
+                "points": le.points,
+                "rules": le.rules,
+            }
             for le, pl in zip(earning.lines, purchase.lines, strict=True)
         ],
         "balance": balance_view(conn, ctx.program_id, member_id, now=now),
@@ -450,11 +465,48 @@ def _record_action(
     body: dict[str, Any],
     *,
     now: datetime,
+    actor: str,
 ) -> dict[str, Any]:
-    member_id, enrolled = _member_for_event(
-        conn, ctx, event.member.as_ref(), auto_enroll=ctx.settings.auto_enroll, now=now
+    settings = ctx.settings
+    member_id, enrolled, attributes = _member_for_event(
+        conn, ctx, event.member.as_ref(), auto_enroll=settings.auto_enroll, now=now
+    )
+    points, rules = earn_on_action(
+        settings,
+        action=event.action,
+        occurred_at=event.occurred_at,
+        member_attributes=attributes,
+        expression_results={},
     )
     event_id = new_id("evt")
+    entry_id: str | None = None
+    lot: dict[str, Any] | None = None
+    if points > 0:
+        earned_at = min(event.occurred_at.astimezone(UTC), now)
+        credit = credit_points(
+            conn,
+            program_id=ctx.program_id,
+            member_id=member_id,
+            wallet=lock_wallet(conn, ctx.program_id, member_id),
+            points=points,
+            kind=EntryKind.EARN,
+            from_purpose="issued",
+            program_version=settings.version,
+            now=now,
+            expires_at=settings.expiry.expires_at(earned_at),
+            earned_at=earned_at,
+            source_type="action",
+            source_id=event.id,
+            actor=actor,
+            details={"event_id": event_id, "action": event.action, "rules": rules},
+        )
+        entry_id = credit.entry_id
+        lot = {
+            "id": credit.lot_id,
+            "points": credit.points,
+            "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
+            "debt_repaid": credit.debt_repaid,
+        }
     _insert_event(
         conn,
         ctx,
@@ -463,8 +515,8 @@ def _record_action(
         event=event,
         body=body,
         now=now,
-        entry_id=None,
-        points=0,
+        entry_id=entry_id,
+        points=points,
     )
     return {
         "event_id": event_id,
@@ -473,6 +525,9 @@ def _record_action(
         "id": event.id,
         "member_id": member_id,
         "member_enrolled": enrolled,
-        "points_earned": 0,
-        "program_version": ctx.settings.version,
+        "points_earned": points,
+        "rules": rules,
+        "entry_id": entry_id,
+        "lot": lot,
+        "program_version": settings.version,
     }

@@ -7,10 +7,18 @@ added here as new optional sections, so documents written today stay valid.
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from loyalty.domain.points import Rounding
 from loyalty.domain.program import (
@@ -19,6 +27,15 @@ from loyalty.domain.program import (
     ExpiryPolicy,
     NegativeBalancePolicy,
     ProgramSettings,
+)
+from loyalty.domain.rules import (
+    BASE_RULE_ID,
+    Conditions,
+    Effect,
+    EffectKind,
+    ItemFilter,
+    Rule,
+    Trigger,
 )
 
 EARN_POINTS_MAX = 1_000
@@ -64,6 +81,120 @@ class EnrollmentDocument(_Strict):
     auto_enroll_on_purchase: bool = False
 
 
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+RULES_MAX = 100
+FILTER_VALUES_MAX = 500
+EFFECT_POINTS_MAX = 1_000_000
+FACTOR_PERCENT_MAX = 10_000
+EXPRESSION_LENGTH_MAX = 2_048
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ItemFilterDocument(_Strict):
+    """A line matches when its sku, category or brand is listed."""
+
+    skus: Annotated[list[Label], Field(max_length=FILTER_VALUES_MAX)] = Field(default_factory=list)
+    categories: Annotated[list[Label], Field(max_length=FILTER_VALUES_MAX)] = Field(
+        default_factory=list
+    )
+    brands: Annotated[list[Label], Field(max_length=FILTER_VALUES_MAX)] = Field(
+        default_factory=list
+    )
+
+
+class HoursDocument(_Strict):
+    """A local time window ``[from, until)`` in the program's time zone; may wrap midnight."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: time | None = Field(default=None, alias="from")
+    until: time | None = None
+
+
+class ConditionsDocument(_Strict):
+    """All given conditions must hold. Item filters choose the lines the effect applies to."""
+
+    min_total_minor: Annotated[int, Field(ge=0, le=10**13)] | None = None
+    channels: Annotated[list[Label], Field(min_length=1, max_length=50)] | None = None
+    stores: Annotated[list[Label], Field(min_length=1, max_length=FILTER_VALUES_MAX)] | None = None
+    days_of_week: (
+        Annotated[
+            list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]], Field(min_length=1)
+        ]
+        | None
+    ) = None
+    hours: HoursDocument | None = None
+    include: ItemFilterDocument | None = None
+    exclude: ItemFilterDocument | None = None
+    member_attributes: Annotated[dict[str, str | int | bool | None], Field(max_length=20)] = Field(
+        default_factory=dict
+    )
+    expression: Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)] | None = None
+
+
+class EffectDocument(_Strict):
+    """``per_spend``: ``points`` per ``per_spend_minor`` of the eligible lines' base.
+    ``fixed``: ``points`` once. ``multiplier``: ``factor_percent`` of what the other rules
+    earned on the eligible lines (200 doubles them)."""
+
+    type: Literal["per_spend", "fixed", "multiplier"]
+    points: Annotated[int, Field(ge=0, le=EFFECT_POINTS_MAX)] | None = None
+    per_spend_minor: Annotated[int, Field(ge=1, le=PER_SPEND_MINOR_MAX)] | None = None
+    rounding: Rounding = Rounding.FLOOR
+    factor_percent: Annotated[int, Field(ge=100, le=FACTOR_PERCENT_MAX)] | None = None
+
+    @model_validator(mode="after")
+    def _fields_match_type(self) -> EffectDocument:
+        if self.type == "multiplier":
+            if self.factor_percent is None:
+                raise ValueError("a multiplier needs 'factor_percent' (200 doubles)")
+            if self.points is not None or self.per_spend_minor is not None:
+                raise ValueError("a multiplier takes 'factor_percent', not 'points'")
+        else:
+            if self.points is None:
+                raise ValueError(f"a {self.type} effect needs 'points'")
+            if self.factor_percent is not None:
+                raise ValueError(f"a {self.type} effect takes no 'factor_percent'")
+            if self.type == "fixed" and self.per_spend_minor is not None:
+                raise ValueError("a fixed effect takes no 'per_spend_minor'")
+        return self
+
+
+class RuleDocument(_Strict):
+    """An earning rule: when it applies (trigger, window, conditions), what it earns (effect),
+    and how it combines with others (priority, exclusive_group)."""
+
+    id: Slug
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    trigger: Literal["purchase", "action"]
+    action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = None
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    exclusive_group: Slug | None = None
+    conditions: ConditionsDocument = Field(default_factory=ConditionsDocument)
+    effect: EffectDocument
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleDocument:
+        if self.trigger == "action":
+            if self.action is None:
+                raise ValueError("an action rule names its 'action' (e.g. review_posted)")
+            if self.effect.type != "fixed":
+                raise ValueError("an action rule earns 'fixed' points")
+            c = self.conditions
+            if any(
+                v is not None
+                for v in (c.min_total_minor, c.channels, c.stores, c.include, c.exclude)
+            ):
+                raise ValueError("an action rule cannot use purchase conditions")
+        elif self.action is not None:
+            raise ValueError("'action' is only for trigger 'action'")
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("'ends_at' must be after 'starts_at'")
+        return self
+
+
 class ProgramDocument(_Strict):
     """A program definition, version 1 of the schema."""
 
@@ -73,6 +204,19 @@ class ProgramDocument(_Strict):
     time_zone: Annotated[str, Field(max_length=64)] = "UTC"
     points: PointsWalletDocument = Field(default_factory=PointsWalletDocument)
     enrollment: EnrollmentDocument = Field(default_factory=EnrollmentDocument)
+    rules: Annotated[list[RuleDocument], Field(max_length=RULES_MAX)] = Field(default_factory=list)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_ids(cls, rules: list[RuleDocument]) -> list[RuleDocument]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.id == BASE_RULE_ID:
+                raise ValueError(f"rule id {BASE_RULE_ID!r} is reserved for points.earn")
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        return rules
 
     @field_validator("time_zone")
     @classmethod
@@ -82,6 +226,65 @@ class ProgramDocument(_Strict):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+
+def _item_filter(doc: ItemFilterDocument | None) -> ItemFilter | None:
+    if doc is None:
+        return None
+    return ItemFilter(frozenset(doc.skus), frozenset(doc.categories), frozenset(doc.brands))
+
+
+def rule_from_document(doc: RuleDocument) -> Rule:
+    c = doc.conditions
+    e = doc.effect
+    return Rule(
+        rule_id=doc.id,
+        name=doc.name,
+        trigger=Trigger(doc.trigger),
+        action=doc.action,
+        priority=doc.priority,
+        starts_at=doc.starts_at,
+        ends_at=doc.ends_at,
+        exclusive_group=doc.exclusive_group,
+        conditions=Conditions(
+            min_total_minor=c.min_total_minor,
+            channels=frozenset(c.channels) if c.channels is not None else None,
+            stores=frozenset(c.stores) if c.stores is not None else None,
+            days_of_week=frozenset(WEEKDAYS.index(d) for d in c.days_of_week)
+            if c.days_of_week is not None
+            else None,
+            hours_from=c.hours.from_ if c.hours else None,
+            hours_until=c.hours.until if c.hours else None,
+            include=_item_filter(c.include),
+            exclude=_item_filter(c.exclude),
+            member_attributes=dict(c.member_attributes),
+            has_expression=c.expression is not None,
+        ),
+        effect=Effect(
+            kind=EffectKind(e.type),
+            points=e.points or 0,
+            per_spend_minor=e.per_spend_minor or 100,
+            rounding=e.rounding,
+            factor_percent=e.factor_percent or 100,
+        ),
+    )
+
+
+def base_rule(document: ProgramDocument) -> Rule:
+    """The wallet's earn rate, as the rule every purchase line earns by."""
+    earn = document.points.earn
+    return Rule(
+        rule_id=BASE_RULE_ID,
+        name="Base rate",
+        trigger=Trigger.PURCHASE,
+        priority=1001,
+        effect=Effect(
+            EffectKind.PER_SPEND,
+            points=earn.points,
+            per_spend_minor=earn.per_spend_minor,
+            rounding=earn.rounding,
+        ),
+    )
 
 
 def settings_from_document(document: ProgramDocument, *, version: int) -> ProgramSettings:
@@ -97,4 +300,9 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         negative_balance=wallet.negative_balance,
         auto_enroll=document.enrollment.auto_enroll_on_purchase,
         version=version,
+        time_zone=document.time_zone,
+        rules=(base_rule(document), *(rule_from_document(r) for r in document.rules)),
+        expressions={
+            r.id: r.conditions.expression for r in document.rules if r.conditions.expression
+        },
     )

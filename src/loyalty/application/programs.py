@@ -98,7 +98,7 @@ def create_program(
     principal.require(Scope.ADMIN)
     if principal.program_id is not None:
         raise Forbidden("A key limited to one program cannot create programs.")
-    doc = document.model_dump(mode="json")
+    doc = document.model_dump(mode="json", by_alias=True)
 
     def work(conn: Connection) -> Outcome:
         def effect() -> tuple[int, dict[str, Any]]:
@@ -148,7 +148,7 @@ def update_program(
 ) -> dict[str, Any]:
     """Publish a new version of the document. The currency cannot change once set, because
     every amount already recorded is in it. Submitting the current document again is a no-op."""
-    doc = document.model_dump(mode="json")
+    doc = document.model_dump(mode="json", by_alias=True)
 
     def work(conn: Connection) -> dict[str, Any]:
         ctx = load_program(conn, principal, program_id, Scope.ADMIN)

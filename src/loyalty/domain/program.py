@@ -3,11 +3,16 @@ program document. The document grows (rules, tiers, campaigns); this is its spin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from loyalty.domain.points import Rounding
+
+if TYPE_CHECKING:
+    from loyalty.domain.rules import Rule
 
 
 class ExpiryPolicy(StrEnum):
@@ -52,3 +57,8 @@ class ProgramSettings:
     negative_balance: NegativeBalancePolicy
     auto_enroll: bool
     version: int
+    time_zone: str = "UTC"
+    rules: tuple[Rule, ...] = ()
+    """The base rate first, then the document's rules."""
+    expressions: Mapping[str, str] = field(default_factory=dict)
+    """Merchant expressions (CEL source) by rule id."""

@@ -91,11 +91,19 @@ class LotOut(_Body):
     debt_repaid: int
 
 
+class RuleShare(_Body):
+    """What one rule earned (on a line, or on the whole event)."""
+
+    rule: str
+    points: int
+
+
 class LineEarning(_Body):
     line_id: str
     sku: str | None
     base_minor: int
     points: int
+    rules: list[RuleShare]
 
 
 class PurchaseResult(_Body):
@@ -109,6 +117,7 @@ class PurchaseResult(_Body):
     program_version: int
     entry_id: str | None
     lot: LotOut | None
+    rules: list[RuleShare]
     lines: list[LineEarning]
     balance: BalanceOut
 
@@ -144,6 +153,9 @@ class ActionResult(_Body):
     member_id: str
     member_enrolled: bool
     points_earned: int
+    rules: list[RuleShare]
+    entry_id: str | None
+    lot: LotOut | None
     program_version: int
 
 

@@ -1,0 +1,99 @@
+"""The evaluator every purchase and action goes through, and every quote with them: the
+program's rules applied to one event, with an explanation of what each rule earned."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from loyalty.domain.errors import CurrencyMismatch
+from loyalty.domain.program import ProgramSettings
+from loyalty.domain.purchase import Purchase
+from loyalty.domain.rules import OrderFacts, RuleEvaluation, evaluate_action, evaluate_purchase
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    line_id: str
+    base_minor: int
+    points: int
+    rules: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseEarning:
+    points: int
+    base_minor: int
+    lines: list[LineResult]
+    rules: list[dict[str, Any]]
+    program_version: int
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _rule_totals(evaluation: RuleEvaluation) -> list[dict[str, Any]]:
+    return [{"rule": r.rule_id, "points": r.points} for r in evaluation.results]
+
+
+def earn_on_purchase(
+    settings: ProgramSettings,
+    purchase: Purchase,
+    *,
+    member_attributes: Mapping[str, Any],
+    expression_results: Mapping[str, bool],
+) -> PurchaseEarning:
+    """Raises ``CurrencyMismatch``."""
+    if purchase.currency != settings.currency:
+        raise CurrencyMismatch(expected=settings.currency, received=purchase.currency)
+    evaluation = evaluate_purchase(
+        settings.rules,
+        order=OrderFacts(
+            purchase.occurred_at, purchase.total_minor, purchase.channel, purchase.store
+        ),
+        lines=purchase.lines,
+        zone=_zone(settings.time_zone),
+        member_attributes=member_attributes,
+        expression_results=expression_results,
+    )
+    if purchase.lines:
+        lines = [
+            LineResult(
+                line.line_id,
+                line.base_minor,
+                evaluation.line_points(line.line_id),
+                evaluation.line_breakdown(line.line_id),
+            )
+            for line in purchase.lines
+        ]
+        base = sum(line.base_minor for line in purchase.lines)
+    else:
+        lines = []
+        base = purchase.total_minor
+    return PurchaseEarning(
+        evaluation.points, base, lines, _rule_totals(evaluation), settings.version
+    )
+
+
+def earn_on_action(
+    settings: ProgramSettings,
+    *,
+    action: str,
+    occurred_at: Any,
+    member_attributes: Mapping[str, Any],
+    expression_results: Mapping[str, bool],
+) -> tuple[int, list[dict[str, Any]]]:
+    evaluation = evaluate_action(
+        settings.rules,
+        action=action,
+        occurred_at=occurred_at,
+        zone=_zone(settings.time_zone),
+        member_attributes=member_attributes,
+        expression_results=expression_results,
+    )
+    return evaluation.points, _rule_totals(evaluation)

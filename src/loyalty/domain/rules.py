@@ -1,0 +1,318 @@
+"""Earning rules: which events and lines a rule applies to, and what it earns.
+
+Evaluation is a pure function of the event, the member's attributes, the program's rules and
+the results of any merchant expressions (evaluated by the caller, bound once per event). The
+same function serves the real purchase and the "what will I earn" quote.
+
+Order of evaluation, for one purchase:
+
+1. Every active rule whose conditions hold selects its eligible lines (all lines, narrowed by
+   ``include`` and ``exclude`` filters).
+2. ``per_spend`` and ``fixed`` rules earn: per_spend converts the eligible lines' base at the
+   rule's rate, rounded once by the rule's mode; fixed points are spread over the eligible
+   lines by base. Either way, line figures add up exactly to the rule's total.
+3. ``multiplier`` rules then add ``(factor_percent - 100)%`` of what ``per_spend`` rules
+   earned in step 2 on their eligible lines (200 doubles them), rounded once per rule; fixed
+   bonuses are not multiplied.
+4. In an ``exclusive_group``, only the rule that earns the most pays (ties: higher priority,
+   then rule id); groups are resolved within step 2 and within step 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from loyalty.domain.points import Rounding, allocate, convert_spend, divide
+from loyalty.domain.purchase import PurchaseLine
+
+BASE_RULE_ID = "base"
+
+
+class Trigger(StrEnum):
+    PURCHASE = "purchase"
+    ACTION = "action"
+
+
+class EffectKind(StrEnum):
+    PER_SPEND = "per_spend"
+    FIXED = "fixed"
+    MULTIPLIER = "multiplier"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFilter:
+    skus: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+    brands: frozenset[str] = frozenset()
+
+    def matches(self, line: PurchaseLine) -> bool:
+        return (
+            (line.sku is not None and line.sku in self.skus)
+            or (line.category is not None and line.category in self.categories)
+            or (line.brand is not None and line.brand in self.brands)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    min_total_minor: int | None = None
+    channels: frozenset[str] | None = None
+    stores: frozenset[str] | None = None
+    days_of_week: frozenset[int] | None = None
+    """0 = Monday ... 6 = Sunday, in the program's time zone."""
+    hours_from: time | None = None
+    hours_until: time | None = None
+    """Local time window [from, until); a window that wraps midnight is allowed."""
+    include: ItemFilter | None = None
+    exclude: ItemFilter | None = None
+    member_attributes: Mapping[str, Any] = field(default_factory=dict)
+    has_expression: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    kind: EffectKind
+    points: int = 0
+    per_spend_minor: int = 100
+    rounding: Rounding = Rounding.FLOOR
+    factor_percent: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    rule_id: str
+    name: str
+    trigger: Trigger
+    effect: Effect
+    conditions: Conditions = field(default_factory=Conditions)
+    action: str | None = None
+    priority: int = 0
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    exclusive_group: str | None = None
+
+    def active_at(self, moment: datetime) -> bool:
+        if self.starts_at is not None and moment < self.starts_at:
+            return False
+        return not (self.ends_at is not None and moment >= self.ends_at)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFacts:
+    """What order-level conditions look at."""
+
+    occurred_at: datetime
+    total_minor: int
+    channel: str | None
+    store: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    rule_id: str
+    points: int
+    line_points: dict[str, int]
+    """Points per line id; an order without lines books them on the line id ``order``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleEvaluation:
+    results: list[RuleResult]
+
+    @property
+    def points(self) -> int:
+        return sum(r.points for r in self.results)
+
+    def line_points(self, line_id: str) -> int:
+        return sum(r.line_points.get(line_id, 0) for r in self.results)
+
+    def line_breakdown(self, line_id: str) -> list[dict[str, Any]]:
+        return [
+            {"rule": r.rule_id, "points": r.line_points[line_id]}
+            for r in self.results
+            if r.line_points.get(line_id)
+        ]
+
+
+def _in_window(local: time, start: time | None, end: time | None) -> bool:
+    if start is None and end is None:
+        return True
+    start = start or time(0, 0)
+    if end is None:
+        return local >= start
+    if start <= end:
+        return start <= local < end
+    return local >= start or local < end
+
+
+def order_conditions_hold(
+    conditions: Conditions,
+    order: OrderFacts,
+    *,
+    zone: ZoneInfo,
+    member_attributes: Mapping[str, Any],
+    expression_result: bool | None,
+) -> bool:
+    c = conditions
+    if c.min_total_minor is not None and order.total_minor < c.min_total_minor:
+        return False
+    if c.channels is not None and (order.channel or "") not in c.channels:
+        return False
+    if c.stores is not None and (order.store or "") not in c.stores:
+        return False
+    local = order.occurred_at.astimezone(zone)
+    if c.days_of_week is not None and local.weekday() not in c.days_of_week:
+        return False
+    if not _in_window(local.time(), c.hours_from, c.hours_until):
+        return False
+    for key, wanted in c.member_attributes.items():
+        if member_attributes.get(key) != wanted:
+            return False
+    return not (c.has_expression and expression_result is not True)
+
+
+def eligible_lines(conditions: Conditions, lines: Sequence[PurchaseLine]) -> list[PurchaseLine]:
+    chosen = [
+        line for line in lines if conditions.include is None or conditions.include.matches(line)
+    ]
+    if conditions.exclude is not None:
+        chosen = [line for line in chosen if not conditions.exclude.matches(line)]
+    return chosen
+
+
+def _spread(points: int, lines: Sequence[PurchaseLine]) -> dict[str, int]:
+    if not lines:
+        return {"order": points}
+    bases = [line.base_minor for line in lines]
+    if sum(bases) == 0:
+        # Free lines share fixed points evenly rather than losing them.
+        bases = [1 for _ in lines]
+    return dict(zip((line.line_id for line in lines), allocate(points, bases), strict=True))
+
+
+def _best_per_group(results: list[tuple[Rule, RuleResult]]) -> list[tuple[Rule, RuleResult]]:
+    best: dict[str, tuple[Rule, RuleResult]] = {}
+    kept: list[tuple[Rule, RuleResult]] = []
+    for rule, result in results:
+        if rule.exclusive_group is None:
+            kept.append((rule, result))
+            continue
+        current = best.get(rule.exclusive_group)
+        key = (result.points, rule.priority, rule.rule_id)
+        if current is None or key > (current[1].points, current[0].priority, current[0].rule_id):
+            best[rule.exclusive_group] = (rule, result)
+    kept.extend(best.values())
+    return kept
+
+
+def evaluate_purchase(
+    rules: Sequence[Rule],
+    *,
+    order: OrderFacts,
+    lines: Sequence[PurchaseLine],
+    zone: ZoneInfo,
+    member_attributes: Mapping[str, Any],
+    expression_results: Mapping[str, bool],
+) -> RuleEvaluation:
+    """What each rule earns on a purchase. A purchase without lines is one line, ``order``,
+    whose base is the order total."""
+    if not lines:
+        lines = [PurchaseLine("order", None, 1, order.total_minor)]
+    applicable: list[tuple[Rule, list[PurchaseLine]]] = []
+    for rule in sorted(rules, key=lambda r: -r.priority):
+        if rule.trigger is not Trigger.PURCHASE or not rule.active_at(order.occurred_at):
+            continue
+        if not order_conditions_hold(
+            rule.conditions,
+            order,
+            zone=zone,
+            member_attributes=member_attributes,
+            expression_result=expression_results.get(rule.rule_id),
+        ):
+            continue
+        chosen = eligible_lines(rule.conditions, lines)
+        if chosen:
+            applicable.append((rule, chosen))
+
+    first: list[tuple[Rule, RuleResult]] = []
+    for rule, chosen in applicable:
+        effect = rule.effect
+        if effect.kind is EffectKind.PER_SPEND:
+            base = sum(line.base_minor for line in chosen)
+            pts = convert_spend(
+                base,
+                points=effect.points,
+                per_spend_minor=effect.per_spend_minor,
+                rounding=effect.rounding,
+            )
+            first.append((rule, RuleResult(rule.rule_id, pts, _spread_by_base(pts, chosen))))
+        elif effect.kind is EffectKind.FIXED:
+            first.append(
+                (rule, RuleResult(rule.rule_id, effect.points, _spread(effect.points, chosen)))
+            )
+    first = _best_per_group(first)
+
+    # Multipliers scale what was earned by spending; fixed bonuses spread over lines are not
+    # multiplied (a "2x on our brand" doubles points per euro, not a basket bonus).
+    earned_by_line: dict[str, int] = {}
+    for rule, result in first:
+        if rule.effect.kind is not EffectKind.PER_SPEND:
+            continue
+        for line_id, pts in result.line_points.items():
+            earned_by_line[line_id] = earned_by_line.get(line_id, 0) + pts
+    second: list[tuple[Rule, RuleResult]] = []
+    for rule, chosen in applicable:
+        if rule.effect.kind is not EffectKind.MULTIPLIER:
+            continue
+        weights = [earned_by_line.get(line.line_id, 0) for line in chosen]
+        extra = divide(sum(weights) * (rule.effect.factor_percent - 100), 100, rule.effect.rounding)
+        if extra <= 0:
+            continue
+        shares = allocate(extra, weights)
+        line_points = dict(zip((line.line_id for line in chosen), shares, strict=True))
+        second.append((rule, RuleResult(rule.rule_id, extra, line_points)))
+    second = _best_per_group(second)
+    ordered = sorted(first + second, key=lambda pair: -pair[0].priority)
+    return RuleEvaluation([result for _, result in ordered if result.points > 0])
+
+
+def _spread_by_base(points: int, lines: Sequence[PurchaseLine]) -> dict[str, int]:
+    bases = [line.base_minor for line in lines]
+    if sum(bases) == 0:
+        return {line.line_id: 0 for line in lines}
+    return dict(zip((line.line_id for line in lines), allocate(points, bases), strict=True))
+
+
+def evaluate_action(
+    rules: Sequence[Rule],
+    *,
+    action: str,
+    occurred_at: datetime,
+    zone: ZoneInfo,
+    member_attributes: Mapping[str, Any],
+    expression_results: Mapping[str, bool],
+) -> RuleEvaluation:
+    """Fixed points for a custom action (a review, a referral, a profile completed...)."""
+    order = OrderFacts(occurred_at, 0, None, None)
+    results: list[tuple[Rule, RuleResult]] = []
+    for rule in sorted(rules, key=lambda r: -r.priority):
+        if rule.trigger is not Trigger.ACTION or rule.action != action:
+            continue
+        if not rule.active_at(occurred_at) or rule.effect.kind is not EffectKind.FIXED:
+            continue
+        if order_conditions_hold(
+            rule.conditions,
+            order,
+            zone=zone,
+            member_attributes=member_attributes,
+            expression_result=expression_results.get(rule.rule_id),
+        ):
+            results.append(
+                (rule, RuleResult(rule.rule_id, rule.effect.points, {"action": rule.effect.points}))
+            )
+    return RuleEvaluation([r for _, r in _best_per_group(results) if r.points > 0])

@@ -1,0 +1,211 @@
+"""Earning rules in the program document, through the API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+GROCER_RULES = [
+    {
+        "id": "private-label-2x",
+        "name": "Double points on our own brand",
+        "trigger": "purchase",
+        "conditions": {"include": {"brands": ["Private"]}},
+        "effect": {"type": "multiplier", "factor_percent": 200},
+    },
+    {
+        "id": "big-basket",
+        "name": "50 points on baskets of 50 EUR or more",
+        "trigger": "purchase",
+        "conditions": {"min_total_minor": 5000},
+        "effect": {"type": "fixed", "points": 50},
+    },
+    {
+        "id": "review",
+        "name": "A review earns 20 points",
+        "trigger": "action",
+        "action": "review_posted",
+        "effect": {"type": "fixed", "points": 20},
+    },
+]
+
+
+def _program(api, rules):
+    return api.create_program(
+        points={"earn": {"points": 1, "per_spend_minor": 100, "rounding": "floor"}},
+        enrollment={"auto_enroll_on_purchase": True},
+        rules=rules,
+    )
+
+
+def test_rules_stack_on_the_base_rate_and_explain_every_line(api):
+    program = _program(api, GROCER_RULES)
+    r = api.purchase(
+        program,
+        "O1",
+        "C1",
+        [
+            {
+                "line_id": "milk",
+                "sku": "MILK",
+                "brand": "Private",
+                "quantity": 4,
+                "unit_price_minor": 250,
+            },
+            {"line_id": "wine", "sku": "WINE", "brand": "Chateau", "unit_price_minor": 4500},
+        ],
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    # Base: 55 EUR -> 55 points (10 + 45); 2x private label: +10; big basket: +50.
+    assert body["points_earned"] == 115
+    # Listed in evaluation order: spend and fixed rules, then multipliers.
+    assert body["rules"] == [
+        {"rule": "base", "points": 55},
+        {"rule": "big-basket", "points": 50},
+        {"rule": "private-label-2x", "points": 10},
+    ]
+    lines = {li["line_id"]: li for li in body["lines"]}
+    assert lines["milk"]["rules"] == [
+        {"rule": "base", "points": 10},
+        {"rule": "big-basket", "points": 9},
+        {"rule": "private-label-2x", "points": 10},
+    ]
+    assert lines["milk"]["points"] + lines["wine"]["points"] == 115
+    entry = api.request("GET", f"/v1/programs/{program}/members/ext:C1/ledger").json()["items"][0]
+    assert entry["details"]["rules"] == body["rules"]
+
+
+def test_returning_a_multiplied_line_takes_back_exactly_its_points(api):
+    program = _program(api, GROCER_RULES[:1])
+    api.purchase(
+        program,
+        "O1",
+        "C1",
+        [
+            {"line_id": "milk", "brand": "Private", "quantity": 2, "unit_price_minor": 500},
+            {"line_id": "wine", "brand": "Chateau", "unit_price_minor": 1000},
+        ],
+    )
+    assert api.balance(program, "ext:C1")["balance"] == 30  # 10 + 10 (2x) + 10
+    r = api.request(
+        "POST",
+        f"/v1/programs/{program}/events",
+        json={
+            "type": "return",
+            "id": "R1",
+            "order_id": "O1",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "lines": [{"line_id": "milk", "quantity": 1}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["points_reversed"] == 10
+    assert api.balance(program, "ext:C1")["balance"] == 20
+
+
+def test_a_custom_action_earns_the_points_of_its_rule(api):
+    program = _program(api, GROCER_RULES)
+    api.enroll(program, "C1")
+    r = api.request(
+        "POST",
+        f"/v1/programs/{program}/events",
+        json={
+            "type": "action",
+            "id": "rev-1",
+            "member": {"external_id": "C1"},
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "action": "review_posted",
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["points_earned"] == 20
+    assert r.json()["rules"] == [{"rule": "review", "points": 20}]
+    other = api.request(
+        "POST",
+        f"/v1/programs/{program}/events",
+        json={
+            "type": "action",
+            "id": "app-1",
+            "member": {"external_id": "C1"},
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "action": "app_open",
+        },
+    )
+    assert other.json()["points_earned"] == 0
+    assert api.balance(program, "ext:C1")["balance"] == 20
+
+
+def test_a_rule_outside_its_window_earns_nothing(api):
+    program = _program(
+        api,
+        [
+            {
+                "id": "black-friday",
+                "name": "Black Friday",
+                "trigger": "purchase",
+                "starts_at": "2020-11-27T00:00:00Z",
+                "ends_at": "2020-11-28T00:00:00Z",
+                "effect": {"type": "fixed", "points": 500},
+            }
+        ],
+    )
+    r = api.purchase(program, "O1", "C1", [{"unit_price_minor": 1000}])
+    assert r.json()["points_earned"] == 10
+
+
+def test_invalid_rules_are_refused_with_the_path_of_each_mistake(api):
+    r = api.request(
+        "POST",
+        "/v1/programs",
+        json={
+            "name": "Bad",
+            "currency": "EUR",
+            "rules": [
+                {"id": "a", "name": "A", "trigger": "purchase", "effect": {"type": "multiplier"}},
+                {
+                    "id": "b",
+                    "name": "B",
+                    "trigger": "action",
+                    "action": "review_posted",
+                    "conditions": {"min_total_minor": 10},
+                    "effect": {"type": "fixed", "points": 1},
+                },
+                {
+                    "id": "c",
+                    "name": "C",
+                    "trigger": "purchase",
+                    "effect": {"type": "fixed", "points": 1, "bonus": 3},
+                },
+            ],
+        },
+    )
+    assert r.status_code == 422
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert "rules[0].effect" in fields
+    assert "rules[1]" in fields
+    assert "rules[2].effect.bonus" in fields
+    duplicate = api.request(
+        "POST",
+        "/v1/programs",
+        json={
+            "name": "Dup",
+            "currency": "EUR",
+            "rules": [
+                {
+                    "id": "x",
+                    "name": "X",
+                    "trigger": "purchase",
+                    "effect": {"type": "fixed", "points": 1},
+                },
+                {
+                    "id": "x",
+                    "name": "Y",
+                    "trigger": "purchase",
+                    "effect": {"type": "fixed", "points": 2},
+                },
+            ],
+        },
+    )
+    assert duplicate.status_code == 422
+    assert "used twice" in duplicate.text
+    assert api.request("GET", "/v1/programs").json()["items"] == []
