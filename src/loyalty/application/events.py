@@ -271,6 +271,19 @@ def _record_purchase(
     }
 
 
+def record_purchase_in(
+    conn: Connection,
+    ctx: ProgramContext,
+    event: PurchaseEvent,
+    body: dict[str, Any],
+    *,
+    now: datetime,
+    actor: str,
+) -> dict[str, Any]:
+    """Record a purchase in the caller's transaction (used by the quote, which rolls it back)."""
+    return _record_purchase(conn, ctx, event, body, now=now, actor=actor)
+
+
 def _record_return(
     conn: Connection,
     ctx: ProgramContext,

@@ -266,3 +266,23 @@ def documented(status: int, model: type[BaseModel], description: str) -> dict[in
         "4XX": {"model": Problem, "description": "A problem (application/problem+json)."},
         503: {"model": Problem, "description": "Database unavailable; retry (Retry-After)."},
     }
+
+
+class BalanceAfter(_Body):
+    balance: int
+    available: int
+    pending: int
+    debt: int
+
+
+class QuoteOut(_Body):
+    member_id: str | None
+    member_enrolled: bool
+    points_earned: int
+    base_minor: int
+    program_version: int
+    rules: list[RuleShare]
+    lines: list[LineEarning]
+    expires_at: str | None
+    debt_repaid: int
+    balance_after: BalanceAfter | None

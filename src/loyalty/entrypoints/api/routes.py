@@ -11,8 +11,9 @@ from sqlalchemy import Engine
 
 from loyalty.adapters.clock import utc_now
 from loyalty.application import access, balances, events, members, programs, redemptions
+from loyalty.application import quote as quotes
 from loyalty.application.access import Principal, Scope
-from loyalty.application.event_documents import Event
+from loyalty.application.event_documents import Event, MemberRef, PurchaseEvent
 from loyalty.application.idempotency import IDEMPOTENCY_KEY_LENGTH_MAX, Outcome
 from loyalty.application.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from loyalty.application.program_document import ProgramDocument
@@ -23,6 +24,7 @@ from loyalty.entrypoints.api.schemas import (
     CancelRedemption,
     CreateApiKey,
     EnrollMember,
+    QuoteRequest,
     RedeemPoints,
     UpdateMember,
 )
@@ -269,6 +271,33 @@ def post_event(
     key: the same id with the same body replays the first response (`Idempotent-Replayed`),
     with a different body is `409 idempotency_conflict`."""
     return respond(events.submit_event(engine, principal, program_id, event, now=utc_now()))
+
+
+@router.post(
+    "/programs/{program_id}/quote",
+    tags=["events"],
+    responses=bodies.documented(
+        200, bodies.QuoteOut, "What the cart would earn; nothing is recorded."
+    ),
+)
+def quote(program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: EngineDep) -> Any:
+    """What a cart (or a single product) would earn, per line and per rule, computed by the
+    same code as a real purchase in a transaction that is rolled back. Needs a `read` key."""
+    now = utc_now()
+    cart = PurchaseEvent(
+        type="purchase",
+        id=f"quote-{now.timestamp()}",
+        member=body.member or MemberRef(external_id="quote-guest"),
+        occurred_at=body.occurred_at or now,
+        currency=body.currency,
+        total_minor=body.total_minor
+        if body.total_minor is not None
+        else sum(li.quantity * li.unit_price_minor - li.discount_minor for li in body.lines),
+        lines=body.lines,
+        channel=body.channel,
+        store=body.store,
+    )
+    return quotes.quote_purchase(engine, principal, program_id, cart, member=body.member, now=now)
 
 
 # --- balance, statement -----------------------------------------------------------------

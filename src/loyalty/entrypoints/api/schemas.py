@@ -8,9 +8,12 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from loyalty.application.access import Scope
+from loyalty.application.event_documents import LineItem, MemberRef
 from loyalty.application.limits import (
     ATTRIBUTES_BYTES_MAX,
     ATTRIBUTES_KEYS_MAX,
+    LINES_PER_EVENT_MAX,
+    MONEY_MINOR_MAX,
     POINTS_PER_REQUEST_MAX,
     REASON_LENGTH_MAX,
     REFERENCE_LENGTH_MAX,
@@ -103,3 +106,18 @@ class CreateApiKey(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=3)]
     program_id: Annotated[str, Field(max_length=32)] | None = None
+
+
+class QuoteRequest(_Strict):
+    """A cart to price: a purchase without an id. Omit ``member`` to price for a new member
+    (a product page); omit ``occurred_at`` for now; omit ``total_minor`` for the lines' sum."""
+
+    member: MemberRef | None = None
+    occurred_at: AwareDatetime | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    total_minor: Annotated[int, Field(ge=0, le=MONEY_MINOR_MAX)] | None = None
+    lines: Annotated[list[LineItem], Field(max_length=LINES_PER_EVENT_MAX)] = Field(
+        default_factory=list
+    )
+    channel: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    store: Annotated[str, Field(min_length=1, max_length=64)] | None = None

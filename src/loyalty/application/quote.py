@@ -1,0 +1,84 @@
+""" "What will I earn": the real purchase, run and rolled back.
+
+A quote runs the very code a purchase runs (same evaluator, same member lookup, same debt
+repayment and balance arithmetic) inside a transaction that is always rolled back, so what it
+answers is what committing the same purchase would do at that moment, and it changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.ids import new_id
+from loyalty.application.access import Principal, Scope
+from loyalty.application.event_documents import MemberRef, PurchaseEvent
+from loyalty.application.events import record_purchase_in
+from loyalty.application.members import MemberProfile, insert_member
+from loyalty.application.programs import load_program
+
+
+class _RollBack(Exception):
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__("quote")
+        self.result = result
+
+
+def quote_purchase(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    cart: PurchaseEvent,
+    *,
+    member: MemberRef | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Points a cart would earn, per line and per rule, and the balance it would leave.
+    Without a member, the cart is priced for a new member with no attributes. Raises
+    ``ProgramNotFound``, ``MemberNotFound``, ``CurrencyMismatch``."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        ctx = load_program(conn, principal, program_id, Scope.READ)
+        guest = member is None
+        event = cart
+        if guest:
+            external_id = f"quote-guest-{new_id('q')}"
+            insert_member(
+                conn,
+                program_id=program_id,
+                external_id=external_id,
+                profile=MemberProfile(),
+                source="api",
+                now=now,
+            )
+            event = cart.model_copy(update={"member": MemberRef(external_id=external_id)})
+        body = event.model_dump(mode="json", exclude_none=True)
+        result = record_purchase_in(conn, ctx, event, body, now=now, actor=principal.key_id)
+        raise _RollBack(_quote_view(result, guest=guest))
+
+    try:
+        run_transaction(engine, work)
+    except _RollBack as done:
+        return done.result
+    raise AssertionError("a quote always rolls back")
+
+
+def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:
+    balance = result["balance"]
+    return {
+        "member_id": None if guest else result["member_id"],
+        "member_enrolled": False if guest else result["member_enrolled"],
+        "points_earned": result["points_earned"],
+        "base_minor": result["base_minor"],
+        "program_version": result["program_version"],
+        "rules": result["rules"],
+        "lines": result["lines"],
+        "expires_at": result["lot"]["expires_at"] if result["lot"] else None,
+        "debt_repaid": result["lot"]["debt_repaid"] if result["lot"] else 0,
+        "balance_after": None
+        if guest
+        else {k: balance[k] for k in ("balance", "available", "pending", "debt")},
+    }
