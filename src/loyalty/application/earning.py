@@ -3,7 +3,7 @@ program's rules applied to one event, with an explanation of what each rule earn
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -41,14 +41,20 @@ def _rule_totals(evaluation: RuleEvaluation) -> list[dict[str, Any]]:
     return [{"rule": r.rule_id, "points": r.points} for r in evaluation.results]
 
 
+Cap = Callable[[RuleEvaluation], RuleEvaluation]
+"""Applies per-member caps and budgets (it reads usage from the database)."""
+
+
 def earn_on_purchase(
     settings: ProgramSettings,
     purchase: Purchase,
     *,
     member_attributes: Mapping[str, Any],
     expression_results: Mapping[str, bool],
-) -> PurchaseEarning:
-    """Raises ``CurrencyMismatch``."""
+    cap: Cap | None = None,
+) -> tuple[PurchaseEarning, RuleEvaluation]:
+    """What a purchase earns, and the (capped) evaluation behind it. Raises
+    ``CurrencyMismatch``."""
     if purchase.currency != settings.currency:
         raise CurrencyMismatch(expected=settings.currency, received=purchase.currency)
     evaluation = evaluate_purchase(
@@ -61,6 +67,8 @@ def earn_on_purchase(
         member_attributes=member_attributes,
         expression_results=expression_results,
     )
+    if cap is not None:
+        evaluation = cap(evaluation)
     if purchase.lines:
         lines = [
             LineResult(
@@ -75,9 +83,10 @@ def earn_on_purchase(
     else:
         lines = []
         base = purchase.total_minor
-    return PurchaseEarning(
+    earning = PurchaseEarning(
         evaluation.points, base, lines, _rule_totals(evaluation), settings.version
     )
+    return earning, evaluation
 
 
 def earn_on_action(
@@ -87,7 +96,8 @@ def earn_on_action(
     occurred_at: Any,
     member_attributes: Mapping[str, Any],
     expression_results: Mapping[str, bool],
-) -> tuple[int, list[dict[str, Any]]]:
+    cap: Cap | None = None,
+) -> RuleEvaluation:
     evaluation = evaluate_action(
         settings.rules,
         action=action,
@@ -96,4 +106,12 @@ def earn_on_action(
         member_attributes=member_attributes,
         expression_results=expression_results,
     )
-    return evaluation.points, _rule_totals(evaluation)
+    return cap(evaluation) if cap is not None else evaluation
+
+
+def rule_totals(evaluation: RuleEvaluation) -> list[dict[str, Any]]:
+    return _rule_totals(evaluation)
+
+
+def zone_of(settings: ProgramSettings) -> ZoneInfo:
+    return _zone(settings.time_zone)

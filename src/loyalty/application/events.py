@@ -15,13 +15,20 @@ from loyalty.adapters.db.tables import events, lot_movements, lots, purchase_lin
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
-from loyalty.application.earning import earn_on_action, earn_on_purchase
+from loyalty.application.earning import (
+    Cap,
+    earn_on_action,
+    earn_on_purchase,
+    rule_totals,
+    zone_of,
+)
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
 from loyalty.application.expiry import lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program
+from loyalty.application.rule_limits import allowed_points, record_usage
 from loyalty.domain.errors import (
     CurrencyMismatch,
     MemberAlreadyExists,
@@ -30,6 +37,7 @@ from loyalty.domain.errors import (
     OrderNotFound,
 )
 from loyalty.domain.ledger import EntryKind, MovementKind, plan_takeback
+from loyalty.domain.program import ProgramSettings
 from loyalty.domain.purchase import (
     Purchase,
     PurchaseLine,
@@ -37,6 +45,7 @@ from loyalty.domain.purchase import (
     ReturnRequestLine,
     plan_return,
 )
+from loyalty.domain.rules import Rule, RuleEvaluation, cap_results
 
 AnyEvent = PurchaseEvent | ReturnEvent | ActionEvent
 
@@ -78,6 +87,29 @@ def record_event(
         now=now,
         work=effect,
     )
+
+
+def _limited_rules(settings: ProgramSettings) -> dict[str, Rule]:
+    """The program's rules by id, if any of them has a cap or a budget; else empty."""
+    if not any(rule.limited for rule in settings.rules):
+        return {}
+    return {rule.rule_id: rule for rule in settings.rules}
+
+
+def _capper(conn: Connection, ctx: ProgramContext, member_id: str, at: datetime) -> Cap:
+    def cap(evaluation: RuleEvaluation) -> RuleEvaluation:
+        allowed = allowed_points(
+            conn,
+            program_id=ctx.program_id,
+            member_id=member_id,
+            rules=_limited_rules(ctx.settings),
+            evaluation=evaluation,
+            at=at,
+            zone=zone_of(ctx.settings),
+        )
+        return cap_results(evaluation, allowed)
+
+    return cap
 
 
 def _member_for_event(
@@ -172,17 +204,24 @@ def _record_purchase(
     member_id, enrolled, attributes = _member_for_event(
         conn, ctx, event.member.as_ref(), auto_enroll=settings.auto_enroll, now=now
     )
-    earning = earn_on_purchase(
-        settings, purchase, member_attributes=attributes, expression_results={}
+    # Points count as earned when the purchase happened (a POS that was offline sends it late),
+    # never later than now; expiry and rule limits run from there.
+    earned_at = min(event.occurred_at.astimezone(UTC), now)
+    limited = _limited_rules(settings)
+    # With limited rules the member's usage is read under the wallet lock, so it is taken first.
+    wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
+    earning, evaluation = earn_on_purchase(
+        settings,
+        purchase,
+        member_attributes=attributes,
+        expression_results={},
+        cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
     )
     event_id = new_id("evt")
     entry_id: str | None = None
     lot: dict[str, Any] | None = None
-    # Points count as earned when the purchase happened (a POS that was offline sends it late),
-    # never later than now; expiry runs from there.
-    earned_at = min(event.occurred_at.astimezone(UTC), now)
     if earning.points > 0:
-        wallet = lock_wallet(conn, ctx.program_id, member_id)
+        wallet = wallet or lock_wallet(conn, ctx.program_id, member_id)
         credit = credit_points(
             conn,
             program_id=ctx.program_id,
@@ -216,6 +255,17 @@ def _record_purchase(
             "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
             "debt_repaid": credit.debt_repaid,
         }
+        if limited:
+            record_usage(
+                conn,
+                program_id=ctx.program_id,
+                member_id=member_id,
+                entry_id=entry_id,
+                rules=limited,
+                evaluation=evaluation,
+                at=earned_at,
+                zone=zone_of(settings),
+            )
     _insert_event(
         conn,
         ctx,
@@ -484,23 +534,27 @@ def _record_action(
     member_id, enrolled, attributes = _member_for_event(
         conn, ctx, event.member.as_ref(), auto_enroll=settings.auto_enroll, now=now
     )
-    points, rules = earn_on_action(
+    earned_at = min(event.occurred_at.astimezone(UTC), now)
+    limited = _limited_rules(settings)
+    wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
+    evaluation = earn_on_action(
         settings,
         action=event.action,
         occurred_at=event.occurred_at,
         member_attributes=attributes,
         expression_results={},
+        cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
     )
+    points, rules = evaluation.points, rule_totals(evaluation)
     event_id = new_id("evt")
     entry_id: str | None = None
     lot: dict[str, Any] | None = None
     if points > 0:
-        earned_at = min(event.occurred_at.astimezone(UTC), now)
         credit = credit_points(
             conn,
             program_id=ctx.program_id,
             member_id=member_id,
-            wallet=lock_wallet(conn, ctx.program_id, member_id),
+            wallet=wallet or lock_wallet(conn, ctx.program_id, member_id),
             points=points,
             kind=EntryKind.EARN,
             from_purpose="issued",
@@ -514,6 +568,17 @@ def _record_action(
             details={"event_id": event_id, "action": event.action, "rules": rules},
         )
         entry_id = credit.entry_id
+        if limited:
+            record_usage(
+                conn,
+                program_id=ctx.program_id,
+                member_id=member_id,
+                entry_id=entry_id,
+                rules=limited,
+                evaluation=evaluation,
+                at=earned_at,
+                zone=zone_of(settings),
+            )
         lot = {
             "id": credit.lot_id,
             "points": credit.points,

@@ -30,10 +30,13 @@ from loyalty.domain.program import (
 )
 from loyalty.domain.rules import (
     BASE_RULE_ID,
+    Budget,
     Conditions,
     Effect,
     EffectKind,
     ItemFilter,
+    MemberCap,
+    Period,
     Rule,
     Trigger,
 )
@@ -160,6 +163,34 @@ class EffectDocument(_Strict):
         return self
 
 
+class MemberCapDocument(_Strict):
+    """Per member and period: at most ``max_count`` awards and/or ``max_points`` points."""
+
+    period: Literal["day", "week", "month", "year", "lifetime"]
+    max_count: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_points: Annotated[int, Field(ge=1, le=10**12)] | None = None
+
+    @model_validator(mode="after")
+    def _something_capped(self) -> MemberCapDocument:
+        if self.max_count is None and self.max_points is None:
+            raise ValueError("give 'max_count', 'max_points' or both")
+        return self
+
+
+class BudgetDocument(_Strict):
+    """All members together: at most ``points`` per period, never overspent."""
+
+    points: Annotated[int, Field(ge=1, le=10**13)]
+    period: Literal["day", "week", "month", "year", "lifetime"] = "lifetime"
+
+
+class LimitsDocument(_Strict):
+    per_member: Annotated[list[MemberCapDocument], Field(max_length=5)] = Field(
+        default_factory=list
+    )
+    budget: BudgetDocument | None = None
+
+
 class RuleDocument(_Strict):
     """An earning rule: when it applies (trigger, window, conditions), what it earns (effect),
     and how it combines with others (priority, exclusive_group)."""
@@ -174,6 +205,7 @@ class RuleDocument(_Strict):
     exclusive_group: Slug | None = None
     conditions: ConditionsDocument = Field(default_factory=ConditionsDocument)
     effect: EffectDocument
+    limits: LimitsDocument = Field(default_factory=LimitsDocument)
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleDocument:
@@ -267,6 +299,13 @@ def rule_from_document(doc: RuleDocument) -> Rule:
             rounding=e.rounding,
             factor_percent=e.factor_percent or 100,
         ),
+        member_caps=tuple(
+            MemberCap(Period(cap.period), cap.max_count, cap.max_points)
+            for cap in doc.limits.per_member
+        ),
+        budget=Budget(doc.limits.budget.points, Period(doc.limits.budget.period))
+        if doc.limits.budget is not None
+        else None,
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -83,6 +83,31 @@ class Effect:
     factor_percent: int = 100
 
 
+class Period(StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+    LIFETIME = "lifetime"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberCap:
+    """At most ``max_count`` awards, or ``max_points`` points, per member per period."""
+
+    period: Period
+    max_count: int | None = None
+    max_points: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """At most ``points`` points for all members together, per period."""
+
+    points: int
+    period: Period = Period.LIFETIME
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     rule_id: str
@@ -95,6 +120,12 @@ class Rule:
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     exclusive_group: str | None = None
+    member_caps: tuple[MemberCap, ...] = ()
+    budget: Budget | None = None
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.member_caps) or self.budget is not None
 
     def active_at(self, moment: datetime) -> bool:
         if self.starts_at is not None and moment < self.starts_at:
@@ -316,3 +347,44 @@ def evaluate_action(
                 (rule, RuleResult(rule.rule_id, rule.effect.points, {"action": rule.effect.points}))
             )
     return RuleEvaluation([r for _, r in _best_per_group(results) if r.points > 0])
+
+
+def period_start(period: Period, moment: datetime, zone: ZoneInfo) -> datetime | None:
+    """Start of the period containing ``moment``, in the program's time zone (None for
+    lifetime). Weeks start on Monday."""
+    if period is Period.LIFETIME:
+        return None
+    local = moment.astimezone(zone)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period is Period.DAY:
+        start = day
+    elif period is Period.WEEK:
+        start = day - timedelta(days=day.weekday())
+    elif period is Period.MONTH:
+        start = day.replace(day=1)
+    else:
+        start = day.replace(month=1, day=1)
+    # Rebuild in the zone so a DST change between the start and now is honoured.
+    return datetime(start.year, start.month, start.day, tzinfo=zone)
+
+
+def period_key(period: Period, moment: datetime, zone: ZoneInfo) -> str:
+    start = period_start(period, moment, zone)
+    return "lifetime" if start is None else f"{period.value}:{start.date().isoformat()}"
+
+
+def cap_results(evaluation: RuleEvaluation, allowed: Mapping[str, int]) -> RuleEvaluation:
+    """Pay each rule at most ``allowed[rule_id]`` points (rules not named are unchanged); a
+    capped rule's lines keep their proportions and still add up exactly."""
+    capped: list[RuleResult] = []
+    for result in evaluation.results:
+        limit = allowed.get(result.rule_id)
+        if limit is None or limit >= result.points:
+            capped.append(result)
+            continue
+        if limit <= 0:
+            continue
+        ids = list(result.line_points)
+        shares = allocate(limit, [result.line_points[i] for i in ids])
+        capped.append(RuleResult(result.rule_id, limit, dict(zip(ids, shares, strict=True))))
+    return RuleEvaluation(capped)

@@ -293,4 +293,30 @@ idempotency_keys = Table(
     Column("created_at", TS, nullable=False),
 )
 
+rule_awards = Table(
+    "rule_awards",
+    metadata,
+    Column("entry_id", ID, ForeignKey("journal_entries.id"), primary_key=True),
+    Column("rule_id", String(64), primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("member_id", ID, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("awarded_at", TS, nullable=False),
+    Index("ix_rule_awards_member", "program_id", "member_id", "rule_id", "awarded_at"),
+)
+"""What a limited rule paid to whom and when: per-member caps count these."""
+
+rule_budgets = Table(
+    "rule_budgets",
+    metadata,
+    Column("program_id", ID, primary_key=True),
+    Column("rule_id", String(64), primary_key=True),
+    Column("period_key", String(32), primary_key=True),
+    Column("points_budget", BigInteger, nullable=False),
+    Column("points_used", BigInteger, nullable=False),
+    CheckConstraint("points_used >= 0 AND points_used <= points_budget", name="within_budget"),
+)
+"""One row per budgeted rule and period: the only counter a posting updates, and only for
+rules with a budget (the database refuses to overspend it)."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]
