@@ -28,6 +28,7 @@ from loyalty.application.limits import IMPORT_BATCH_DEFAULT, IMPORT_BATCH_MAX
 from loyalty.bootstrap import Settings, build_engine
 from loyalty.domain.errors import DomainError
 from loyalty.entrypoints.cli.importing import ParsedRow, read_events
+from loyalty.entrypoints.cli.program import program_commands
 
 app = typer.Typer(
     help="Loyalty Engine: an API-first engine for loyalty programs.",
@@ -98,6 +99,9 @@ def _principal_for_program(engine: Engine, program_id: str) -> Principal:
         err.print(f"[red]program {program_id} does not exist[/red]")
         raise typer.Exit(2)
     return Principal(row.tenant_id, "cli", access.expand_scopes([Scope.ADMIN]), None)
+
+
+app.add_typer(program_commands(_engine, _principal_for_program), name="program")
 
 
 def _parse_when(value: str | None) -> datetime:

@@ -1,0 +1,431 @@
+"""``loyalty program``: schema, validate, diff and apply, driven in-process with Typer's runner.
+
+Checking files needs no database; publishing runs against SQLite and PostgreSQL through the
+``engine`` fixture. What the published examples earn is checked with real purchases recorded
+through the application layer."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from sqlalchemy import Engine, select
+from typer.testing import CliRunner
+
+from loyalty.adapters.db.tables import programs
+from loyalty.application.access import Principal, Scope, expand_scopes
+from loyalty.application.batch import record_events_batch
+from loyalty.application.event_documents import PurchaseEvent
+from loyalty.application.members import MemberProfile, enroll_member
+from loyalty.entrypoints.cli.main import app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+RUNNER = CliRunner()
+
+
+def run(*args: str) -> Result:
+    result = RUNNER.invoke(app, list(args), env={"COLUMNS": "200"}, color=False)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def url_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def line_of(text: str, fragment: str) -> int:
+    """1-based number of the only line containing ``fragment``."""
+    found = [n for n, line in enumerate(text.splitlines(), start=1) if fragment in line]
+    assert len(found) == 1, found
+    return found[0]
+
+
+# --- schema and validate ---------------------------------------------------------------------
+
+
+def test_schema_is_the_program_documents_json_schema():
+    result = run("program", "schema")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "ProgramDocument"
+    assert {"name", "currency", "points", "rules"} <= set(schema["properties"])
+    # Aliases, as documents spell them: an hours window is written `from`, not `from_`.
+    assert set(schema["$defs"]["HoursDocument"]["properties"]) == {"from", "until"}
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_worked_example_is_valid(example):
+    result = run("program", "validate", str(example))
+    assert (result.exit_code, result.stdout) == (0, "valid\n")
+
+
+def test_the_three_worked_examples_exist():
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
+        "cafe.yaml",
+        "fashion.yaml",
+        "grocer.yaml",
+    ]
+
+
+def test_a_broken_example_reports_the_path_line_and_column(tmp_path):
+    text = (EXAMPLES / "cafe.yaml").read_text().replace("      points: 20", "      points: -20")
+    broken = write(tmp_path, "cafe.yaml", text)
+    result = run("program", "validate", str(broken))
+    assert result.exit_code == 1
+    line = line_of(text, "points: -20")
+    assert result.stdout == (
+        f"{broken}:{line}:7 rules[0].effect.points: Input should be greater than or equal to 0\n"
+    )
+
+
+DOCUMENT = """\
+name: Corner Cafe
+currency: EUR
+points:
+  earn:
+    per_spend_minr: 100
+rules:
+  - id: early
+    name: Early bird
+    trigger: purchase
+    conditions:
+      days_of_week: [mon, tues]
+      hours: {from: "08:00", until: 11:00}
+    effect:
+      type: multiplier
+  - id: early
+    name: Again
+    trigger: purchase
+    effect: {type: fixed, points: 5}
+"""
+
+
+def test_every_problem_is_reported_with_its_line_and_a_suggestion_for_unknown_fields(tmp_path):
+    path = write(tmp_path, "cafe.yaml", DOCUMENT)
+    result = run("program", "validate", str(path))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{path}:5:5 points.earn.per_spend_minr: unknown field 'per_spend_minr' "
+        "(did you mean 'per_spend_minor'?)",
+        f"{path}:11:27 rules[0].conditions.days_of_week[1]: "
+        "Input should be 'mon', 'tue', 'wed', 'thu', 'fri', 'sat' or 'sun'",
+        f"{path}:13:5 rules[0].effect: a multiplier needs 'factor_percent' (200 doubles)",
+    ]
+
+
+def test_an_unquoted_time_is_a_time_not_a_base_60_number(tmp_path):
+    # YAML 1.1 reads `11:00` as 660, which a time field would take as 00:11.
+    path = write(
+        tmp_path,
+        "cafe.yaml",
+        "name: Cafe\ncurrency: EUR\nrules:\n"
+        "  - {id: m, name: M, trigger: purchase, conditions: {hours: {from: 08:00, until: 11:00}},"
+        " effect: {type: fixed, points: 5}}\n",
+    )
+    result = run("program", "validate", str(path))
+    assert (result.exit_code, result.stdout) == (0, "valid\n")
+
+
+def test_a_field_without_a_close_match_lists_what_is_allowed(tmp_path):
+    path = write(tmp_path, "p.yaml", "name: X\ncurrency: EUR\nenrollment:\n  auto: true\n")
+    result = run("program", "validate", str(path))
+    assert result.stdout == (
+        f"{path}:4:3 enrollment.auto: unknown field 'auto' "
+        "(expected one of: auto_enroll_on_purchase)\n"
+    )
+
+
+def test_a_missing_field_is_placed_at_the_section_that_lacks_it(tmp_path):
+    path = write(
+        tmp_path,
+        "p.yaml",
+        "name: X\ncurrency: EUR\nrules:\n  - id: r\n    trigger: purchase\n"
+        "    effect: {type: fixed, points: 1}\n",
+    )
+    result = run("program", "validate", str(path))
+    assert result.stdout == f"{path}:4:5 rules[0].name: Field required\n"
+
+
+def test_json_documents_are_placed_too(tmp_path):
+    text = (
+        "{\n"
+        '  "name": "Shop",\n'
+        '  "currency": "euro",\n'
+        '  "rules": [\n'
+        '    {"id": "a", "name": "A", "trigger": "purchase",\n'
+        '     "effect": {"type": "fixed", "points": 5}, "prority": 3}\n'
+        "  ]\n"
+        "}\n"
+    )
+    path = write(tmp_path, "shop.json", text)
+    result = run("program", "validate", str(path))
+    assert result.exit_code == 1
+    column = text.splitlines()[5].index('"prority"') + 1
+    assert result.stdout.splitlines() == [
+        f"{path}:3:3 currency: String should match pattern '^[A-Z]{{3}}$'",
+        f"{path}:6:{column} rules[0].prority: unknown field 'prority' (did you mean 'priority'?)",
+    ]
+
+
+def test_a_yaml_syntax_error_exits_2_with_its_line(tmp_path):
+    path = write(tmp_path, "p.yaml", "name: X\ncurrency: EUR\nrules: [\n  {id: a\n")
+    result = run("program", "validate", str(path))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"{path}:5:1: expected ',' or '}}', but got '<stream end>' "
+        "(while parsing a flow mapping at line 4, column 3)\n"
+    )
+
+
+def test_a_json_syntax_error_exits_2_with_its_line(tmp_path):
+    path = write(tmp_path, "p.json", '{"name": "X",\n "currency": }\n')
+    result = run("program", "validate", str(path))
+    assert (result.exit_code, result.stderr) == (2, f"{path}:2:14: Expecting value\n")
+
+
+def test_a_key_given_twice_is_refused_rather_than_silently_overwritten(tmp_path):
+    path = write(tmp_path, "p.yaml", "name: X\ncurrency: EUR\nname: Y\n")
+    result = run("program", "validate", str(path))
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"{path}:3:1: duplicate key 'name' (first at line 1)\n",
+    )
+
+
+def test_a_missing_file_or_unknown_extension_exits_2(tmp_path):
+    missing = run("program", "validate", str(tmp_path / "nope.yaml"))
+    assert (missing.exit_code, missing.stderr) == (
+        2,
+        f"{tmp_path / 'nope.yaml'}: No such file or directory\n",
+    )
+    text = write(tmp_path, "p.toml", "name = 'X'\n")
+    other = run("program", "validate", str(text))
+    assert (other.exit_code, other.stderr) == (
+        2,
+        f"{text}: expected a .yaml, .yml or .json file, not '.toml'\n",
+    )
+
+
+# --- apply and diff ------------------------------------------------------------------------
+
+
+CREATED = re.compile(r"^created program (prg_[0-9A-Z]+) \(version 1\)\n$")
+
+
+def apply_new(engine: Engine, example: Path, tenant: str = "acme") -> str:
+    result = run(
+        "program", "apply", str(example), "--tenant", tenant, "--database-url", url_of(engine)
+    )
+    assert result.exit_code == 0, result.output
+    match = CREATED.match(result.stdout)
+    assert match is not None, result.stdout
+    return match.group(1)
+
+
+def operator(engine: Engine, program_id: str) -> Principal:
+    with engine.connect() as conn:
+        tenant_id = conn.execute(
+            select(programs.c.tenant_id).where(programs.c.id == program_id)
+        ).scalar_one()
+    return Principal(tenant_id, "test", expand_scopes([Scope.ADMIN]), None)
+
+
+def purchase(
+    engine: Engine, program_id: str, order_id: str, at: datetime, lines: list[dict[str, Any]]
+) -> dict[str, Any]:
+    event = PurchaseEvent.model_validate(
+        {
+            "type": "purchase",
+            "id": order_id,
+            "member": {"external_id": "C1"},
+            "occurred_at": at.isoformat(),
+            "currency": "EUR",
+            "total_minor": sum(li.get("quantity", 1) * li["unit_price_minor"] for li in lines),
+            "lines": lines,
+        }
+    )
+    [item] = record_events_batch(engine, operator(engine, program_id), program_id, [event], now=at)
+    assert item.accepted, item.body
+    return item.body
+
+
+def by_line(body: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {line["line_id"]: line["rules"] for line in body["lines"]}
+
+
+def test_the_grocer_earns_double_on_its_own_brand_and_nothing_on_gift_cards(engine):
+    program = apply_new(engine, EXAMPLES / "grocer.yaml")
+    body = purchase(
+        engine,
+        program,
+        "G-1",
+        datetime(2026, 3, 4, 10, tzinfo=UTC),
+        [
+            {"line_id": "milk", "brand": "Private", "quantity": 4, "unit_price_minor": 250},
+            {"line_id": "bread", "brand": "Bakkerij", "unit_price_minor": 299},
+            {"line_id": "card", "category": "gift-cards", "unit_price_minor": 5000},
+        ],
+    )
+    # spend: 12.99 EUR x 2 = 25.98 -> 26 (milk 20, bread 6); 2x on Private: +20 on milk;
+    # the 62.99 EUR total reaches the EUR 50 basket bonus (25, spread by base: 19 and 6) but
+    # not the EUR 100 one. The gift card earns nothing.
+    assert body["points_earned"] == 71
+    assert body["rules"] == [
+        {"rule": "spend", "points": 26},
+        {"rule": "basket-50", "points": 25},
+        {"rule": "private-label-2x", "points": 20},
+    ]
+    assert by_line(body) == {
+        "milk": [
+            {"rule": "spend", "points": 20},
+            {"rule": "basket-50", "points": 19},
+            {"rule": "private-label-2x", "points": 20},
+        ],
+        "bread": [{"rule": "spend", "points": 6}, {"rule": "basket-50", "points": 6}],
+        "card": [],
+    }
+    # Only the larger basket bonus of the exclusive group pays.
+    big = purchase(
+        engine,
+        program,
+        "G-2",
+        datetime(2026, 3, 5, 10, tzinfo=UTC),
+        [{"line_id": "wine", "brand": "Chateau", "unit_price_minor": 12000}],
+    )
+    assert big["rules"] == [
+        {"rule": "spend", "points": 240},
+        {"rule": "basket-100", "points": 75},
+    ]
+
+
+def test_the_fashion_weekend_and_black_friday_boosts_do_not_stack(engine):
+    program = apply_new(engine, EXAMPLES / "fashion.yaml")
+    enroll_member(
+        engine,
+        operator(engine, program),
+        program,
+        external_id="C1",
+        profile=MemberProfile(),
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    coat = [{"line_id": "coat", "unit_price_minor": 10000}]
+    # Wednesday; a Saturday; Black Friday itself; the Saturday after it (both boosts apply,
+    # only the larger pays); 23:30 on Cyber Monday in Paris, the campaign's last half hour.
+    wednesday = purchase(engine, program, "F-1", datetime(2026, 11, 18, 12, tzinfo=UTC), coat)
+    saturday = purchase(engine, program, "F-2", datetime(2026, 11, 21, 12, tzinfo=UTC), coat)
+    friday = purchase(engine, program, "F-3", datetime(2026, 11, 27, 12, tzinfo=UTC), coat)
+    bf_saturday = purchase(engine, program, "F-4", datetime(2026, 11, 28, 12, tzinfo=UTC), coat)
+    last = purchase(engine, program, "F-5", datetime(2026, 11, 30, 22, 30, tzinfo=UTC), coat)
+    after = purchase(engine, program, "F-6", datetime(2026, 11, 30, 23, 0, tzinfo=UTC), coat)
+    assert [
+        b["points_earned"] for b in (wednesday, saturday, friday, bf_saturday, last, after)
+    ] == [100, 200, 300, 300, 300, 100]
+    assert bf_saturday["rules"] == [
+        {"rule": "base", "points": 100},
+        {"rule": "black-friday", "points": 200},
+    ]
+
+
+def test_the_cafe_morning_bonus_follows_paris_time(engine):
+    program = apply_new(engine, EXAMPLES / "cafe.yaml")
+    coffee = [{"line_id": "1", "unit_price_minor": 490}]
+    # 09:30 UTC in January is 10:30 in Paris: inside [08:00, 11:00). 10:00 UTC is 11:00.
+    inside = purchase(engine, program, "C-1", datetime(2026, 1, 7, 9, 30, tzinfo=UTC), coffee)
+    outside = purchase(engine, program, "C-2", datetime(2026, 1, 7, 10, 0, tzinfo=UTC), coffee)
+    assert inside["rules"] == [{"rule": "base", "points": 4}, {"rule": "morning", "points": 4}]
+    assert outside["rules"] == [{"rule": "base", "points": 4}]
+
+
+def test_apply_again_diff_and_publish_a_change(engine, tmp_path):
+    url = url_of(engine)
+    example = EXAMPLES / "grocer.yaml"
+    program = apply_new(engine, example)
+
+    again = run("program", "apply", str(example), "--program", program, "--database-url", url)
+    assert (again.exit_code, again.stdout) == (0, "no changes (version 1)\n")
+    same = run("program", "diff", str(example), "--program", program, "--database-url", url)
+    assert (same.exit_code, same.stdout) == (0, "no changes\n")
+
+    changed = write(
+        tmp_path,
+        "grocer.yaml",
+        example.read_text().replace("factor_percent: 200", "factor_percent: 300"),
+    )
+    diff = run("program", "diff", str(changed), "--program", program, "--database-url", url)
+    assert diff.exit_code == 1
+    lines = diff.stdout.splitlines()
+    assert lines[:2] == [f"--- {program} (version 1)", f"+++ {changed}"]
+    assert [li for li in lines[2:] if li[:1] in "+-"] == [
+        "-    factor_percent: 200",
+        "+    factor_percent: 300",
+    ]
+
+    published = run(
+        "program", "apply", str(changed), "--program", program, "--expect-version", "1",
+        "--database-url", url,
+    )  # fmt: skip
+    assert (published.exit_code, published.stdout) == (0, "published version 2\n")
+    stale = run(
+        "program", "apply", str(example), "--program", program, "--expect-version", "1",
+        "--database-url", url,
+    )  # fmt: skip
+    assert stale.exit_code == 1
+    assert stale.stderr == (
+        "program_version_conflict: The program is at version 2, not 1; reload it and retry.\n"
+    )
+    after = run("program", "diff", str(changed), "--program", program, "--database-url", url)
+    assert (after.exit_code, after.stdout) == (0, "no changes\n")
+
+
+def test_apply_refuses_an_invalid_document_and_a_domain_error(engine, tmp_path):
+    url = url_of(engine)
+    program = apply_new(engine, EXAMPLES / "cafe.yaml")
+    invalid = write(tmp_path, "p.yaml", "name: X\ncurrency: EUR\ntime_zone: Mars/Base\n")
+    result = run("program", "apply", str(invalid), "--program", program, "--database-url", url)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"{invalid}:3:1 time_zone: unknown time zone 'Mars/Base'\n",
+    )
+    dollars = write(
+        tmp_path, "usd.yaml", (EXAMPLES / "cafe.yaml").read_text().replace("EUR", "USD")
+    )
+    result = run("program", "apply", str(dollars), "--program", program, "--database-url", url)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "invalid_program_document: A program's currency cannot change.\n",
+    )
+
+
+def test_apply_needs_a_program_or_a_tenant(engine):
+    url = url_of(engine)
+    cafe = str(EXAMPLES / "cafe.yaml")
+    neither = run("program", "apply", cafe, "--database-url", url)
+    assert (neither.exit_code, neither.stderr) == (
+        2,
+        "give --program to publish a new version, or --tenant to create\n",
+    )
+    version = run("program", "apply", cafe, "--tenant", "acme", "--expect-version", "1")
+    assert (version.exit_code, version.stderr) == (2, "--expect-version needs --program\n")
+    unknown = run("program", "apply", cafe, "--program", "prg_nope", "--database-url", url)
+    assert (unknown.exit_code, unknown.stderr) == (2, "program prg_nope does not exist\n")
+
+
+def test_two_tenants_each_get_their_own_program(engine):
+    first = apply_new(engine, EXAMPLES / "cafe.yaml", tenant="north")
+    second = apply_new(engine, EXAMPLES / "cafe.yaml", tenant="south")
+    again = apply_new(engine, EXAMPLES / "grocer.yaml", tenant="north")
+    tenants = {p: operator(engine, p).tenant_id for p in (first, second, again)}
+    assert tenants[first] == tenants[again] != tenants[second]
