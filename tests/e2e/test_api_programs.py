@@ -20,7 +20,12 @@ DOCUMENT: dict[str, Any] = {
     "enrollment": {"auto_enroll_on_purchase": True},
 }
 
-NORMALISED = {"schema_version": 1, **DOCUMENT, "rules": []}
+NORMALISED = {
+    "schema_version": 1,
+    **DOCUMENT,
+    "points": {**DOCUMENT["points"], "pending_days": 0},
+    "rules": [],
+}
 
 
 def _create(api: Any, document: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +66,7 @@ def test_create_fills_documented_defaults(api):
         "points": {
             "earn": {"points": 1, "per_spend_minor": 100, "rounding": "floor"},
             "expiry": {"policy": "never", "days": None},
+            "pending_days": 0,
             "negative_balance": "allow_debt",
         },
         "enrollment": {"auto_enroll_on_purchase": False},
@@ -85,7 +91,12 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
     r = api.request("PUT", f"/v1/programs/{program}", json=changed)
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 2
-    assert r.json()["document"] == {"schema_version": 1, **changed, "rules": []}
+    assert r.json()["document"] == {
+        "schema_version": 1,
+        **changed,
+        "points": {**changed["points"], "pending_days": 0},
+        "rules": [],
+    }
 
     current = api.request("GET", f"/v1/programs/{program}").json()
     assert current["version"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import journal_entries, lots, postings, wallets
@@ -50,23 +50,36 @@ _OVERDUE = select(func.coalesce(func.sum(lots.c.remaining), 0)).where(
 )
 
 
+_PENDING = select(func.coalesce(func.sum(lots.c.remaining), 0)).where(
+    and_(
+        lots.c.program_id == bindparam("program_id"),
+        lots.c.member_id == bindparam("member_id"),
+        lots.c.remaining > 0,
+        lots.c.available_at > bindparam("now"),
+        or_(lots.c.expires_at.is_(None), lots.c.expires_at > bindparam("now")),
+    )
+)
+
+
 def balance_view(
     conn: Connection, program_id: str, member_id: str, *, now: datetime
 ) -> dict[str, Any]:
-    """``balance`` is the account's signed total; ``available`` what can be spent now (the
-    balance less lots already past their expiry); ``debt`` what a return took back after it was
-    spent, repaid by the next earnings."""
+    """``balance`` is the account's signed total; ``pending`` the points still in their
+    pending period; ``available`` what can be spent now (the balance less pending points and
+    lots already past their expiry); ``debt`` what a return took back after it was spent,
+    repaid by the next earnings."""
     params = {"program_id": program_id, "member_id": member_id}
     wallet = conn.execute(_WALLET, params).one()
     expiring = conn.execute(_EXPIRING, params).all()
     # Lots past their expiry that the expiry job has not reached yet are not spendable (the
     # next burn expires them first), so they are not shown as available.
     overdue = int(conn.execute(_OVERDUE, {**params, "now": now}).scalar_one())
+    pending = int(conn.execute(_PENDING, {**params, "now": now}).scalar_one())
     return {
         "member_id": member_id,
         "balance": wallet.balance,
-        "available": max(wallet.balance - overdue, 0),
-        "pending": 0,
+        "available": max(wallet.balance - overdue - pending, 0),
+        "pending": pending,
         "debt": wallet.debt,
         "expiring": [
             {

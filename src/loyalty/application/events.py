@@ -3,7 +3,7 @@ for the rules to come. Each event is idempotent on its source id."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select
@@ -234,6 +234,9 @@ def _record_purchase(
             now=now,
             expires_at=settings.expiry.expires_at(earned_at),
             earned_at=earned_at,
+            available_at=earned_at + timedelta(days=settings.pending_days)
+            if settings.pending_days
+            else None,
             source_type="purchase",
             source_id=event.id,
             actor=actor,
@@ -253,6 +256,9 @@ def _record_purchase(
             "id": credit.lot_id,
             "points": credit.points,
             "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
+            "available_at": (earned_at + timedelta(days=settings.pending_days)).isoformat()
+            if settings.pending_days
+            else None,
             "debt_repaid": credit.debt_repaid,
         }
         if limited:

@@ -45,14 +45,16 @@ def credit_points(
     now: datetime,
     expires_at: datetime | None,
     earned_at: datetime | None = None,
+    available_at: datetime | None = None,
     reason: str | None = None,
     source_type: str | None = None,
     source_id: str | None = None,
     actor: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> Credit:
-    """Credit ``points`` as one new lot, earned at ``earned_at`` (default ``now``). A debt left
-    by an earlier return is repaid first, out of the new lot."""
+    """Credit ``points`` as one new lot, earned at ``earned_at`` (default ``now``) and spendable
+    from ``available_at`` (default at once). A debt left by an earlier return is repaid first,
+    out of the new lot."""
     assert points > 0
     plan = plan_earn(points, debt=wallet.debt)
     entry_id = new_id("ent")
@@ -87,6 +89,7 @@ def credit_points(
         remaining=points,
         earned_at=earned_at or now,
         expires_at=expires_at,
+        available_at=available_at,
     )
     if plan.debt_repaid:
         move_lots(

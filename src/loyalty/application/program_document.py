@@ -77,6 +77,11 @@ class ExpiryDocument(_Strict):
 class PointsWalletDocument(_Strict):
     earn: EarnRateDocument = Field(default_factory=EarnRateDocument)
     expiry: ExpiryDocument = Field(default_factory=ExpiryDocument)
+    pending_days: Annotated[int, Field(ge=0, le=365)] = Field(
+        default=0,
+        description="Points earned by a purchase are held, not spendable, for this many days "
+        "(e.g. until the return window closes); a return in that time takes them back.",
+    )
     negative_balance: NegativeBalancePolicy = NegativeBalancePolicy.ALLOW_DEBT
 
 
@@ -337,6 +342,7 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         ),
         expiry=Expiry(policy=wallet.expiry.policy, days=wallet.expiry.days),
         negative_balance=wallet.negative_balance,
+        pending_days=wallet.pending_days,
         auto_enroll=document.enrollment.auto_enroll_on_purchase,
         version=version,
         time_zone=document.time_zone,

@@ -16,7 +16,7 @@ from loyalty.adapters.db.ledger_store import (
     move_lots,
     write_entry,
 )
-from loyalty.adapters.db.locking import lock_wallet
+from loyalty.adapters.db.locking import WalletState, lock_wallet
 from loyalty.adapters.db.tables import lot_movements, redemption_cancellations, redemptions
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
@@ -29,6 +29,7 @@ from loyalty.application.programs import load_program
 from loyalty.domain.errors import ExpiryInPast, RedemptionAlreadyCancelled, RedemptionNotFound
 from loyalty.domain.ledger import (
     EntryKind,
+    Lot,
     LotTake,
     MovementKind,
     Posting,
@@ -37,6 +38,12 @@ from loyalty.domain.ledger import (
     plan_redemption,
     program_account,
 )
+
+
+def _spendable(lots: list[Lot], wallet: WalletState) -> int:
+    """Points that can be burnt now: lots out of their pending period, less any debt (a member
+    with a debt holds no points at all)."""
+    return sum(lot.remaining for lot in lots) - wallet.debt
 
 
 def _lots_view(conn: Connection, takes: list[LotTake]) -> list[dict[str, Any]]:
@@ -72,8 +79,8 @@ def redeem_points(
 
         def effect() -> tuple[int, dict[str, Any]]:
             wallet = lock_for_burn(conn, program_id, member.id, now=now)
-            lots = member_lots(conn, program_id, member.id)
-            takes = plan_redemption(lots, points=points, balance=wallet.balance)
+            lots = member_lots(conn, program_id, member.id, spendable_at=now)
+            takes = plan_redemption(lots, points=points, balance=_spendable(lots, wallet))
             redemption_id = new_id("red")
             entry_id = debit_lots(
                 conn,
@@ -176,7 +183,6 @@ def cancel_redemption(
             repaid_by_lot: dict[str, int] = defaultdict(int)
             if repay_left:
                 expiries = lot_expiries(conn, list(restored))
-                from loyalty.domain.ledger import Lot  # local: only this branch needs it
 
                 order = consumption_order(
                     Lot(lot_id, pts, now, expiries[lot_id]) for lot_id, pts in restored.items()
@@ -341,9 +347,8 @@ def adjust_points(
                     }
                 ]
             else:
-                takes = plan_redemption(
-                    member_lots(conn, program_id, member.id), points=-points, balance=wallet.balance
-                )
+                lots = member_lots(conn, program_id, member.id, spendable_at=now)
+                takes = plan_redemption(lots, points=-points, balance=_spendable(lots, wallet))
                 entry_id = debit_lots(
                     conn,
                     program_id=program_id,

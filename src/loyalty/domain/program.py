@@ -58,6 +58,8 @@ class ProgramSettings:
     auto_enroll: bool
     version: int
     time_zone: str = "UTC"
+    pending_days: int = 0
+    """Days a purchase's points are held before they can be spent."""
     rules: tuple[Rule, ...] = ()
     """The base rate first, then the document's rules."""
     expressions: Mapping[str, str] = field(default_factory=dict)

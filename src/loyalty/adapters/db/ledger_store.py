@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
 
 from loyalty.adapters.db.tables import journal_entries, lot_movements, lots, postings, wallets
 from loyalty.domain.ledger import POINTS, EntryKind, Lot, MovementKind, Posting, account_deltas
@@ -53,6 +53,9 @@ _MEMBER_LOTS = select(lots.c.id, lots.c.remaining, lots.c.earned_at, lots.c.expi
     )
 )
 _ENTRY_LOTS = _MEMBER_LOTS.where(lots.c.entry_id == bindparam("entry_id"))
+_SPENDABLE_LOTS = _MEMBER_LOTS.where(
+    or_(lots.c.available_at.is_(None), lots.c.available_at <= bindparam("spendable_at"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,7 @@ def insert_lot(
     remaining: int,
     earned_at: datetime,
     expires_at: datetime | None,
+    available_at: datetime | None = None,
 ) -> None:
     conn.execute(
         _INSERT_LOT,
@@ -169,6 +173,7 @@ def insert_lot(
             "remaining": remaining,
             "earned_at": earned_at,
             "expires_at": expires_at,
+            "available_at": available_at,
         },
     )
 
@@ -203,14 +208,22 @@ def move_lots(
 
 
 def member_lots(
-    conn: Connection, program_id: str, member_id: str, *, entry_id: str | None = None
+    conn: Connection,
+    program_id: str,
+    member_id: str,
+    *,
+    entry_id: str | None = None,
+    spendable_at: datetime | None = None,
 ) -> list[Lot]:
-    """Lots of a member that still hold points (optionally only those an entry created)."""
+    """Lots of a member that still hold points: all of them, only those an entry created, or
+    only those out of their pending period at ``spendable_at``."""
     params = {"program_id": program_id, "member_id": member_id}
-    if entry_id is None:
-        rows = conn.execute(_MEMBER_LOTS, params).all()
-    else:
+    if entry_id is not None:
         rows = conn.execute(_ENTRY_LOTS, {**params, "entry_id": entry_id}).all()
+    elif spendable_at is not None:
+        rows = conn.execute(_SPENDABLE_LOTS, {**params, "spendable_at": spendable_at}).all()
+    else:
+        rows = conn.execute(_MEMBER_LOTS, params).all()
     return [Lot(r.id, r.remaining, r.earned_at, r.expires_at) for r in rows]
 
 

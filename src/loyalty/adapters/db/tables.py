@@ -190,6 +190,7 @@ lots = Table(
     Column("remaining", BigInteger, nullable=False),
     Column("earned_at", TS, nullable=False),
     Column("expires_at", TS, nullable=True),
+    Column("available_at", TS, nullable=True),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
     Index("ix_lots_member", "program_id", "member_id", "expires_at"),

@@ -88,6 +88,8 @@ class LotOut(_Body):
     id: str
     points: int
     expires_at: str | None
+    available_at: str | None = None
+    """When a pending lot becomes spendable (null: at once)."""
     debt_repaid: int
 
 
