@@ -1,0 +1,209 @@
+"""Backtesting: what a program version would have earned on past events, without touching the
+ledger. The rules are evaluated by the same evaluator as live events; per-member caps and
+budgets are tracked in memory over the replayed history, in event order."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from loyalty.application.earning import zone_of
+from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
+from loyalty.domain.program import ProgramSettings
+from loyalty.domain.purchase import PurchaseLine
+from loyalty.domain.rules import (
+    OrderFacts,
+    Rule,
+    RuleEvaluation,
+    cap_results,
+    evaluate_action,
+    evaluate_purchase,
+    period_key,
+    period_start,
+)
+
+MemberAttributes = Callable[[str], Mapping[str, Any]]
+
+
+@dataclass
+class SimulationReport:
+    """What a program version earned on a history of events."""
+
+    events: int = 0
+    purchases: int = 0
+    actions: int = 0
+    skipped: int = 0
+    points: int = 0
+    points_by_rule: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    points_by_month: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    members_earning: set[str] = field(default_factory=set)
+    members_by_rule: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    caps_hit: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    budgets_exhausted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "purchases": self.purchases,
+            "actions": self.actions,
+            "skipped": self.skipped,
+            "points": self.points,
+            "points_by_rule": dict(sorted(self.points_by_rule.items())),
+            "points_by_month": dict(sorted(self.points_by_month.items())),
+            "members_earning": len(self.members_earning),
+            "members_by_rule": {k: len(v) for k, v in sorted(self.members_by_rule.items())},
+            "caps_hit": dict(sorted(self.caps_hit.items())),
+            "budgets_exhausted": dict(sorted(self.budgets_exhausted.items())),
+        }
+
+
+@dataclass
+class _Usage:
+    """Per-member awards and budget use, replayed in memory."""
+
+    awards: dict[tuple[str, str], list[tuple[datetime, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    budgets: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+
+def _cap(
+    rules: Mapping[str, Rule],
+    evaluation: RuleEvaluation,
+    usage: _Usage,
+    report: SimulationReport,
+    *,
+    member: str,
+    at: datetime,
+    settings: ProgramSettings,
+) -> RuleEvaluation:
+    zone = zone_of(settings)
+    allowed: dict[str, int] = {}
+    for result in evaluation.results:
+        rule = rules[result.rule_id]
+        if not rule.limited:
+            continue
+        limit = result.points
+        for cap in rule.member_caps:
+            since = period_start(cap.period, at, zone)
+            past = [
+                p
+                for when, p in usage.awards[(member, rule.rule_id)]
+                if since is None or when >= since
+            ]
+            if cap.max_count is not None and len(past) >= cap.max_count:
+                limit = 0
+            if cap.max_points is not None:
+                limit = min(limit, cap.max_points - sum(past))
+        if rule.budget is not None:
+            key = (rule.rule_id, period_key(rule.budget.period, at, zone))
+            limit = min(limit, rule.budget.points - usage.budgets[key])
+            if limit < result.points:
+                report.budgets_exhausted[rule.rule_id] += 1
+        if limit < result.points and rule.member_caps:
+            report.caps_hit[rule.rule_id] += 1
+        allowed[rule.rule_id] = max(0, limit)
+    capped = cap_results(evaluation, allowed)
+    for result in capped.results:
+        rule = rules[result.rule_id]
+        if rule.member_caps:
+            usage.awards[(member, rule.rule_id)].append((at, result.points))
+        if rule.budget is not None:
+            usage.budgets[(rule.rule_id, period_key(rule.budget.period, at, zone))] += result.points
+    return capped
+
+
+def simulate(
+    settings: ProgramSettings,
+    history: Iterable[PurchaseEvent | ReturnEvent | ActionEvent],
+    *,
+    member_attributes: MemberAttributes = lambda _member: {},
+) -> SimulationReport:
+    """Replay ``history`` (in the order given) against ``settings``. Returns are not replayed
+    (they only ever take back what a purchase earned); events in another currency are
+    skipped."""
+    rules = {rule.rule_id: rule for rule in settings.rules}
+    zone = zone_of(settings)
+    usage = _Usage()
+    report = SimulationReport()
+    for event in history:
+        report.events += 1
+        if isinstance(event, ReturnEvent):
+            report.skipped += 1
+            continue
+        member = event.member.as_ref()
+        attributes = member_attributes(member)
+        if isinstance(event, PurchaseEvent):
+            if event.currency != settings.currency:
+                report.skipped += 1
+                continue
+            report.purchases += 1
+            lines = [
+                PurchaseLine(
+                    line_id=lid,
+                    sku=li.sku,
+                    quantity=li.quantity,
+                    unit_price_minor=li.unit_price_minor,
+                    discount_minor=li.discount_minor,
+                    name=li.name,
+                    category=li.category,
+                    brand=li.brand,
+                )
+                for lid, li in zip(event.line_ids(), event.lines, strict=True)
+            ]
+            evaluation = evaluate_purchase(
+                settings.rules,
+                order=OrderFacts(event.occurred_at, event.total_minor, event.channel, event.store),
+                lines=lines,
+                zone=zone,
+                member_attributes=attributes,
+                expression_results={},
+            )
+        else:
+            report.actions += 1
+            evaluation = evaluate_action(
+                settings.rules,
+                action=event.action,
+                occurred_at=event.occurred_at,
+                zone=zone,
+                member_attributes=attributes,
+                expression_results={},
+            )
+        evaluation = _cap(
+            rules,
+            evaluation,
+            usage,
+            report,
+            member=member,
+            at=event.occurred_at,
+            settings=settings,
+        )
+        if evaluation.points <= 0:
+            continue
+        report.points += evaluation.points
+        report.members_earning.add(member)
+        month = event.occurred_at.astimezone(zone).strftime("%Y-%m")
+        report.points_by_month[month] += evaluation.points
+        for result in evaluation.results:
+            report.points_by_rule[result.rule_id] += result.points
+            report.members_by_rule[result.rule_id].add(member)
+    return report
+
+
+def compare(candidate: SimulationReport, baseline: SimulationReport) -> dict[str, Any]:
+    """Points per rule and per month, candidate minus baseline."""
+    rules = sorted(set(candidate.points_by_rule) | set(baseline.points_by_rule))
+    months = sorted(set(candidate.points_by_month) | set(baseline.points_by_month))
+    return {
+        "points": candidate.points - baseline.points,
+        "points_by_rule": {
+            r: candidate.points_by_rule.get(r, 0) - baseline.points_by_rule.get(r, 0) for r in rules
+        },
+        "points_by_month": {
+            m: candidate.points_by_month.get(m, 0) - baseline.points_by_month.get(m, 0)
+            for m in months
+        },
+    }
