@@ -23,6 +23,7 @@ from loyalty.application.batch import record_events_batch
 from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.members import MemberProfile, enroll_member
 from loyalty.entrypoints.cli.main import app
+from loyalty.entrypoints.cli.program import document_diff
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 RUNNER = CliRunner()
@@ -368,6 +369,8 @@ def test_apply_again_diff_and_publish_a_change(engine, tmp_path):
     assert diff.exit_code == 1
     lines = diff.stdout.splitlines()
     assert lines[:2] == [f"--- {program} (version 1)", f"+++ {changed}"]
+    # The hunk header names the changed field: with sorted keys the rule's id may be far off.
+    assert re.fullmatch(r"@@ -\d+,7 \+\d+,7 @@ rules\[1\]\.effect\.factor_percent", lines[2])
     assert [li for li in lines[2:] if li[:1] in "+-"] == [
         "-    factor_percent: 200",
         "+    factor_percent: 300",
@@ -429,3 +432,20 @@ def test_two_tenants_each_get_their_own_program(engine):
     again = apply_new(engine, EXAMPLES / "grocer.yaml", tenant="north")
     tenants = {p: operator(engine, p).tenant_id for p in (first, second, again)}
     assert tenants[first] == tenants[again] != tenants[second]
+
+
+def test_a_diff_hunk_is_named_by_its_first_change_on_either_side():
+    published = "name: X\nrules:\n- id: a\n  points: 1\n- id: b\n  points: 2\nz: 1\n"
+    proposed = "name: X\nrules:\n- id: a\n  points: 1\nz: 2\n"
+    assert document_diff(published, proposed, fromfile="old", tofile="new") == [
+        "--- old",
+        "+++ new",
+        "@@ -2,6 +2,4 @@ rules[1].id",
+        " rules:",
+        " - id: a",
+        "   points: 1",
+        "-- id: b",
+        "-  points: 2",
+        "-z: 1",
+        "+z: 2",
+    ]

@@ -374,6 +374,66 @@ def normalized_yaml(document: ProgramDocument) -> str:
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True, default_flow_style=False)
 
 
+def _paths_by_line(text: str) -> tuple[list[int], list[str]]:
+    """For each line of a YAML text that starts an entry or item, the path of that entry (the
+    deepest one, when an item and its first key share the line), in line order."""
+    node = yaml.compose(text, Loader=DocumentLoader)
+    found: dict[int, list[str | int]] = {}
+
+    def visit(place: Place, path: list[str | int]) -> None:
+        for part, (start, value) in place.entries.items():
+            here = [*path, part]
+            if len(here) > len(found.get(start.line, [])):
+                found[start.line] = here
+            visit(value, here)
+
+    if node is not None:
+        visit(_yaml_places(node), [])
+    lines = sorted(found)
+    return lines, [format_path(found[line]) for line in lines]
+
+
+_HUNK = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+def document_diff(published: str, proposed: str, *, fromfile: str, tofile: str) -> list[str]:
+    """A unified diff whose hunk headers name where each hunk's first change is, e.g.
+    ``@@ -119,7 +119,7 @@ rules[3].conditions.min_total_minor``: with sorted keys, a rule's
+    ``id`` is often too far from a change to show in its context lines."""
+    paths = {"-": _paths_by_line(published), "+": _paths_by_line(proposed)}
+    diff = list(
+        difflib.unified_diff(
+            published.splitlines(),
+            proposed.splitlines(),
+            fromfile=fromfile,
+            tofile=tofile,
+            lineterm="",
+        )
+    )
+    out = diff[:2]
+    header: int | None = None
+    at = {"-": 0, "+": 0}
+    for line in diff[2:]:
+        hunk = _HUNK.match(line)
+        if hunk is not None:
+            header = len(out)
+            at = {"-": int(hunk.group(1)), "+": int(hunk.group(2))}
+            out.append(line)
+            continue
+        side = line[:1]
+        if side in ("-", "+") and header is not None:
+            lines, names = paths[side]
+            index = bisect.bisect_right(lines, at[side]) - 1
+            if index >= 0:
+                out[header] = f"{out[header]} {names[index]}"
+            header = None
+        for counted in ("-", "+"):
+            if side in (counted, " "):
+                at[counted] += 1
+        out.append(line)
+    return out
+
+
 def _fail(exc: DomainError) -> typer.Exit:
     typer.echo(f"{exc.code}: {exc.detail}", err=True)
     return typer.Exit(EXIT_INVALID)
@@ -429,14 +489,11 @@ def program_commands(engine_for: EngineFor, principal_for: PrincipalFor) -> type
         except DomainError as exc:
             raise _fail(exc) from None
         published = normalized_yaml(ProgramDocument.model_validate(current["document"]))
-        lines = list(
-            difflib.unified_diff(
-                published.splitlines(),
-                normalized_yaml(document).splitlines(),
-                fromfile=f"{program} (version {current['version']})",
-                tofile=str(file),
-                lineterm="",
-            )
+        lines = document_diff(
+            published,
+            normalized_yaml(document),
+            fromfile=f"{program} (version {current['version']})",
+            tofile=str(file),
         )
         if not lines:
             typer.echo("no changes")
