@@ -23,7 +23,7 @@ from loyalty.application.batch import record_events_batch
 from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.members import MemberProfile, enroll_member
 from loyalty.entrypoints.cli.main import app
-from loyalty.entrypoints.cli.program import document_diff
+from loyalty.entrypoints.cli.program import document_diff, format_path, parse_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 RUNNER = CliRunner()
@@ -406,9 +406,13 @@ def test_apply_refuses_an_invalid_document_and_a_domain_error(engine, tmp_path):
         tmp_path, "usd.yaml", (EXAMPLES / "cafe.yaml").read_text().replace("EUR", "USD")
     )
     result = run("program", "apply", str(dollars), "--program", program, "--database-url", url)
-    assert (result.exit_code, result.stderr) == (
+    # The engine's refusal names the field; the command places it in the file.
+    assert (result.exit_code, result.stderr.splitlines()) == (
         1,
-        "invalid_program_document: A program's currency cannot change.\n",
+        [
+            "invalid_program_document: A program's currency cannot change.",
+            f"{dollars}:{line_of(dollars.read_text(), 'currency: USD')}:1 currency: must stay EUR",
+        ],
     )
 
 
@@ -449,3 +453,10 @@ def test_a_diff_hunk_is_named_by_its_first_change_on_either_side():
         "-z: 1",
         "+z: 2",
     ]
+
+
+def test_a_path_reads_back_as_written():
+    for parts in (["rules", 2, "effect", "points"], ["member_attributes", 'odd."key']):
+        assert parse_path(format_path(parts)) == parts
+    assert format_path([]) == "(document)"
+    assert parse_path("rules.2.conditions.expression") == ["rules", 2, "conditions", "expression"]

@@ -352,8 +352,9 @@ def check_document(data: Any, root: Place) -> tuple[ProgramDocument | None, list
         return None, sorted(problems, key=lambda p: (p.line, p.column))
 
 
-def _load(path: Path, *, exit_invalid: int) -> ProgramDocument:
-    """The file's document, or exit: 2 if it cannot be read, ``exit_invalid`` if invalid."""
+def _load(path: Path, *, exit_invalid: int) -> tuple[ProgramDocument, Place]:
+    """The file's document and places, or exit: 2 if it cannot be read, ``exit_invalid`` if
+    invalid."""
     try:
         data, root = read_document(path)
     except UnreadableDocument as exc:
@@ -364,7 +365,7 @@ def _load(path: Path, *, exit_invalid: int) -> ProgramDocument:
         for problem in problems:
             typer.echo(problem.render(str(path)), err=True)
         raise typer.Exit(exit_invalid)
-    return document
+    return document, root
 
 
 def normalized_yaml(document: ProgramDocument) -> str:
@@ -434,8 +435,36 @@ def document_diff(published: str, proposed: str, *, fromfile: str, tofile: str) 
     return out
 
 
-def _fail(exc: DomainError) -> typer.Exit:
+_PATH_PART = re.compile(r'\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]|([^.\[\]]+)')
+
+
+def parse_path(path: str) -> list[str | int]:
+    """The parts of a path as ``format_path`` writes it, or dotted (``rules.2.effect``)."""
+    parts: list[str | int] = []
+    for match in _PATH_PART.finditer(path):
+        index, quoted, word = match.groups()
+        if index is not None:
+            parts.append(int(index))
+        elif quoted is not None:
+            parts.append(str(json.loads(quoted)))
+        else:
+            parts.append(int(word) if word.isdigit() else word)
+    return parts
+
+
+def _fail(exc: DomainError, *, source: Path | None = None, root: Place | None = None) -> typer.Exit:
+    """Print a refusal as ``code: detail``; the document errors it lists (an expression that
+    does not compile, a currency that cannot change) are placed in the file like any other."""
     typer.echo(f"{exc.code}: {exc.detail}", err=True)
+    errors = exc.context.get("errors")
+    if source is not None and root is not None and isinstance(errors, list):
+        for error in errors:
+            path = error.get("field") or error.get("path") if isinstance(error, dict) else None
+            if not isinstance(path, str):
+                continue
+            place, _ = _follow(root, parse_path(path))
+            problem = Problem(place.line, place.column, path, str(error.get("message", "")))
+            typer.echo(problem.render(str(source)), err=True)
     return typer.Exit(EXIT_INVALID)
 
 
@@ -481,7 +510,7 @@ def program_commands(engine_for: EngineFor, principal_for: PrincipalFor) -> type
         """What publishing FILE would change in the program's current version, as a unified
         diff of both documents with every default filled in. Exit 0 if identical, 1 if they
         differ, 2 if FILE is unreadable or invalid."""
-        document = _load(file, exit_invalid=EXIT_UNREADABLE)
+        document, _ = _load(file, exit_invalid=EXIT_UNREADABLE)
         engine = engine_for(database_url)
         principal = principal_for(engine, program)
         try:
@@ -529,12 +558,15 @@ def program_commands(engine_for: EngineFor, principal_for: PrincipalFor) -> type
         if program is None and expect_version is not None:
             typer.echo("--expect-version needs --program", err=True)
             raise typer.Exit(EXIT_UNREADABLE)
-        document = _load(file, exit_invalid=EXIT_INVALID)
+        document, root = _load(file, exit_invalid=EXIT_INVALID)
         engine = engine_for(database_url)
         now = utc_now()
         if program is None:
             assert tenant is not None
-            created = _create(engine, tenant, document, now=now)
+            try:
+                created = _create(engine, tenant, document, now=now)
+            except DomainError as exc:
+                raise _fail(exc, source=file, root=root) from None
             typer.echo(f"created program {created} (version 1)")
             return
         principal = principal_for(engine, program)
@@ -544,7 +576,7 @@ def program_commands(engine_for: EngineFor, principal_for: PrincipalFor) -> type
                 engine, principal, program, document, expected_version=expect_version, now=now
             )
         except DomainError as exc:
-            raise _fail(exc) from None
+            raise _fail(exc, source=file, root=root) from None
         if view["version"] == before:
             typer.echo(f"no changes (version {view['version']})")
         else:
@@ -561,8 +593,4 @@ def _create(engine: Engine, tenant: str, document: ProgramDocument, *, now: date
     principal = Principal(
         run_transaction(engine, ensure), "cli", access.expand_scopes([Scope.ADMIN]), None
     )
-    try:
-        outcome = programs.create_program(engine, principal, document, now=now)
-    except DomainError as exc:
-        raise _fail(exc) from None
-    return str(outcome.body["id"])
+    return str(programs.create_program(engine, principal, document, now=now).body["id"])
