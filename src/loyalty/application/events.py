@@ -24,6 +24,11 @@ from loyalty.application.earning import (
 )
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
 from loyalty.application.expiry import lock_for_burn
+from loyalty.application.expressions import (
+    expression_results,
+    member_variables,
+    purchase_variables,
+)
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
@@ -86,6 +91,28 @@ def record_event(
         request_fingerprint=fingerprint(body),
         now=now,
         work=effect,
+    )
+
+
+def _expressions(
+    conn: Connection,
+    ctx: ProgramContext,
+    member_id: str,
+    *,
+    now: datetime,
+    purchase: dict[str, Any] | None,
+    event: dict[str, Any],
+) -> dict[str, bool]:
+    """Merchant expressions of the program's rules, bound once to this event."""
+    if not ctx.settings.expressions:
+        return {}
+    row = find_member(conn, ctx.program_id, member_id)
+    return expression_results(
+        ctx.settings,
+        purchase=purchase,
+        member=member_variables(row) if row is not None else None,
+        event=event,
+        now=now,
     )
 
 
@@ -214,7 +241,14 @@ def _record_purchase(
         settings,
         purchase,
         member_attributes=attributes,
-        expression_results={},
+        expression_results=_expressions(
+            conn,
+            ctx,
+            member_id,
+            now=now,
+            purchase=purchase_variables(purchase),
+            event={"type": "purchase", "action": None, "attributes": {}},
+        ),
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
     )
     event_id = new_id("evt")
@@ -548,7 +582,14 @@ def _record_action(
         action=event.action,
         occurred_at=event.occurred_at,
         member_attributes=attributes,
-        expression_results={},
+        expression_results=_expressions(
+            conn,
+            ctx,
+            member_id,
+            now=now,
+            purchase=None,
+            event={"type": "action", "action": event.action, "attributes": event.attributes},
+        ),
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
     )
     points, rules = evaluation.points, rule_totals(evaluation)

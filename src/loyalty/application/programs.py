@@ -12,6 +12,7 @@ from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import program_versions, programs
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Forbidden, Principal, Scope
+from loyalty.application.expressions import check_document_expressions
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.program_document import ProgramDocument, settings_from_document
 from loyalty.domain.errors import InvalidProgramDocument, ProgramNotFound, ProgramVersionConflict
@@ -98,6 +99,7 @@ def create_program(
     principal.require(Scope.ADMIN)
     if principal.program_id is not None:
         raise Forbidden("A key limited to one program cannot create programs.")
+    check_document_expressions(document)
     doc = document.model_dump(mode="json", by_alias=True)
 
     def work(conn: Connection) -> Outcome:
@@ -148,6 +150,8 @@ def update_program(
 ) -> dict[str, Any]:
     """Publish a new version of the document. The currency cannot change once set, because
     every amount already recorded is in it. Submitting the current document again is a no-op."""
+    principal.require_program(program_id, Scope.ADMIN)
+    check_document_expressions(document)
     doc = document.model_dump(mode="json", by_alias=True)
 
     def work(conn: Connection) -> dict[str, Any]:
