@@ -209,3 +209,68 @@ def test_invalid_rules_are_refused_with_the_path_of_each_mistake(api):
     assert duplicate.status_code == 422
     assert "used twice" in duplicate.text
     assert api.request("GET", "/v1/programs").json()["items"] == []
+
+
+def test_hours_must_be_local_clock_times(api):
+    for hours in ({"from": "08:00+01:00"}, {"from": 660}, {"from": "8am"}):
+        r = api.request(
+            "POST",
+            "/v1/programs",
+            json={
+                "name": "H",
+                "currency": "EUR",
+                "rules": [
+                    {
+                        "id": "m",
+                        "name": "M",
+                        "trigger": "purchase",
+                        "conditions": {"hours": hours},
+                        "effect": {"type": "fixed", "points": 1},
+                    }
+                ],
+            },
+        )
+        assert r.status_code == 422, hours
+        assert r.json()["errors"][0]["field"].startswith("rules[0].conditions.hours")
+
+
+def test_a_future_dated_purchase_cannot_reach_into_a_campaign_not_yet_started(api):
+    program = _program(
+        api,
+        [
+            {
+                "id": "next-year",
+                "name": "Next year",
+                "trigger": "purchase",
+                "starts_at": "2099-01-01T00:00:00Z",
+                "effect": {"type": "fixed", "points": 500},
+            }
+        ],
+    )
+    r = api.purchase(
+        program, "O1", "C1", [{"unit_price_minor": 1000}], occurred_at="2099-06-01T10:00:00Z"
+    )
+    assert r.json()["points_earned"] == 10
+
+
+def test_raising_a_budget_in_a_new_version_applies_at_once(api):
+    rule = {
+        "id": "launch",
+        "name": "Launch",
+        "trigger": "purchase",
+        "effect": {"type": "fixed", "points": 30},
+        "limits": {"budget": {"points": 30}},
+    }
+    program = _program(api, [rule])
+    assert (
+        api.purchase(program, "O1", "C1", [{"unit_price_minor": 100}]).json()["points_earned"] == 31
+    )
+    assert (
+        api.purchase(program, "O2", "C2", [{"unit_price_minor": 100}]).json()["points_earned"] == 1
+    )
+    current = api.request("GET", f"/v1/programs/{program}").json()["document"]
+    current["rules"][0]["limits"]["budget"]["points"] = 90
+    assert api.request("PUT", f"/v1/programs/{program}", json=current).json()["version"] == 2
+    assert (
+        api.purchase(program, "O3", "C3", [{"unit_price_minor": 100}]).json()["points_earned"] == 31
+    )

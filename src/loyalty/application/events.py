@@ -207,7 +207,9 @@ def _record_purchase(
     line_ids = event.line_ids()
     purchase = Purchase(
         order_id=event.id,
-        occurred_at=event.occurred_at,
+        # Rules see the purchase no later than now: a future-dated event cannot reach into a
+        # campaign that has not started.
+        occurred_at=min(event.occurred_at.astimezone(UTC), now),
         currency=event.currency,
         total_minor=event.total_minor,
         lines=[

@@ -7,6 +7,7 @@ added here as new optional sections, so documents written today stay valid.
 
 from __future__ import annotations
 
+import re
 from datetime import time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -117,6 +118,19 @@ class HoursDocument(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     from_: time | None = Field(default=None, alias="from")
     until: time | None = None
+
+    @field_validator("from_", "until", mode="before")
+    @classmethod
+    def _local_clock_time(cls, value: object) -> object:
+        # A local wall-clock time as "HH:MM" (or "HH:MM:SS"): not a number of seconds, and no
+        # offset, since the program's time zone decides.
+        if value is None or isinstance(value, time):
+            if isinstance(value, time) and value.tzinfo is not None:
+                raise ValueError("give a local time without an offset, e.g. '08:00'")
+            return value
+        if not isinstance(value, str) or not re.fullmatch(r"\d{2}:\d{2}(:\d{2})?", value):
+            raise ValueError("give a local time as 'HH:MM', e.g. '08:00'")
+        return value
 
 
 class ConditionsDocument(_Strict):

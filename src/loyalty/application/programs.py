@@ -176,7 +176,8 @@ def update_program(
                 "A program's currency cannot change.",
                 [{"path": "currency", "message": f"must stay {ctx.settings.currency}"}],
             )
-        if row.document == doc:
+        stored = ProgramDocument.model_validate(row.document).model_dump(mode="json", by_alias=True)
+        if stored == doc:
             return _program_view(program_id, current, doc, row.created_at, now)
         version = current + 1
         conn.execute(

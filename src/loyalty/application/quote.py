@@ -69,7 +69,8 @@ def quote_purchase(
 def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:
     balance = result["balance"]
     return {
-        "member_id": None if guest else result["member_id"],
+        # A member the quote would enroll does not exist: no id to give.
+        "member_id": None if guest or result["member_enrolled"] else result["member_id"],
         "member_enrolled": False if guest else result["member_enrolled"],
         "points_earned": result["points_earned"],
         "base_minor": result["base_minor"],

@@ -16,7 +16,12 @@ from loyalty.domain.rules import Rule, RuleEvaluation, period_key, period_start
 
 _INSERT_BUDGET = text(
     "INSERT INTO rule_budgets (program_id, rule_id, period_key, points_budget, points_used) "
-    "VALUES (:program_id, :rule_id, :period_key, :points_budget, 0) ON CONFLICT DO NOTHING"
+    "VALUES (:program_id, :rule_id, :period_key, :points_budget, 0) "
+    # A new program version may change the budget: it applies at once, but never below what
+    # was already spent in the period.
+    "ON CONFLICT (program_id, rule_id, period_key) DO UPDATE SET points_budget = CASE "
+    "WHEN excluded.points_budget > rule_budgets.points_used THEN excluded.points_budget "
+    "ELSE rule_budgets.points_used END"
 )
 _LOCK_BUDGET = (
     select(rule_budgets.c.points_budget, rule_budgets.c.points_used)
