@@ -29,6 +29,7 @@ from loyalty.bootstrap import Settings, build_engine
 from loyalty.domain.errors import DomainError
 from loyalty.entrypoints.cli.importing import ParsedRow, read_events
 from loyalty.entrypoints.cli.program import program_commands
+from loyalty.entrypoints.cli.simulate import register as register_simulate
 
 app = typer.Typer(
     help="Loyalty Engine: an API-first engine for loyalty programs.",
@@ -102,6 +103,7 @@ def _principal_for_program(engine: Engine, program_id: str) -> Principal:
 
 
 app.add_typer(program_commands(_engine, _principal_for_program), name="program")
+register_simulate(app, _engine, _principal_for_program)
 
 
 def _parse_when(value: str | None) -> datetime:
