@@ -274,3 +274,43 @@ def test_raising_a_budget_in_a_new_version_applies_at_once(api):
     assert (
         api.purchase(program, "O3", "C3", [{"unit_price_minor": 100}]).json()["points_earned"] == 31
     )
+
+
+WELCOME = {
+    "id": "welcome",
+    "name": "Welcome bonus",
+    "trigger": "enrollment",
+    "effect": {"type": "fixed", "points": 100},
+}
+
+
+def test_an_enrollment_rule_pays_a_welcome_bonus_once(api):
+    program = _program(api, [WELCOME])
+    r = api.request("POST", f"/v1/programs/{program}/members", json={"external_id": "N1"})
+    assert r.status_code == 201, r.text
+    assert r.json()["welcome"]["points"] == 100
+    assert r.json()["welcome"]["rules"] == [{"rule": "welcome", "points": 100}]
+    assert api.balance(program, "ext:N1")["balance"] == 100
+    # Auto-enrolment on a first purchase pays it too, and only the first time.
+    first = api.purchase(program, "O1", "N2", [{"unit_price_minor": 1000}])
+    second = api.purchase(program, "O2", "N2", [{"unit_price_minor": 1000}])
+    assert (first.json()["member_enrolled"], first.json()["points_earned"]) == (True, 10)
+    assert second.json()["member_enrolled"] is False
+    assert api.balance(program, "ext:N2")["balance"] == 120
+    kinds = [
+        e["source"]["type"]
+        for e in api.request("GET", f"/v1/programs/{program}/members/ext:N2/ledger").json()["items"]
+    ]
+    assert kinds == ["purchase", "purchase", "enrollment"]
+
+
+def test_an_enrollment_rule_cannot_name_an_action_or_use_purchase_conditions(api):
+    for rule in (
+        {**WELCOME, "action": "signup"},
+        {**WELCOME, "conditions": {"min_total_minor": 1}},
+        {**WELCOME, "effect": {"type": "per_spend", "points": 1}},
+    ):
+        r = api.request(
+            "POST", "/v1/programs", json={"name": "W", "currency": "EUR", "rules": [rule]}
+        )
+        assert r.status_code == 422, rule

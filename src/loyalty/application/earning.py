@@ -12,7 +12,13 @@ from zoneinfo import ZoneInfo
 from loyalty.domain.errors import CurrencyMismatch
 from loyalty.domain.program import ProgramSettings
 from loyalty.domain.purchase import Purchase
-from loyalty.domain.rules import OrderFacts, RuleEvaluation, evaluate_action, evaluate_purchase
+from loyalty.domain.rules import (
+    OrderFacts,
+    RuleEvaluation,
+    Trigger,
+    evaluate_action,
+    evaluate_purchase,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +98,12 @@ def earn_on_purchase(
 def earn_on_action(
     settings: ProgramSettings,
     *,
-    action: str,
+    action: str | None,
     occurred_at: Any,
     member_attributes: Mapping[str, Any],
     expression_results: Mapping[str, bool],
     cap: Cap | None = None,
+    trigger: Trigger = Trigger.ACTION,
 ) -> RuleEvaluation:
     evaluation = evaluate_action(
         settings.rules,
@@ -105,6 +112,7 @@ def earn_on_action(
         zone=_zone(settings.time_zone),
         member_attributes=member_attributes,
         expression_results=expression_results,
+        trigger=trigger,
     )
     return cap(evaluation) if cap is not None else evaluation
 

@@ -33,6 +33,7 @@ from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program
+from loyalty.application.rewards import award_enrollment
 from loyalty.application.rule_limits import allowed_points, record_usage
 from loyalty.domain.errors import (
     CurrencyMismatch,
@@ -160,6 +161,14 @@ def _member_for_event(
             again = find_member(conn, ctx.program_id, ref)
             attributes = dict(again.attributes) if again is not None else {}
             return str(exists.context["member_id"]), False, attributes
+        award_enrollment(
+            conn,
+            program_id=ctx.program_id,
+            settings=ctx.settings,
+            member_id=member_id,
+            now=now,
+            actor=None,
+        )
         return member_id, True, {}
     raise MemberNotFound(ref)
 

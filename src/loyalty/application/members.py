@@ -18,6 +18,7 @@ from loyalty.application.access import Principal, Scope
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.limits import ATTRIBUTES_BYTES_MAX, ATTRIBUTES_KEYS_MAX, attributes_size
 from loyalty.application.programs import load_program
+from loyalty.application.rewards import award_enrollment
 from loyalty.domain.errors import LimitExceeded, MemberAlreadyExists, MemberNotFound
 from loyalty.domain.ledger import POINTS
 
@@ -163,7 +164,7 @@ def enroll_member(
     """Raises ``ProgramNotFound``, ``MemberAlreadyExists``."""
 
     def work(conn: Connection) -> Outcome:
-        load_program(conn, principal, program_id, Scope.WRITE)
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
 
         def effect() -> tuple[int, dict[str, Any]]:
             member_id = insert_member(
@@ -174,7 +175,16 @@ def enroll_member(
                 source="api",
                 now=now,
             )
-            return 201, member_view(resolve_member(conn, program_id, member_id))
+            view = member_view(resolve_member(conn, program_id, member_id))
+            view["welcome"] = award_enrollment(
+                conn,
+                program_id=program_id,
+                settings=ctx.settings,
+                member_id=member_id,
+                now=now,
+                actor=principal.key_id,
+            )
+            return 201, view
 
         return run_idempotent(
             conn,

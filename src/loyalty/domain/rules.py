@@ -36,6 +36,7 @@ BASE_RULE_ID = "base"
 class Trigger(StrEnum):
     PURCHASE = "purchase"
     ACTION = "action"
+    ENROLLMENT = "enrollment"
 
 
 class EffectKind(StrEnum):
@@ -322,17 +323,19 @@ def _spread_by_base(points: int, lines: Sequence[PurchaseLine]) -> dict[str, int
 def evaluate_action(
     rules: Sequence[Rule],
     *,
-    action: str,
+    action: str | None,
     occurred_at: datetime,
     zone: ZoneInfo,
     member_attributes: Mapping[str, Any],
     expression_results: Mapping[str, bool],
+    trigger: Trigger = Trigger.ACTION,
 ) -> RuleEvaluation:
-    """Fixed points for a custom action (a review, a referral, a profile completed...)."""
+    """Fixed points for a custom action (a review, a referral, a profile completed...) or, with
+    ``trigger=Trigger.ENROLLMENT``, for joining the program."""
     order = OrderFacts(occurred_at, 0, None, None)
     results: list[tuple[Rule, RuleResult]] = []
     for rule in sorted(rules, key=lambda r: -r.priority):
-        if rule.trigger is not Trigger.ACTION or rule.action != action:
+        if rule.trigger is not trigger or (trigger is Trigger.ACTION and rule.action != action):
             continue
         if not rule.active_at(occurred_at) or rule.effect.kind is not EffectKind.FIXED:
             continue
@@ -344,7 +347,12 @@ def evaluate_action(
             expression_result=expression_results.get(rule.rule_id),
         ):
             results.append(
-                (rule, RuleResult(rule.rule_id, rule.effect.points, {"action": rule.effect.points}))
+                (
+                    rule,
+                    RuleResult(
+                        rule.rule_id, rule.effect.points, {trigger.value: rule.effect.points}
+                    ),
+                )
             )
     return RuleEvaluation([r for _, r in _best_per_group(results) if r.points > 0])
 

@@ -61,6 +61,8 @@ class MemberOut(_Body):
     enrolled_at: str
     updated_at: str
     enrollment_source: Literal["api", "auto_enroll"]
+    welcome: dict[str, Any] | None = None
+    """On enrollment only: points paid by enrollment rules (points, rules, entry_id)."""
 
 
 class MemberPage(_Body):
