@@ -314,3 +314,24 @@ def test_an_enrollment_rule_cannot_name_an_action_or_use_purchase_conditions(api
             "POST", "/v1/programs", json={"name": "W", "currency": "EUR", "rules": [rule]}
         )
         assert r.status_code == 422, rule
+
+
+def test_a_threshold_bonus_pays_when_the_basket_beats_the_members_average(api):
+    program = _program(
+        api,
+        [
+            {
+                "id": "above-usual",
+                "name": "10% above your usual basket",
+                "trigger": "purchase",
+                "conditions": {"above_average_percent": 10},
+                "effect": {"type": "fixed", "points": 40},
+            }
+        ],
+    )
+    earned = [
+        api.purchase(program, f"O{i}", "C1", [{"unit_price_minor": amount}]).json()["points_earned"]
+        for i, amount in enumerate([2000, 2000, 2200, 2100])
+    ]
+    # No history: no bonus; 2000 vs 2000: no; 2200 >= 2000 x 1.1: yes; 2100 < 2066 x 1.1: no.
+    assert earned == [20, 20, 62, 21]

@@ -37,6 +37,13 @@ DOCUMENT = {
             "limits": {"budget": {"points": 200, "period": "month"}},
         },
         {
+            "id": "above-usual",
+            "name": "20% above your usual basket",
+            "trigger": "purchase",
+            "conditions": {"above_average_percent": 20},
+            "effect": {"type": "fixed", "points": 25},
+        },
+        {
             "id": "review",
             "name": "Review",
             "trigger": "action",
@@ -112,6 +119,7 @@ def test_a_backtest_earns_exactly_what_the_live_engine_earned(engine):
     assert report.points == live_total
     assert dict(report.points_by_rule) == dict(live_by_rule)
     assert report.caps_hit["own-2x"] + report.caps_hit["review"] > 0  # the caps were exercised
+    assert report.points_by_rule["above-usual"] > 0
     assert report.purchases + report.actions == len(history)
 
 

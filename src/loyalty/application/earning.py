@@ -43,6 +43,17 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+def base_of(purchase: Purchase) -> int:
+    """The order's earn base: its lines after discounts, or its total when it has no lines."""
+    if purchase.lines:
+        return sum(line.base_minor for line in purchase.lines)
+    return purchase.total_minor
+
+
+def uses_member_average(settings: ProgramSettings) -> bool:
+    return any(rule.conditions.above_average_percent is not None for rule in settings.rules)
+
+
 def _rule_totals(evaluation: RuleEvaluation) -> list[dict[str, Any]]:
     return [{"rule": r.rule_id, "points": r.points} for r in evaluation.results]
 
@@ -58,6 +69,7 @@ def earn_on_purchase(
     member_attributes: Mapping[str, Any],
     expression_results: Mapping[str, bool],
     cap: Cap | None = None,
+    member_average_minor: int | None = None,
 ) -> tuple[PurchaseEarning, RuleEvaluation]:
     """What a purchase earns, and the (capped) evaluation behind it. Raises
     ``CurrencyMismatch``."""
@@ -66,7 +78,12 @@ def earn_on_purchase(
     evaluation = evaluate_purchase(
         settings.rules,
         order=OrderFacts(
-            purchase.occurred_at, purchase.total_minor, purchase.channel, purchase.store
+            purchase.occurred_at,
+            purchase.total_minor,
+            purchase.channel,
+            purchase.store,
+            base_minor=base_of(purchase),
+            member_average_minor=member_average_minor,
         ),
         lines=purchase.lines,
         zone=_zone(settings.time_zone),

@@ -20,6 +20,7 @@ from loyalty.application.earning import (
     earn_on_action,
     earn_on_purchase,
     rule_totals,
+    uses_member_average,
     zone_of,
 )
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
@@ -115,6 +116,25 @@ def _expressions(
         event=event,
         now=now,
     )
+
+
+def _member_average(conn: Connection, program_id: str, member_id: str) -> int | None:
+    """The member's average order base so far (orders sent with lines), floored; None before
+    their first such order."""
+    per_order = (
+        select(func.sum(purchase_lines.c.base_minor).label("base"))
+        .where(
+            and_(
+                purchase_lines.c.program_id == program_id,
+                purchase_lines.c.member_id == member_id,
+            )
+        )
+        .group_by(purchase_lines.c.event_id)
+        .subquery()
+    )
+    row = conn.execute(select(func.count(), func.coalesce(func.sum(per_order.c.base), 0))).one()
+    count, total = int(row[0]), int(row[1])
+    return total // count if count else None
 
 
 def _limited_rules(settings: ProgramSettings) -> dict[str, Rule]:
@@ -261,6 +281,9 @@ def _record_purchase(
             event={"type": "purchase", "action": None, "attributes": {}},
         ),
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
+        member_average_minor=_member_average(conn, ctx.program_id, member_id)
+        if uses_member_average(settings)
+        else None,
     )
     event_id = new_id("evt")
     entry_id: str | None = None

@@ -152,6 +152,7 @@ class ConditionsDocument(_Strict):
         default_factory=dict
     )
     expression: Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)] | None = None
+    above_average_percent: Annotated[int, Field(ge=0, le=1000)] | None = None
 
 
 class EffectDocument(_Strict):
@@ -238,7 +239,14 @@ class RuleDocument(_Strict):
             c = self.conditions
             if any(
                 v is not None
-                for v in (c.min_total_minor, c.channels, c.stores, c.include, c.exclude)
+                for v in (
+                    c.min_total_minor,
+                    c.channels,
+                    c.stores,
+                    c.include,
+                    c.exclude,
+                    c.above_average_percent,
+                )
             ):
                 raise ValueError(f"an {self.trigger} rule cannot use purchase conditions")
         elif self.action is not None:
@@ -312,6 +320,7 @@ def rule_from_document(doc: RuleDocument) -> Rule:
             exclude=_item_filter(c.exclude),
             member_attributes=dict(c.member_attributes),
             has_expression=c.expression is not None,
+            above_average_percent=c.above_average_percent,
         ),
         effect=Effect(
             kind=EffectKind(e.type),

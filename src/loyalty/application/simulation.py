@@ -129,6 +129,7 @@ def simulate(
     zone = zone_of(settings)
     usage = _Usage()
     report = SimulationReport()
+    orders: dict[str, tuple[int, int]] = {}
     for event in history:
         report.events += 1
         if isinstance(event, ReturnEvent):
@@ -154,14 +155,25 @@ def simulate(
                 )
                 for lid, li in zip(event.line_ids(), event.lines, strict=True)
             ]
+            base = sum(line.base_minor for line in lines) if lines else event.total_minor
+            count, total = orders.get(member, (0, 0))
             evaluation = evaluate_purchase(
                 settings.rules,
-                order=OrderFacts(event.occurred_at, event.total_minor, event.channel, event.store),
+                order=OrderFacts(
+                    event.occurred_at,
+                    event.total_minor,
+                    event.channel,
+                    event.store,
+                    base_minor=base,
+                    member_average_minor=total // count if count else None,
+                ),
                 lines=lines,
                 zone=zone,
                 member_attributes=attributes,
                 expression_results={},
             )
+            if lines:  # the live average counts orders sent with lines
+                orders[member] = (count + 1, total + base)
         else:
             report.actions += 1
             evaluation = evaluate_action(

@@ -73,6 +73,9 @@ class Conditions:
     exclude: ItemFilter | None = None
     member_attributes: Mapping[str, Any] = field(default_factory=dict)
     has_expression: bool = False
+    above_average_percent: int | None = None
+    """The order's base must be at least this many percent above the member's average order
+    (spend 10% more than usual: 10). A member without past orders does not qualify."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,10 @@ class OrderFacts:
     total_minor: int
     channel: str | None
     store: str | None
+    base_minor: int = 0
+    """The order's earn base (lines after discounts)."""
+    member_average_minor: int | None = None
+    """The member's average order base before this one (None: no past orders)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +209,10 @@ def order_conditions_hold(
         return False
     if not _in_window(local.time(), c.hours_from, c.hours_until):
         return False
+    if c.above_average_percent is not None:
+        average = order.member_average_minor
+        if average is None or order.base_minor * 100 < average * (100 + c.above_average_percent):
+            return False
     for key, wanted in c.member_attributes.items():
         if member_attributes.get(key) != wanted:
             return False
