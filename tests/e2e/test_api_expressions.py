@@ -110,3 +110,56 @@ def test_hostile_expressions_are_refused_at_save_time(api):
         assert r.json()["code"] in {"validation_error", "invalid_program_document"}
     assert api.request("GET", "/v1/programs").json()["items"] == []
     assert api.client.get("/healthz").status_code == 200
+
+
+def test_a_formula_computes_the_points_of_a_rule(api):
+    program = api.create_program(
+        points={"earn": {"points": 0}},
+        rules=[
+            {
+                "id": "wine-per-bottle",
+                "name": "5 points a bottle of wine",
+                "trigger": "purchase",
+                "effect": {
+                    "type": "formula",
+                    "formula": "purchase.items.filter(i, i.category == 'wine').size() * 5",
+                },
+            }
+        ],
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    r = api.purchase(
+        program,
+        "O1",
+        "C1",
+        [
+            {"line_id": "a", "category": "wine", "unit_price_minor": 900},
+            {"line_id": "b", "category": "wine", "unit_price_minor": 1500},
+            {"line_id": "c", "category": "cheese", "unit_price_minor": 600},
+        ],
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["points_earned"] == 10
+    assert r.json()["rules"] == [{"rule": "wine-per-bottle", "points": 10}]
+
+
+def test_a_formula_must_compute_an_int_and_reference_known_fields(api):
+    for formula in ("purchase.total_minor / 100.0", "purchase.totl * 2", "true"):
+        r = api.request(
+            "POST",
+            "/v1/programs",
+            json={
+                "name": "F",
+                "currency": "EUR",
+                "rules": [
+                    {
+                        "id": "f",
+                        "name": "F",
+                        "trigger": "purchase",
+                        "effect": {"type": "formula", "formula": formula},
+                    }
+                ],
+            },
+        )
+        assert r.status_code == 422, formula
+        assert r.json()["errors"][0]["field"] == "rules[0].effect.formula"

@@ -37,6 +37,13 @@ DOCUMENT = {
             "limits": {"budget": {"points": 200, "period": "month"}},
         },
         {
+            "id": "bulk",
+            "name": "Bulk buyer",
+            "trigger": "purchase",
+            "conditions": {"expression": "purchase.items.exists(i, i.quantity >= 3)"},
+            "effect": {"type": "formula", "formula": "purchase.items.size() * 2"},
+        },
+        {
             "id": "above-usual",
             "name": "20% above your usual basket",
             "trigger": "purchase",
@@ -120,6 +127,7 @@ def test_a_backtest_earns_exactly_what_the_live_engine_earned(engine):
     assert dict(report.points_by_rule) == dict(live_by_rule)
     assert report.caps_hit["own-2x"] + report.caps_hit["review"] > 0  # the caps were exercised
     assert report.points_by_rule["above-usual"] > 0
+    assert report.points_by_rule["bulk"] > 0
     assert report.purchases + report.actions == len(history)
 
 

@@ -70,6 +70,7 @@ def earn_on_purchase(
     expression_results: Mapping[str, bool],
     cap: Cap | None = None,
     member_average_minor: int | None = None,
+    formula_results: Mapping[str, int] | None = None,
 ) -> tuple[PurchaseEarning, RuleEvaluation]:
     """What a purchase earns, and the (capped) evaluation behind it. Raises
     ``CurrencyMismatch``."""
@@ -89,6 +90,7 @@ def earn_on_purchase(
         zone=_zone(settings.time_zone),
         member_attributes=member_attributes,
         expression_results=expression_results,
+        formula_results=formula_results,
     )
     if cap is not None:
         evaluation = cap(evaluation)
@@ -121,6 +123,7 @@ def earn_on_action(
     expression_results: Mapping[str, bool],
     cap: Cap | None = None,
     trigger: Trigger = Trigger.ACTION,
+    formula_results: Mapping[str, int] | None = None,
 ) -> RuleEvaluation:
     evaluation = evaluate_action(
         settings.rules,
@@ -130,6 +133,7 @@ def earn_on_action(
         member_attributes=member_attributes,
         expression_results=expression_results,
         trigger=trigger,
+        formula_results=formula_results,
     )
     return cap(evaluation) if cap is not None else evaluation
 

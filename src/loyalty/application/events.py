@@ -26,7 +26,9 @@ from loyalty.application.earning import (
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
 from loyalty.application.expiry import lock_for_burn
 from loyalty.application.expressions import (
-    expression_results,
+    NO_OUTCOMES,
+    ExpressionOutcomes,
+    evaluate_expressions,
     member_variables,
     purchase_variables,
 )
@@ -104,12 +106,12 @@ def _expressions(
     now: datetime,
     purchase: dict[str, Any] | None,
     event: dict[str, Any],
-) -> dict[str, bool]:
+) -> ExpressionOutcomes:
     """Merchant expressions of the program's rules, bound once to this event."""
-    if not ctx.settings.expressions:
-        return {}
+    if not ctx.settings.expressions and not ctx.settings.formulas:
+        return NO_OUTCOMES
     row = find_member(conn, ctx.program_id, member_id)
-    return expression_results(
+    return evaluate_expressions(
         ctx.settings,
         purchase=purchase,
         member=member_variables(row) if row is not None else None,
@@ -268,18 +270,20 @@ def _record_purchase(
     limited = _limited_rules(settings)
     # With limited rules the member's usage is read under the wallet lock, so it is taken first.
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
+    outcomes = _expressions(
+        conn,
+        ctx,
+        member_id,
+        now=now,
+        purchase=purchase_variables(purchase),
+        event={"type": "purchase", "action": None, "attributes": {}},
+    )
     earning, evaluation = earn_on_purchase(
         settings,
         purchase,
         member_attributes=attributes,
-        expression_results=_expressions(
-            conn,
-            ctx,
-            member_id,
-            now=now,
-            purchase=purchase_variables(purchase),
-            event={"type": "purchase", "action": None, "attributes": {}},
-        ),
+        expression_results=outcomes.conditions,
+        formula_results=outcomes.formulas,
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
         member_average_minor=_member_average(conn, ctx.program_id, member_id)
         if uses_member_average(settings)
@@ -611,19 +615,21 @@ def _record_action(
     earned_at = min(event.occurred_at.astimezone(UTC), now)
     limited = _limited_rules(settings)
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
+    outcomes = _expressions(
+        conn,
+        ctx,
+        member_id,
+        now=now,
+        purchase=None,
+        event={"type": "action", "action": event.action, "attributes": event.attributes},
+    )
     evaluation = earn_on_action(
         settings,
         action=event.action,
         occurred_at=event.occurred_at,
         member_attributes=attributes,
-        expression_results=_expressions(
-            conn,
-            ctx,
-            member_id,
-            now=now,
-            purchase=None,
-            event={"type": "action", "action": event.action, "attributes": event.attributes},
-        ),
+        expression_results=outcomes.conditions,
+        formula_results=outcomes.formulas,
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
     )
     points, rules = evaluation.points, rule_totals(evaluation)

@@ -7,6 +7,7 @@ the member and the time are bound once, and every rule's expression runs against
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -15,10 +16,12 @@ from loyalty.adapters.rules import (
     BindingError,
     CompiledExpression,
     ExpressionError,
+    Kind,
     bind_context,
     compile_expression,
     dry_run,
     evaluate_condition,
+    evaluate_formula,
 )
 from loyalty.application.program_document import ProgramDocument
 from loyalty.domain.errors import InvalidProgramDocument
@@ -33,14 +36,18 @@ def check_document_expressions(
 ) -> None:
     """Raises ``InvalidProgramDocument`` listing every expression that cannot be accepted."""
     errors: list[dict[str, Any]] = []
+    checks: list[tuple[str, str, Kind]] = []
     for index, rule in enumerate(document.rules):
-        source = rule.conditions.expression
-        if source is None:
-            continue
-        field = f"rules[{index}].conditions.expression"
+        if rule.conditions.expression is not None:
+            checks.append(
+                (f"rules[{index}].conditions.expression", rule.conditions.expression, "condition")
+            )
+        if rule.effect.formula is not None:
+            checks.append((f"rules[{index}].effect.formula", rule.effect.formula, "formula"))
+    for field, source, kind in checks:
         try:
-            compile_expression(source, kind="condition")
-            dry_run(source, kind="condition", timeout_s=dry_run_timeout_s or DRY_RUN_TIMEOUT_S)
+            compile_expression(source, kind=kind)
+            dry_run(source, kind=kind, timeout_s=dry_run_timeout_s or DRY_RUN_TIMEOUT_S)
         except ExpressionError as exc:
             error: dict[str, Any] = {"field": field, "message": exc.message}
             if exc.position is not None:
@@ -55,8 +62,8 @@ def check_document_expressions(
 
 
 @lru_cache(maxsize=1024)
-def _compiled(source: str) -> CompiledExpression:
-    return compile_expression(source, kind="condition")
+def _compiled(source: str, kind: Kind = "condition") -> CompiledExpression:
+    return compile_expression(source, kind=kind)
 
 
 def purchase_variables(purchase: Purchase) -> dict[str, Any]:
@@ -97,6 +104,49 @@ def member_variables(row: Any) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ExpressionOutcomes:
+    conditions: dict[str, bool]
+    formulas: dict[str, int]
+
+
+NO_OUTCOMES = ExpressionOutcomes({}, {})
+
+
+def evaluate_expressions(
+    settings: ProgramSettings,
+    *,
+    purchase: dict[str, Any] | None,
+    member: dict[str, Any] | None,
+    event: dict[str, Any] | None,
+    now: datetime,
+) -> ExpressionOutcomes:
+    """Every rule's condition and formula, evaluated against the event bound once. A
+    condition that fails at run time (a missing attribute key, a type the data did not have)
+    does not hold; a formula that fails pays nothing."""
+    if not settings.expressions and not settings.formulas:
+        return NO_OUTCOMES
+    try:
+        context = bind_context(
+            purchase=purchase, member=member, event=event, now=now.astimezone(UTC)
+        )
+    except BindingError:
+        return ExpressionOutcomes({rule_id: False for rule_id in settings.expressions}, {})
+    conditions: dict[str, bool] = {}
+    for rule_id, source in settings.expressions.items():
+        try:
+            conditions[rule_id] = evaluate_condition(_compiled(source), context)
+        except ExpressionError:
+            conditions[rule_id] = False
+    formulas: dict[str, int] = {}
+    for rule_id, source in settings.formulas.items():
+        try:
+            formulas[rule_id] = evaluate_formula(_compiled(source, "formula"), context)
+        except ExpressionError:
+            formulas[rule_id] = 0
+    return ExpressionOutcomes(conditions, formulas)
+
+
 def expression_results(
     settings: ProgramSettings,
     *,
@@ -105,20 +155,7 @@ def expression_results(
     event: dict[str, Any] | None,
     now: datetime,
 ) -> dict[str, bool]:
-    """Each rule's expression, evaluated against the event bound once. An expression that
-    fails at run time (a missing attribute key, a type the data did not have) does not apply."""
-    if not settings.expressions:
-        return {}
-    try:
-        context = bind_context(
-            purchase=purchase, member=member, event=event, now=now.astimezone(UTC)
-        )
-    except BindingError:
-        return {rule_id: False for rule_id in settings.expressions}
-    results: dict[str, bool] = {}
-    for rule_id, source in settings.expressions.items():
-        try:
-            results[rule_id] = evaluate_condition(_compiled(source), context)
-        except ExpressionError:
-            results[rule_id] = False
-    return results
+    """Only the conditions (see ``evaluate_expressions``)."""
+    return evaluate_expressions(
+        settings, purchase=purchase, member=member, event=event, now=now
+    ).conditions

@@ -160,14 +160,25 @@ class EffectDocument(_Strict):
     ``fixed``: ``points`` once. ``multiplier``: ``factor_percent`` of what the other rules
     earned on the eligible lines (200 doubles them)."""
 
-    type: Literal["per_spend", "fixed", "multiplier"]
+    type: Literal["per_spend", "fixed", "multiplier", "formula"]
     points: Annotated[int, Field(ge=0, le=EFFECT_POINTS_MAX)] | None = None
+    formula: Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)] | None = None
     per_spend_minor: Annotated[int, Field(ge=1, le=PER_SPEND_MINOR_MAX)] | None = None
     rounding: Rounding = Rounding.FLOOR
     factor_percent: Annotated[int, Field(ge=100, le=FACTOR_PERCENT_MAX)] | None = None
 
     @model_validator(mode="after")
     def _fields_match_type(self) -> EffectDocument:
+        if self.type == "formula":
+            if self.formula is None:
+                raise ValueError(
+                    "a formula effect needs 'formula' (a CEL expression giving an int)"
+                )
+            if any(v is not None for v in (self.points, self.per_spend_minor, self.factor_percent)):
+                raise ValueError("a formula effect takes only 'formula'")
+            return self
+        if self.formula is not None:
+            raise ValueError("'formula' is only for effect type 'formula'")
         if self.type == "multiplier":
             if self.factor_percent is None:
                 raise ValueError("a multiplier needs 'factor_percent' (200 doubles)")
@@ -234,8 +245,8 @@ class RuleDocument(_Strict):
                 raise ValueError("an action rule names its 'action' (e.g. review_posted)")
             if self.trigger == "enrollment" and self.action is not None:
                 raise ValueError("'action' is only for trigger 'action'")
-            if self.effect.type != "fixed":
-                raise ValueError(f"an {self.trigger} rule earns 'fixed' points")
+            if self.effect.type not in ("fixed", "formula"):
+                raise ValueError(f"an {self.trigger} rule earns 'fixed' or 'formula' points")
             c = self.conditions
             if any(
                 v is not None
@@ -375,4 +386,5 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         expressions={
             r.id: r.conditions.expression for r in document.rules if r.conditions.expression
         },
+        formulas={r.id: r.effect.formula for r in document.rules if r.effect.formula},
     )

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, select
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import members
 from loyalty.application.earning import earn_on_action, rule_totals, zone_of
-from loyalty.application.expressions import expression_results, member_variables
+from loyalty.application.expressions import evaluate_expressions, member_variables
 from loyalty.application.ledger_ops import credit_points
 from loyalty.application.rule_limits import allowed_points, record_usage
 from loyalty.domain.ledger import EntryKind
@@ -47,18 +47,20 @@ def award_enrollment(
         )
         return cap_results(evaluation, allowed)
 
+    outcomes = evaluate_expressions(
+        settings,
+        purchase=None,
+        member=member_variables(row),
+        event={"type": "enrollment", "action": None, "attributes": {}},
+        now=now,
+    )
     evaluation = earn_on_action(
         settings,
         action=None,
         occurred_at=now,
         member_attributes=dict(row.attributes),
-        expression_results=expression_results(
-            settings,
-            purchase=None,
-            member=member_variables(row),
-            event={"type": "enrollment", "action": None, "attributes": {}},
-            now=now,
-        ),
+        expression_results=outcomes.conditions,
+        formula_results=outcomes.formulas,
         cap=cap,
         trigger=Trigger.ENROLLMENT,
     )

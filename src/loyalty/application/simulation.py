@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from loyalty.application.earning import zone_of
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
+from loyalty.application.expressions import evaluate_expressions, purchase_variables
 from loyalty.domain.program import ProgramSettings
-from loyalty.domain.purchase import PurchaseLine
+from loyalty.domain.purchase import Purchase, PurchaseLine
 from loyalty.domain.rules import (
     OrderFacts,
     Rule,
@@ -116,6 +117,18 @@ def _cap(
     return capped
 
 
+def _member(ref: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """What expressions see of a member in a backtest: their id and attributes (the history
+    does not carry the rest of the profile)."""
+    external = ref[len("ext:") :] if ref.startswith("ext:") else None
+    return {
+        "id": ref,
+        "external_id": external,
+        "enrolled_at": datetime(1970, 1, 1, tzinfo=UTC),
+        "attributes": dict(attributes),
+    }
+
+
 def simulate(
     settings: ProgramSettings,
     history: Iterable[PurchaseEvent | ReturnEvent | ActionEvent],
@@ -155,6 +168,23 @@ def simulate(
                 )
                 for lid, li in zip(event.line_ids(), event.lines, strict=True)
             ]
+            outcomes = evaluate_expressions(
+                settings,
+                purchase=purchase_variables(
+                    Purchase(
+                        event.id,
+                        event.occurred_at,
+                        event.currency,
+                        event.total_minor,
+                        lines,
+                        event.channel,
+                        event.store,
+                    )
+                ),
+                member=_member(member, attributes),
+                event={"type": "purchase", "action": None, "attributes": {}},
+                now=event.occurred_at,
+            )
             base = sum(line.base_minor for line in lines) if lines else event.total_minor
             count, total = orders.get(member, (0, 0))
             evaluation = evaluate_purchase(
@@ -170,19 +200,28 @@ def simulate(
                 lines=lines,
                 zone=zone,
                 member_attributes=attributes,
-                expression_results={},
+                expression_results=outcomes.conditions,
+                formula_results=outcomes.formulas,
             )
             if lines:  # the live average counts orders sent with lines
                 orders[member] = (count + 1, total + base)
         else:
             report.actions += 1
+            outcomes = evaluate_expressions(
+                settings,
+                purchase=None,
+                member=_member(member, attributes),
+                event={"type": "action", "action": event.action, "attributes": event.attributes},
+                now=event.occurred_at,
+            )
             evaluation = evaluate_action(
                 settings.rules,
                 action=event.action,
                 occurred_at=event.occurred_at,
                 zone=zone,
                 member_attributes=attributes,
-                expression_results={},
+                expression_results=outcomes.conditions,
+                formula_results=outcomes.formulas,
             )
         evaluation = _cap(
             rules,

@@ -63,4 +63,6 @@ class ProgramSettings:
     rules: tuple[Rule, ...] = ()
     """The base rate first, then the document's rules."""
     expressions: Mapping[str, str] = field(default_factory=dict)
-    """Merchant expressions (CEL source) by rule id."""
+    """Merchant conditions (CEL source) by rule id."""
+    formulas: Mapping[str, str] = field(default_factory=dict)
+    """Merchant formulas (CEL source giving points) by rule id."""

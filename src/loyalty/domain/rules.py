@@ -43,6 +43,11 @@ class EffectKind(StrEnum):
     PER_SPEND = "per_spend"
     FIXED = "fixed"
     MULTIPLIER = "multiplier"
+    FORMULA = "formula"
+    """Points computed by a merchant formula (CEL), paid like a fixed bonus."""
+
+
+FORMULA_POINTS_MAX = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +243,15 @@ def _spread(points: int, lines: Sequence[PurchaseLine]) -> dict[str, int]:
     return dict(zip((line.line_id for line in lines), allocate(points, bases), strict=True))
 
 
+def _fixed_points(rule: Rule, formula_results: Mapping[str, int] | None) -> int:
+    """A fixed effect's points, or a formula's result kept within 0..FORMULA_POINTS_MAX (a
+    formula that computes a negative amount pays nothing; it never takes points)."""
+    if rule.effect.kind is EffectKind.FIXED:
+        return rule.effect.points
+    computed = (formula_results or {}).get(rule.rule_id, 0)
+    return max(0, min(computed, FORMULA_POINTS_MAX))
+
+
 def _best_per_group(results: list[tuple[Rule, RuleResult]]) -> list[tuple[Rule, RuleResult]]:
     best: dict[str, tuple[Rule, RuleResult]] = {}
     kept: list[tuple[Rule, RuleResult]] = []
@@ -261,6 +275,7 @@ def evaluate_purchase(
     zone: ZoneInfo,
     member_attributes: Mapping[str, Any],
     expression_results: Mapping[str, bool],
+    formula_results: Mapping[str, int] | None = None,
 ) -> RuleEvaluation:
     """What each rule earns on a purchase. A purchase without lines is one line, ``order``,
     whose base is the order total."""
@@ -294,10 +309,9 @@ def evaluate_purchase(
                 rounding=effect.rounding,
             )
             first.append((rule, RuleResult(rule.rule_id, pts, _spread_by_base(pts, chosen))))
-        elif effect.kind is EffectKind.FIXED:
-            first.append(
-                (rule, RuleResult(rule.rule_id, effect.points, _spread(effect.points, chosen)))
-            )
+        elif effect.kind in (EffectKind.FIXED, EffectKind.FORMULA):
+            pts = _fixed_points(rule, formula_results)
+            first.append((rule, RuleResult(rule.rule_id, pts, _spread(pts, chosen))))
     first = _best_per_group(first)
 
     # Multipliers scale what was earned by spending; fixed bonuses spread over lines are not
@@ -340,6 +354,7 @@ def evaluate_action(
     member_attributes: Mapping[str, Any],
     expression_results: Mapping[str, bool],
     trigger: Trigger = Trigger.ACTION,
+    formula_results: Mapping[str, int] | None = None,
 ) -> RuleEvaluation:
     """Fixed points for a custom action (a review, a referral, a profile completed...) or, with
     ``trigger=Trigger.ENROLLMENT``, for joining the program."""
@@ -348,7 +363,10 @@ def evaluate_action(
     for rule in sorted(rules, key=lambda r: -r.priority):
         if rule.trigger is not trigger or (trigger is Trigger.ACTION and rule.action != action):
             continue
-        if not rule.active_at(occurred_at) or rule.effect.kind is not EffectKind.FIXED:
+        if not rule.active_at(occurred_at) or rule.effect.kind not in (
+            EffectKind.FIXED,
+            EffectKind.FORMULA,
+        ):
             continue
         if order_conditions_hold(
             rule.conditions,
@@ -357,14 +375,8 @@ def evaluate_action(
             member_attributes=member_attributes,
             expression_result=expression_results.get(rule.rule_id),
         ):
-            results.append(
-                (
-                    rule,
-                    RuleResult(
-                        rule.rule_id, rule.effect.points, {trigger.value: rule.effect.points}
-                    ),
-                )
-            )
+            pts = _fixed_points(rule, formula_results)
+            results.append((rule, RuleResult(rule.rule_id, pts, {trigger.value: pts})))
     return RuleEvaluation([r for _, r in _best_per_group(results) if r.points > 0])
 
 
