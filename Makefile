@@ -39,7 +39,9 @@ unit: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests/unit tests/property
 
 bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.simulate_completejourney
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
