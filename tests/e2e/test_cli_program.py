@@ -460,3 +460,23 @@ def test_a_path_reads_back_as_written():
         assert parse_path(format_path(parts)) == parts
     assert format_path([]) == "(document)"
     assert parse_path("rules.2.conditions.expression") == ["rules", 2, "conditions", "expression"]
+
+
+def test_validate_checks_expressions_and_points_at_their_line(tmp_path):
+    from typer.testing import CliRunner as _Runner
+
+    from loyalty.entrypoints.cli.main import app as _app
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: Bad\ncurrency: EUR\nrules:\n  - id: big\n    name: Big basket\n"
+        '    trigger: purchase\n    conditions:\n      expression: "purchase.totl >= 5000"\n'
+        "    effect: {type: fixed, points: 10}\n",
+        encoding="utf-8",
+    )
+    result = _Runner().invoke(_app, ["program", "validate", str(path)])
+    assert result.exit_code == 1
+    assert (
+        f"{path}:8:7 rules[0].conditions.expression: unknown field 'purchase.totl' "
+        "(did you mean 'purchase.total_minor'?)"
+    ) in result.output

@@ -29,6 +29,7 @@ from loyalty.adapters.clock import utc_now
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.application import access, programs
 from loyalty.application.access import Principal, Scope
+from loyalty.application.expressions import check_document_expressions
 from loyalty.application.program_document import ProgramDocument
 from loyalty.domain.errors import DomainError
 
@@ -495,6 +496,22 @@ def program_commands(engine_for: EngineFor, principal_for: PrincipalFor) -> type
             raise typer.Exit(EXIT_UNREADABLE) from None
         document, problems = check_document(data, root)
         if document is not None:
+            # Expressions are checked as the engine will check them when the file is applied:
+            # compiled against the schema and dry-run in a child process.
+            try:
+                check_document_expressions(document)
+            except DomainError as exc:
+                for error in exc.context.get("errors", []):
+                    place, _ = _follow(root, parse_path(str(error["field"])))
+                    message = str(error["message"])
+                    if error.get("suggestion") and error["suggestion"] not in message:
+                        message += f" (did you mean {error['suggestion']!r}?)"
+                    typer.echo(
+                        Problem(place.line, place.column, str(error["field"]), message).render(
+                            str(file)
+                        )
+                    )
+                raise typer.Exit(EXIT_INVALID) from None
             typer.echo("valid")
             return
         for problem in problems:
