@@ -139,6 +139,61 @@ def create_program(
     return run_transaction(engine, work)
 
 
+def publish_document(
+    conn: Connection,
+    principal: Principal,
+    program_id: str,
+    document: ProgramDocument,
+    *,
+    expected_version: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Make ``document`` the program's next version inside the caller's transaction (its
+    expressions already checked); shared by updates and draft publishing so both apply the
+    same version check and currency rule."""
+    doc = document.model_dump(mode="json", by_alias=True)
+    ctx = load_program(conn, principal, program_id, Scope.ADMIN)
+    row = conn.execute(
+        select(programs.c.current_version, programs.c.created_at, program_versions.c.document)
+        .join(
+            program_versions,
+            and_(
+                program_versions.c.program_id == programs.c.id,
+                program_versions.c.version == programs.c.current_version,
+            ),
+        )
+        .where(programs.c.id == program_id)
+        .with_for_update(of=programs)
+    ).one()
+    current = int(row.current_version)
+    if expected_version is not None and expected_version != current:
+        raise ProgramVersionConflict(expected_version, current)
+    if document.currency != ctx.settings.currency:
+        raise InvalidProgramDocument(
+            "A program's currency cannot change.",
+            [{"path": "currency", "message": f"must stay {ctx.settings.currency}"}],
+        )
+    stored = ProgramDocument.model_validate(row.document).model_dump(mode="json", by_alias=True)
+    if stored == doc:
+        return _program_view(program_id, current, doc, row.created_at, now)
+    version = current + 1
+    conn.execute(
+        insert(program_versions).values(
+            program_id=program_id,
+            version=version,
+            document=doc,
+            created_at=now,
+            created_by=principal.key_id,
+        )
+    )
+    conn.execute(
+        update(programs)
+        .where(programs.c.id == program_id)
+        .values(current_version=version, name=document.name, updated_at=now)
+    )
+    return _program_view(program_id, version, doc, row.created_at, now)
+
+
 def update_program(
     engine: Engine,
     principal: Principal,
@@ -152,49 +207,11 @@ def update_program(
     every amount already recorded is in it. Submitting the current document again is a no-op."""
     principal.require_program(program_id, Scope.ADMIN)
     check_document_expressions(document)
-    doc = document.model_dump(mode="json", by_alias=True)
 
     def work(conn: Connection) -> dict[str, Any]:
-        ctx = load_program(conn, principal, program_id, Scope.ADMIN)
-        row = conn.execute(
-            select(programs.c.current_version, programs.c.created_at, program_versions.c.document)
-            .join(
-                program_versions,
-                and_(
-                    program_versions.c.program_id == programs.c.id,
-                    program_versions.c.version == programs.c.current_version,
-                ),
-            )
-            .where(programs.c.id == program_id)
-            .with_for_update(of=programs)
-        ).one()
-        current = int(row.current_version)
-        if expected_version is not None and expected_version != current:
-            raise ProgramVersionConflict(expected_version, current)
-        if document.currency != ctx.settings.currency:
-            raise InvalidProgramDocument(
-                "A program's currency cannot change.",
-                [{"path": "currency", "message": f"must stay {ctx.settings.currency}"}],
-            )
-        stored = ProgramDocument.model_validate(row.document).model_dump(mode="json", by_alias=True)
-        if stored == doc:
-            return _program_view(program_id, current, doc, row.created_at, now)
-        version = current + 1
-        conn.execute(
-            insert(program_versions).values(
-                program_id=program_id,
-                version=version,
-                document=doc,
-                created_at=now,
-                created_by=principal.key_id,
-            )
+        return publish_document(
+            conn, principal, program_id, document, expected_version=expected_version, now=now
         )
-        conn.execute(
-            update(programs)
-            .where(programs.c.id == program_id)
-            .values(current_version=version, name=document.name, updated_at=now)
-        )
-        return _program_view(program_id, version, doc, row.created_at, now)
 
     return run_transaction(engine, work)
 

@@ -107,6 +107,17 @@ class ProgramVersionConflict(Conflict):
         )
 
 
+class DraftAlreadyPublished(Conflict):
+    code = "draft_already_published"
+
+    def __init__(self, draft_id: str, published_version: int) -> None:
+        super().__init__(
+            f"Draft {draft_id!r} was already published as version {published_version}.",
+            draft_id=draft_id,
+            published_version=published_version,
+        )
+
+
 class Unprocessable(DomainError):
     code = "unprocessable"
 

@@ -320,4 +320,20 @@ rule_budgets = Table(
 """One row per budgeted rule and period: the only counter a posting updates, and only for
 rules with a budget (the database refuses to overspend it)."""
 
+program_drafts = Table(
+    "program_drafts",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, ForeignKey("programs.id"), nullable=False),
+    Column("base_version", Integer, nullable=False),
+    Column("document", JSON, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("created_by", ID, nullable=True),
+    Column("published_version", Integer, nullable=True),
+    Column("published_at", TS, nullable=True),
+    Index("ix_program_drafts_program", "program_id", "id"),
+)
+"""A document saved but not yet published. Publishing sets ``published_version`` once; the
+draft is then kept as the record of who proposed that version and from which base."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

@@ -45,6 +45,23 @@ class ProgramList(_Body):
     items: list[ProgramSummary]
 
 
+class DraftOut(_Body):
+    id: str
+    program_id: str
+    base_version: int
+    document: dict[str, Any]
+    created_at: str
+    created_by: str | None
+    published_version: int | None
+    published_at: str | None
+    diff: list[str]
+    """Dotted paths of what the draft changes from ``base_version``."""
+
+
+class DraftList(_Body):
+    items: list[DraftOut]
+
+
 class MemberOut(_Body):
     id: str
     program_id: str

@@ -10,7 +10,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from loyalty.adapters.clock import utc_now
-from loyalty.application import access, balances, events, members, programs, redemptions
+from loyalty.application import (
+    access,
+    balances,
+    drafts,
+    events,
+    members,
+    programs,
+    redemptions,
+)
 from loyalty.application import quote as quotes
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import Event, MemberRef, PurchaseEvent
@@ -191,6 +199,69 @@ def update_program(
     return programs.update_program(
         engine, principal, program_id, document, expected_version=expected, now=utc_now()
     )
+
+
+# --- program drafts ---------------------------------------------------------------------
+
+DraftId = Annotated[str, Path(min_length=1, max_length=32)]
+
+
+@router.post(
+    "/programs/{program_id}/drafts",
+    status_code=201,
+    tags=["programs"],
+    responses=bodies.documented(201, bodies.DraftOut, "The draft and what it changes."),
+)
+def create_draft(
+    program_id: ProgramId, document: ProgramDocument, principal: Auth, engine: EngineDep
+) -> JSONResponse:
+    """Save a document as a draft of the next version, validated like `PUT`; earning is
+    unchanged until it is published. `diff` lists the paths it changes."""
+    draft = drafts.create_draft(engine, principal, program_id, document, now=utc_now())
+    return JSONResponse(draft, status_code=201)
+
+
+@router.get(
+    "/programs/{program_id}/drafts",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.DraftList, "Drafts, newest first (at most 50)."),
+)
+def list_drafts(program_id: ProgramId, principal: Auth, engine: EngineDep) -> dict[str, Any]:
+    return {"items": drafts.list_drafts(engine, principal, program_id)}
+
+
+@router.get(
+    "/programs/{program_id}/drafts/{draft_id}",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.DraftOut, "The draft."),
+)
+def get_draft(
+    program_id: ProgramId, draft_id: DraftId, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    return drafts.get_draft(engine, principal, program_id, draft_id)
+
+
+@router.post(
+    "/programs/{program_id}/drafts/{draft_id}/publish",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.ProgramOut, "The new current version."),
+)
+def publish_draft(
+    program_id: ProgramId, draft_id: DraftId, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """Publish the draft as the next version. Refused with `409 program_version_conflict` if
+    the program moved past the draft's `base_version`, and `409 draft_already_published` the
+    second time."""
+    return drafts.publish_draft(engine, principal, program_id, draft_id, now=utc_now())
+
+
+@router.delete("/programs/{program_id}/drafts/{draft_id}", status_code=204, tags=["programs"])
+def delete_draft(
+    program_id: ProgramId, draft_id: DraftId, principal: Auth, engine: EngineDep
+) -> Response:
+    """Discard an unpublished draft (a published one is kept: `409 draft_already_published`)."""
+    drafts.delete_draft(engine, principal, program_id, draft_id)
+    return Response(status_code=204)
 
 
 # --- members ----------------------------------------------------------------------------
