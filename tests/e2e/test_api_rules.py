@@ -335,3 +335,40 @@ def test_a_threshold_bonus_pays_when_the_basket_beats_the_members_average(api):
     ]
     # No history: no bonus; 2000 vs 2000: no; 2200 >= 2000 x 1.1: yes; 2100 < 2066 x 1.1: no.
     assert earned == [20, 20, 62, 21]
+
+
+def test_gift_cards_shipping_and_tax_earn_nothing_unless_a_rule_names_them(api):
+    program = _program(
+        api,
+        [
+            {
+                "id": "shipping-too",
+                "name": "1 per euro of shipping",
+                "trigger": "purchase",
+                "effect": {
+                    "type": "per_spend",
+                    "points": 1,
+                    "per_spend_minor": 100,
+                    "earn_on_kinds": ["shipping"],
+                },
+            }
+        ],
+    )
+    r = api.purchase(
+        program,
+        "O1",
+        "C1",
+        [
+            {"line_id": "shirt", "unit_price_minor": 3000},
+            {"line_id": "card", "kind": "gift_card", "unit_price_minor": 5000},
+            {"line_id": "ship", "kind": "shipping", "unit_price_minor": 500},
+            {"line_id": "vat", "kind": "tax", "unit_price_minor": 600},
+        ],
+    )
+    assert r.status_code == 201, r.text
+    lines = {li["line_id"]: li["points"] for li in r.json()["lines"]}
+    assert lines == {"shirt": 30, "card": 0, "ship": 5, "vat": 0}
+    assert r.json()["rules"] == [
+        {"rule": "base", "points": 30},
+        {"rule": "shipping-too", "points": 5},
+    ]

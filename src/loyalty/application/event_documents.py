@@ -25,6 +25,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+LineKind = Literal["product", "gift_card", "shipping", "tax", "deposit", "service"]
+
+
 class MemberRef(_Strict):
     """Exactly one of ``id`` (the engine's) or ``external_id`` (the merchant's)."""
 
@@ -50,6 +53,10 @@ class LineItem(_Strict):
     quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)] = 1
     unit_price_minor: Annotated[int, Field(ge=0, le=MONEY_MINOR_MAX)]
     discount_minor: Annotated[int, Field(ge=0, le=MONEY_MINOR_MAX)] = 0
+    kind: LineKind = Field(
+        default="product",
+        description="Spend rules earn on products only, unless a rule names other kinds.",
+    )
 
     @model_validator(mode="after")
     def _discount_within_price(self) -> LineItem:

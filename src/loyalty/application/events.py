@@ -253,6 +253,7 @@ def _record_purchase(
                 name=li.name,
                 category=li.category,
                 brand=li.brand,
+                kind=li.kind,
             )
             for lid, li in zip(line_ids, event.lines, strict=True)
         ],

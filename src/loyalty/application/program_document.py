@@ -166,6 +166,17 @@ class EffectDocument(_Strict):
     per_spend_minor: Annotated[int, Field(ge=1, le=PER_SPEND_MINOR_MAX)] | None = None
     rounding: Rounding = Rounding.FLOOR
     factor_percent: Annotated[int, Field(ge=100, le=FACTOR_PERCENT_MAX)] | None = None
+    earn_on_kinds: (
+        Annotated[
+            list[Literal["product", "gift_card", "shipping", "tax", "deposit", "service"]],
+            Field(min_length=1),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="per_spend only: line kinds the rule earns on (default: products only; "
+        "gift cards, shipping, tax, deposits and services earn only when named).",
+    )
 
     @model_validator(mode="after")
     def _fields_match_type(self) -> EffectDocument:
@@ -179,6 +190,8 @@ class EffectDocument(_Strict):
             return self
         if self.formula is not None:
             raise ValueError("'formula' is only for effect type 'formula'")
+        if self.earn_on_kinds is not None and self.type != "per_spend":
+            raise ValueError("'earn_on_kinds' is only for effect type 'per_spend'")
         if self.type == "multiplier":
             if self.factor_percent is None:
                 raise ValueError("a multiplier needs 'factor_percent' (200 doubles)")
@@ -339,6 +352,7 @@ def rule_from_document(doc: RuleDocument) -> Rule:
             per_spend_minor=e.per_spend_minor or 100,
             rounding=e.rounding,
             factor_percent=e.factor_percent or 100,
+            earn_on_kinds=frozenset(e.earn_on_kinds or ["product"]),
         ),
         member_caps=tuple(
             MemberCap(Period(cap.period), cap.max_count, cap.max_points)

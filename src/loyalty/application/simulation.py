@@ -165,6 +165,7 @@ def simulate(
                     name=li.name,
                     category=li.category,
                     brand=li.brand,
+                    kind=li.kind,
                 )
                 for lid, li in zip(event.line_ids(), event.lines, strict=True)
             ]

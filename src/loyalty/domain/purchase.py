@@ -21,6 +21,9 @@ class PurchaseLine:
     name: str | None = None
     category: str | None = None
     brand: str | None = None
+    kind: str = "product"
+    """``product``, or ``gift_card``, ``shipping``, ``tax``, ``deposit``, ``service``: lines
+    that spend rules leave out of the earn base unless a rule names their kind."""
 
     @property
     def base_minor(self) -> int:

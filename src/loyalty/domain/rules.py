@@ -90,6 +90,8 @@ class Effect:
     per_spend_minor: int = 100
     rounding: Rounding = Rounding.FLOOR
     factor_percent: int = 100
+    earn_on_kinds: frozenset[str] = frozenset({"product"})
+    """Line kinds a per_spend rule earns on; gift cards, shipping, tax... only when named."""
 
 
 class Period(StrEnum):
@@ -301,14 +303,15 @@ def evaluate_purchase(
     for rule, chosen in applicable:
         effect = rule.effect
         if effect.kind is EffectKind.PER_SPEND:
-            base = sum(line.base_minor for line in chosen)
+            spend_lines = [line for line in chosen if line.kind in effect.earn_on_kinds]
+            base = sum(line.base_minor for line in spend_lines)
             pts = convert_spend(
                 base,
                 points=effect.points,
                 per_spend_minor=effect.per_spend_minor,
                 rounding=effect.rounding,
             )
-            first.append((rule, RuleResult(rule.rule_id, pts, _spread_by_base(pts, chosen))))
+            first.append((rule, RuleResult(rule.rule_id, pts, _spread_by_base(pts, spend_lines))))
         elif effect.kind in (EffectKind.FIXED, EffectKind.FORMULA):
             pts = _fixed_points(rule, formula_results)
             first.append((rule, RuleResult(rule.rule_id, pts, _spread(pts, chosen))))

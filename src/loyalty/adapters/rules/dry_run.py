@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,6 +106,10 @@ def _attribute_samples(
     return roots
 
 
+EVALUATION_CPU_BUDGET_MS = 250
+"""Most CPU one evaluation may take on the largest basket allowed."""
+
+
 def try_expression(source: str, kind: str) -> None:
     """Raise ExpressionError unless ``source`` compiles and evaluates cleanly on the samples."""
     if kind not in ("condition", "formula"):
@@ -124,7 +129,17 @@ def try_expression(source: str, kind: str) -> None:
         full = sample_context(
             line_count=LIST_LENGTH_MAX, attribute_paths=paths, placeholder=placeholder
         )
+        # CPU time of this process only, so a busy machine does not fail a cheap expression
+        # (the wall-clock timeout in the parent only guards against hangs).
+        started = time.process_time()
         _evaluate(expr, full)
+        spent_ms = (time.process_time() - started) * 1000
+        if spent_ms > EVALUATION_CPU_BUDGET_MS:
+            raise ExpressionError(
+                f"the expression takes {spent_ms:.0f} ms of CPU on a purchase of "
+                f"{LIST_LENGTH_MAX} lines (at most {EVALUATION_CPU_BUDGET_MS} ms); filter() and "
+                "map() over purchase.items cost time in proportion to its length, so use fewer"
+            )
         return
     assert first_error is not None
     raise first_error
