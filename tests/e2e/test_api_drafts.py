@@ -77,7 +77,7 @@ def test_a_draft_is_validated_like_a_published_document_and_nothing_invalid_is_s
     body = assert_problem(
         api.request("POST", url, json=_with(currency="GBP")), 422, "invalid_program_document"
     )
-    assert body["errors"] == [{"path": "currency", "message": "must stay EUR"}]
+    assert body["errors"] == [{"field": "currency", "message": "must stay EUR"}]
 
     assert _drafts(api, program) == []
 

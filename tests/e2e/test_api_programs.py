@@ -160,7 +160,7 @@ def test_currency_cannot_change(api):
     program = _create(api, DOCUMENT)["id"]
     r = api.request("PUT", f"/v1/programs/{program}", json={**DOCUMENT, "currency": "USD"})
     body = assert_problem(r, 422, "invalid_program_document")
-    assert [e["path"] for e in body["errors"]] == ["currency"]
+    assert [e["field"] for e in body["errors"]] == ["currency"]
     current = api.request("GET", f"/v1/programs/{program}").json()
     assert current["version"] == 1
     assert current["document"]["currency"] == "EUR"

@@ -112,3 +112,50 @@ def test_the_quote_shows_a_cap_that_binds_without_using_it(api):
         api.request("POST", f"/v1/programs/{program}/quote", json=cart).json()["points_earned"]
         == 10
     )
+
+
+def test_a_late_receipt_counts_against_its_own_week_not_the_current_one(api):
+    program = api.create_program(
+        rules=[
+            {
+                "id": "visit",
+                "name": "Weekly visit",
+                "trigger": "purchase",
+                "effect": {"type": "fixed", "points": 5},
+                "limits": {"per_member": [{"period": "week", "max_count": 1}]},
+            }
+        ],
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    now = datetime.now(UTC)
+    this_week = api.purchase(program, "O1", "C1", [{"unit_price_minor": 1000}])
+    late = api.purchase(
+        program,
+        "O2",
+        "C1",
+        [{"unit_price_minor": 1000}],
+        occurred_at=(now - timedelta(days=8)).isoformat(),
+    )
+    assert this_week.json()["rules"] == [
+        {"rule": "base", "points": 10},
+        {"rule": "visit", "points": 5},
+    ]
+    assert late.json()["rules"] == [{"rule": "base", "points": 10}, {"rule": "visit", "points": 5}]
+
+
+def test_an_event_that_would_earn_more_than_the_maximum_is_refused(api):
+    program = api.create_program(
+        rules=[
+            {
+                "id": "huge",
+                "name": "Huge",
+                "trigger": "purchase",
+                "effect": {"type": "per_spend", "points": 1_000_000, "per_spend_minor": 1},
+            }
+        ],
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    r = api.purchase(program, "O1", "C1", [{"unit_price_minor": 10**12}])
+    assert r.status_code == 422
+    assert r.json()["code"] == "limit_exceeded"
+    assert api.request("GET", f"/v1/programs/{program}/members").json()["items"] == []

@@ -98,7 +98,7 @@ def create_draft(
         if document.currency != ctx.settings.currency:
             raise InvalidProgramDocument(
                 "A program's currency cannot change.",
-                [{"path": "currency", "message": f"must stay {ctx.settings.currency}"}],
+                [{"field": "currency", "message": f"must stay {ctx.settings.currency}"}],
             )
         base_version = conn.execute(
             select(programs.c.current_version).where(programs.c.id == program_id)

@@ -9,7 +9,8 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from loyalty.domain.errors import CurrencyMismatch
+from loyalty.application.limits import POINTS_PER_REQUEST_MAX
+from loyalty.domain.errors import CurrencyMismatch, LimitExceeded
 from loyalty.domain.program import ProgramSettings
 from loyalty.domain.purchase import Purchase
 from loyalty.domain.rules import (
@@ -94,6 +95,13 @@ def earn_on_purchase(
     )
     if cap is not None:
         evaluation = cap(evaluation)
+    if evaluation.points > POINTS_PER_REQUEST_MAX:
+        raise LimitExceeded(
+            f"This purchase would earn {evaluation.points} points, more than the "
+            f"{POINTS_PER_REQUEST_MAX} one event may earn; check the program's rates.",
+            limit="points_per_event",
+            points_max=POINTS_PER_REQUEST_MAX,
+        )
     if purchase.lines:
         lines = [
             LineResult(

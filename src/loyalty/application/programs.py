@@ -171,7 +171,7 @@ def publish_document(
     if document.currency != ctx.settings.currency:
         raise InvalidProgramDocument(
             "A program's currency cannot change.",
-            [{"path": "currency", "message": f"must stay {ctx.settings.currency}"}],
+            [{"field": "currency", "message": f"must stay {ctx.settings.currency}"}],
         )
     stored = ProgramDocument.model_validate(row.document).model_dump(mode="json", by_alias=True)
     if stored == doc:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, and_, bindparam, func, select, text, update
 
 from loyalty.adapters.db.tables import rule_awards, rule_budgets
-from loyalty.domain.rules import Rule, RuleEvaluation, period_key, period_start
+from loyalty.domain.rules import Rule, RuleEvaluation, period_end, period_key, period_start
 
 _INSERT_BUDGET = text(
     "INSERT INTO rule_budgets (program_id, rule_id, period_key, points_budget, points_used) "
@@ -37,7 +37,12 @@ _LOCK_BUDGET = (
 
 
 def _member_usage(
-    conn: Connection, program_id: str, member_id: str, rule_id: str, since: datetime | None
+    conn: Connection,
+    program_id: str,
+    member_id: str,
+    rule_id: str,
+    since: datetime | None,
+    until: datetime | None,
 ) -> tuple[int, int]:
     conditions = [
         rule_awards.c.program_id == program_id,
@@ -46,6 +51,8 @@ def _member_usage(
     ]
     if since is not None:
         conditions.append(rule_awards.c.awarded_at >= since)
+    if until is not None:
+        conditions.append(rule_awards.c.awarded_at < until)
     row = conn.execute(
         select(func.count(), func.coalesce(func.sum(rule_awards.c.points), 0)).where(
             and_(*conditions)
@@ -73,7 +80,12 @@ def allowed_points(
         limit = result.points
         for cap in rule.member_caps:
             count, points = _member_usage(
-                conn, program_id, member_id, rule.rule_id, period_start(cap.period, at, zone)
+                conn,
+                program_id,
+                member_id,
+                rule.rule_id,
+                period_start(cap.period, at, zone),
+                period_end(cap.period, at, zone),
             )
             if cap.max_count is not None and count >= cap.max_count:
                 limit = 0

@@ -22,6 +22,7 @@ from loyalty.domain.rules import (
     cap_results,
     evaluate_action,
     evaluate_purchase,
+    period_end,
     period_key,
     period_start,
 )
@@ -90,10 +91,11 @@ def _cap(
         limit = result.points
         for cap in rule.member_caps:
             since = period_start(cap.period, at, zone)
+            until = period_end(cap.period, at, zone)
             past = [
                 p
                 for when, p in usage.awards[(member, rule.rule_id)]
-                if since is None or when >= since
+                if (since is None or when >= since) and (until is None or when < until)
             ]
             if cap.max_count is not None and len(past) >= cap.max_count:
                 limit = 0

@@ -402,6 +402,23 @@ def period_start(period: Period, moment: datetime, zone: ZoneInfo) -> datetime |
     return datetime(start.year, start.month, start.day, tzinfo=zone)
 
 
+def period_end(period: Period, moment: datetime, zone: ZoneInfo) -> datetime | None:
+    """Start of the next period (None for lifetime), so a late event counts only against its
+    own period, not the ones after it."""
+    start = period_start(period, moment, zone)
+    if start is None:
+        return None
+    if period is Period.DAY:
+        nxt = start.date() + timedelta(days=1)
+    elif period is Period.WEEK:
+        nxt = start.date() + timedelta(days=7)
+    elif period is Period.MONTH:
+        nxt = (start.date().replace(day=28) + timedelta(days=4)).replace(day=1)
+    else:
+        nxt = start.date().replace(year=start.year + 1)
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=zone)
+
+
 def period_key(period: Period, moment: datetime, zone: ZoneInfo) -> str:
     start = period_start(period, moment, zone)
     return "lifetime" if start is None else f"{period.value}:{start.date().isoformat()}"
