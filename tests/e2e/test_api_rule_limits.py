@@ -159,3 +159,26 @@ def test_an_event_that_would_earn_more_than_the_maximum_is_refused(api):
     assert r.status_code == 422
     assert r.json()["code"] == "limit_exceeded"
     assert api.request("GET", f"/v1/programs/{program}/members").json()["items"] == []
+
+
+def test_purchases_and_quotes_name_the_rules_a_limit_held_back(api):
+    program = api.create_program(
+        points={"earn": {"points": 0}},
+        rules=[
+            {
+                "id": "launch",
+                "name": "Launch bonus",
+                "trigger": "purchase",
+                "effect": {"type": "fixed", "points": 30},
+                "limits": {"budget": {"points": 40}},
+            }
+        ],
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    first = api.purchase(program, "O1", "C1", [{"unit_price_minor": 100}]).json()
+    assert first["limited"] == []
+    cart = {"currency": "EUR", "lines": [{"unit_price_minor": 100}]}
+    quoted = api.request("POST", f"/v1/programs/{program}/quote", json=cart).json()
+    assert quoted["limited"] == [{"rule": "launch", "points_before_limits": 30, "points": 10}]
+    second = api.purchase(program, "O2", "C2", [{"unit_price_minor": 100}]).json()
+    assert second["limited"] == quoted["limited"]

@@ -37,6 +37,8 @@ class PurchaseEarning:
     lines: list[LineResult]
     rules: list[dict[str, Any]]
     program_version: int
+    limited: list[dict[str, Any]]
+    """Rules a per-member cap or a budget held back: what they would have paid, and paid."""
 
 
 @lru_cache(maxsize=256)
@@ -93,8 +95,16 @@ def earn_on_purchase(
         expression_results=expression_results,
         formula_results=formula_results,
     )
+    limited: list[dict[str, Any]] = []
     if cap is not None:
+        uncapped = {r.rule_id: r.points for r in evaluation.results}
         evaluation = cap(evaluation)
+        paid = {r.rule_id: r.points for r in evaluation.results}
+        limited = [
+            {"rule": rule_id, "points_before_limits": before, "points": paid.get(rule_id, 0)}
+            for rule_id, before in uncapped.items()
+            if paid.get(rule_id, 0) < before
+        ]
     if evaluation.points > POINTS_PER_REQUEST_MAX:
         raise LimitExceeded(
             f"This purchase would earn {evaluation.points} points, more than the "
@@ -117,7 +127,7 @@ def earn_on_purchase(
         lines = []
         base = purchase.total_minor
     earning = PurchaseEarning(
-        evaluation.points, base, lines, _rule_totals(evaluation), settings.version
+        evaluation.points, base, lines, _rule_totals(evaluation), settings.version, limited
     )
     return earning, evaluation
 

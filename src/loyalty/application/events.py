@@ -386,6 +386,7 @@ def _record_purchase(
         "entry_id": entry_id,
         "lot": lot,
         "rules": earning.rules,
+        "limited": earning.limited,
         "lines": [
             {
                 "line_id": le.line_id,

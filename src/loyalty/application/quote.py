@@ -76,6 +76,7 @@ def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:
         "base_minor": result["base_minor"],
         "program_version": result["program_version"],
         "rules": result["rules"],
+        "limited": result["limited"],
         "lines": result["lines"],
         "expires_at": result["lot"]["expires_at"] if result["lot"] else None,
         "debt_repaid": result["lot"]["debt_repaid"] if result["lot"] else 0,

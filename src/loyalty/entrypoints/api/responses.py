@@ -119,6 +119,14 @@ class RuleShare(_Body):
     points: int
 
 
+class LimitedRule(_Body):
+    """A rule a per-member cap or a budget held back."""
+
+    rule: str
+    points_before_limits: int
+    points: int
+
+
 class LineEarning(_Body):
     line_id: str
     sku: str | None
@@ -139,6 +147,7 @@ class PurchaseResult(_Body):
     entry_id: str | None
     lot: LotOut | None
     rules: list[RuleShare]
+    limited: list[LimitedRule]
     lines: list[LineEarning]
     balance: BalanceOut
 
@@ -303,6 +312,7 @@ class QuoteOut(_Body):
     base_minor: int
     program_version: int
     rules: list[RuleShare]
+    limited: list[LimitedRule]
     lines: list[LineEarning]
     expires_at: str | None
     debt_repaid: int
