@@ -372,3 +372,28 @@ def test_gift_cards_shipping_and_tax_earn_nothing_unless_a_rule_names_them(api):
         {"rule": "base", "points": 30},
         {"rule": "shipping-too", "points": 5},
     ]
+
+
+def test_a_fixed_bonus_is_spread_over_products_not_gift_cards(api):
+    program = _program(
+        api,
+        [
+            {
+                "id": "bonus",
+                "name": "Bonus",
+                "trigger": "purchase",
+                "effect": {"type": "fixed", "points": 20},
+            }
+        ],
+    )
+    r = api.purchase(
+        program,
+        "O1",
+        "C1",
+        [
+            {"line_id": "shirt", "unit_price_minor": 1000},
+            {"line_id": "card", "kind": "gift_card", "unit_price_minor": 5000},
+        ],
+    )
+    lines = {li["line_id"]: li["points"] for li in r.json()["lines"]}
+    assert lines == {"shirt": 30, "card": 0}

@@ -480,3 +480,38 @@ def test_validate_checks_expressions_and_points_at_their_line(tmp_path):
         f"{path}:8:7 rules[0].conditions.expression: unknown field 'purchase.totl' "
         "(did you mean 'purchase.total_minor'?)"
     ) in result.output
+
+
+def test_csv_import_reads_the_line_kind(engine, tmp_path):
+    from datetime import UTC, datetime
+
+    from typer.testing import CliRunner as _Runner
+
+    from loyalty.application import balances, programs
+    from loyalty.application.access import Scope, authenticate, create_api_key
+    from loyalty.application.program_document import ProgramDocument
+    from loyalty.entrypoints.cli.main import app as _app
+
+    now = datetime(2026, 5, 1, tzinfo=UTC)
+    issued = create_api_key(
+        engine, tenant_name="t", name="k", scopes=[Scope.ADMIN], program_id=None, now=now
+    )
+    principal = authenticate(engine, issued.token)
+    document = ProgramDocument.model_validate(
+        {"name": "K", "currency": "EUR", "enrollment": {"auto_enroll_on_purchase": True}}
+    )
+    program_id = programs.create_program(engine, principal, document, now=now).body["id"]
+    csv_file = tmp_path / "kinds.csv"
+    csv_file.write_text(
+        "type,id,member_external_id,occurred_at,currency,total_minor,line_id,kind,unit_price_minor\n"
+        "purchase,O1,C1,2026-04-01T10:00:00Z,EUR,6000,1,product,1000\n"
+        "purchase,O1,C1,2026-04-01T10:00:00Z,EUR,6000,2,gift_card,5000\n",
+        encoding="utf-8",
+    )
+    url = engine.url.render_as_string(hide_password=False)
+    result = _Runner().invoke(
+        _app, ["events", "import", str(csv_file), "--program", program_id, "--database-url", url]
+    )
+    assert result.exit_code == 0, result.output
+    view = balances.get_balance(engine, principal, program_id, "ext:C1", now=now)
+    assert view["balance"] == 10

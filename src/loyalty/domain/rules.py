@@ -236,8 +236,12 @@ def eligible_lines(conditions: Conditions, lines: Sequence[PurchaseLine]) -> lis
 
 
 def _spread(points: int, lines: Sequence[PurchaseLine]) -> dict[str, int]:
+    """Fixed points over the eligible lines by base: over the products among them when there
+    are any (a returned gift card or shipping line should not take a bonus back)."""
     if not lines:
         return {"order": points}
+    products = [line for line in lines if line.kind == "product"]
+    lines = products or lines
     bases = [line.base_minor for line in lines]
     if sum(bases) == 0:
         # Free lines share fixed points evenly rather than losing them.

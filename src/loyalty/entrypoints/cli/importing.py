@@ -24,7 +24,7 @@ from loyalty.application.events import AnyEvent
 
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
-LINE_FIELDS = ("line_id", "sku", "name", "category", "brand")
+LINE_FIELDS = ("line_id", "sku", "name", "category", "brand", "kind")
 INT_LINE_FIELDS = ("quantity", "unit_price_minor", "discount_minor")
 
 
