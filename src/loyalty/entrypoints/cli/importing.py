@@ -4,7 +4,8 @@ JSON Lines: one event per line, exactly as the API takes it.
 
 CSV: one row per purchase line (or one row for an event without lines), with the columns
 ``type,id,member_external_id,member_id,occurred_at,currency,total_minor,channel,store,order_id,
-action,line_id,sku,name,category,brand,quantity,unit_price_minor,discount_minor``. Consecutive
+action,line_id,sku,name,category,brand,kind,quantity,unit_price_minor,discount_minor``.
+Consecutive
 rows with the same ``type`` and ``id`` form one event.
 """
 
