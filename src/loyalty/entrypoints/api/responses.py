@@ -317,3 +317,10 @@ class QuoteOut(_Body):
     expires_at: str | None
     debt_repaid: int
     balance_after: BalanceAfter | None
+
+
+class BacktestOut(_Body):
+    events: int
+    candidate: dict[str, Any]
+    published: dict[str, Any]
+    difference: dict[str, Any]

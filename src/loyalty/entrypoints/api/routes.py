@@ -19,6 +19,7 @@ from loyalty.application import (
     programs,
     redemptions,
 )
+from loyalty.application import backtest as backtests
 from loyalty.application import quote as quotes
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import Event, MemberRef, PurchaseEvent
@@ -29,6 +30,7 @@ from loyalty.entrypoints.api import responses as bodies
 from loyalty.entrypoints.api.errors import ApiProblem
 from loyalty.entrypoints.api.schemas import (
     AdjustPoints,
+    BacktestRequest,
     CancelRedemption,
     CreateApiKey,
     EnrollMember,
@@ -369,6 +371,22 @@ def quote(program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: En
         store=body.store,
     )
     return quotes.quote_purchase(engine, principal, program_id, cart, member=body.member, now=now)
+
+
+@router.post(
+    "/programs/{program_id}/backtests",
+    tags=["programs"],
+    responses=bodies.documented(200, bodies.BacktestOut, "What the candidate would have earned."),
+)
+def run_backtest(
+    program_id: ProgramId, body: BacktestRequest, principal: Auth, engine: EngineDep
+) -> Any:
+    """Replay the program's stored purchases and actions (at most 100,000, optionally between
+    `from` and `until`) against a candidate document and the published version: points per
+    rule and month, members earning, caps and budgets hit, and the difference. Read-only."""
+    return backtests.backtest(
+        engine, principal, program_id, body.document, since=body.from_, until=body.until
+    )
 
 
 # --- balance, statement -----------------------------------------------------------------

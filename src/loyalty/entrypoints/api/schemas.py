@@ -19,6 +19,7 @@ from loyalty.application.limits import (
     REFERENCE_LENGTH_MAX,
     attributes_size,
 )
+from loyalty.application.program_document import ProgramDocument
 
 
 class _Strict(BaseModel):
@@ -121,3 +122,12 @@ class QuoteRequest(_Strict):
     )
     channel: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     store: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class BacktestRequest(_Strict):
+    """A candidate document to replay on the program's stored purchases and actions."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    document: ProgramDocument
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    until: AwareDatetime | None = None
