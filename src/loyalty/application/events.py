@@ -33,11 +33,11 @@ from loyalty.application.expressions import (
     purchase_variables,
 )
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
-from loyalty.application.ledger_ops import credit_points, debit_lots
+from loyalty.application.ledger_ops import Credit, credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.application.rewards import award_enrollment
-from loyalty.application.rule_limits import allowed_points, record_usage
+from loyalty.application.rule_limits import capper, record_usage
 from loyalty.domain.errors import (
     CurrencyMismatch,
     MemberAlreadyExists,
@@ -54,7 +54,7 @@ from loyalty.domain.purchase import (
     ReturnRequestLine,
     plan_return,
 )
-from loyalty.domain.rules import Rule, RuleEvaluation, cap_results
+from loyalty.domain.rules import Rule
 
 AnyEvent = PurchaseEvent | ReturnEvent | ActionEvent
 
@@ -147,19 +147,24 @@ def _limited_rules(settings: ProgramSettings) -> dict[str, Rule]:
 
 
 def _capper(conn: Connection, ctx: ProgramContext, member_id: str, at: datetime) -> Cap:
-    def cap(evaluation: RuleEvaluation) -> RuleEvaluation:
-        allowed = allowed_points(
-            conn,
-            program_id=ctx.program_id,
-            member_id=member_id,
-            rules=_limited_rules(ctx.settings),
-            evaluation=evaluation,
-            at=at,
-            zone=zone_of(ctx.settings),
-        )
-        return cap_results(evaluation, allowed)
+    return capper(
+        conn,
+        program_id=ctx.program_id,
+        member_id=member_id,
+        rules=_limited_rules(ctx.settings),
+        at=at,
+        zone=zone_of(ctx.settings),
+    )
 
-    return cap
+
+def _lot_view(credit: Credit, available_at: datetime | None) -> dict[str, Any]:
+    return {
+        "id": credit.lot_id,
+        "points": credit.points,
+        "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
+        "available_at": available_at.isoformat() if available_at else None,
+        "debt_repaid": credit.debt_repaid,
+    }
 
 
 def _member_for_event(
@@ -293,6 +298,9 @@ def _record_purchase(
     event_id = new_id("evt")
     entry_id: str | None = None
     lot: dict[str, Any] | None = None
+    available_at = (
+        earned_at + timedelta(days=settings.pending_days) if settings.pending_days else None
+    )
     if earning.points > 0:
         wallet = wallet or lock_wallet(conn, ctx.program_id, member_id)
         credit = credit_points(
@@ -307,9 +315,7 @@ def _record_purchase(
             now=now,
             expires_at=settings.expiry.expires_at(earned_at),
             earned_at=earned_at,
-            available_at=earned_at + timedelta(days=settings.pending_days)
-            if settings.pending_days
-            else None,
+            available_at=available_at,
             source_type="purchase",
             source_id=event.id,
             actor=actor,
@@ -325,15 +331,7 @@ def _record_purchase(
             },
         )
         entry_id = credit.entry_id
-        lot = {
-            "id": credit.lot_id,
-            "points": credit.points,
-            "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
-            "available_at": (earned_at + timedelta(days=settings.pending_days)).isoformat()
-            if settings.pending_days
-            else None,
-            "debt_repaid": credit.debt_repaid,
-        }
+        lot = _lot_view(credit, available_at)
         if limited:
             record_usage(
                 conn,
@@ -668,12 +666,7 @@ def _record_action(
                 at=earned_at,
                 zone=zone_of(settings),
             )
-        lot = {
-            "id": credit.lot_id,
-            "points": credit.points,
-            "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
-            "debt_repaid": credit.debt_repaid,
-        }
+        lot = _lot_view(credit, None)
     _insert_event(
         conn,
         ctx,

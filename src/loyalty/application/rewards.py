@@ -13,10 +13,10 @@ from loyalty.adapters.db.tables import members
 from loyalty.application.earning import earn_on_action, rule_totals, zone_of
 from loyalty.application.expressions import evaluate_expressions, member_variables
 from loyalty.application.ledger_ops import credit_points
-from loyalty.application.rule_limits import allowed_points, record_usage
+from loyalty.application.rule_limits import capper, record_usage
 from loyalty.domain.ledger import EntryKind
 from loyalty.domain.program import ProgramSettings
-from loyalty.domain.rules import RuleEvaluation, Trigger, cap_results
+from loyalty.domain.rules import Trigger
 
 
 def award_enrollment(
@@ -35,18 +35,6 @@ def award_enrollment(
     rules_by_id = {rule.rule_id: rule for rule in settings.rules}
     wallet = lock_wallet(conn, program_id, member_id)
 
-    def cap(evaluation: RuleEvaluation) -> RuleEvaluation:
-        allowed = allowed_points(
-            conn,
-            program_id=program_id,
-            member_id=member_id,
-            rules=rules_by_id,
-            evaluation=evaluation,
-            at=now,
-            zone=zone_of(settings),
-        )
-        return cap_results(evaluation, allowed)
-
     outcomes = evaluate_expressions(
         settings,
         purchase=None,
@@ -61,7 +49,14 @@ def award_enrollment(
         member_attributes=dict(row.attributes),
         expression_results=outcomes.conditions,
         formula_results=outcomes.formulas,
-        cap=cap,
+        cap=capper(
+            conn,
+            program_id=program_id,
+            member_id=member_id,
+            rules=rules_by_id,
+            at=now,
+            zone=zone_of(settings),
+        ),
         trigger=Trigger.ENROLLMENT,
     )
     if evaluation.points <= 0:

@@ -5,14 +5,21 @@ rules with a budget have one), and its CHECK constraint refuses an overspend out
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, and_, bindparam, func, select, text, update
 
 from loyalty.adapters.db.tables import rule_awards, rule_budgets
-from loyalty.domain.rules import Rule, RuleEvaluation, period_end, period_key, period_start
+from loyalty.domain.rules import (
+    Rule,
+    RuleEvaluation,
+    cap_results,
+    period_end,
+    period_key,
+    period_start,
+)
 
 _INSERT_BUDGET = text(
     "INSERT INTO rule_budgets (program_id, rule_id, period_key, points_budget, points_used) "
@@ -102,6 +109,33 @@ def allowed_points(
             limit = min(limit, int(row.points_budget) - int(row.points_used))
         allowed[rule.rule_id] = max(0, limit)
     return allowed
+
+
+def capper(
+    conn: Connection,
+    *,
+    program_id: str,
+    member_id: str,
+    rules: Mapping[str, Rule],
+    at: datetime,
+    zone: ZoneInfo,
+) -> Callable[[RuleEvaluation], RuleEvaluation]:
+    """The step that applies caps and budgets to an evaluation, reading usage in the caller's
+    transaction (after the member's wallet is locked)."""
+
+    def cap(evaluation: RuleEvaluation) -> RuleEvaluation:
+        allowed = allowed_points(
+            conn,
+            program_id=program_id,
+            member_id=member_id,
+            rules=rules,
+            evaluation=evaluation,
+            at=at,
+            zone=zone,
+        )
+        return cap_results(evaluation, allowed)
+
+    return cap
 
 
 def record_usage(
