@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -154,6 +155,26 @@ def earn_on_action(
         formula_results=formula_results,
     )
     return cap(evaluation) if cap is not None else evaluation
+
+
+def held_portions(
+    settings: ProgramSettings, evaluation: RuleEvaluation, earned_at: datetime
+) -> list[tuple[int, datetime | None]]:
+    """The evaluation's points grouped by when they become spendable: each rule's own pending
+    period, or the program's for purchase rules (``None``: at once)."""
+    rules = {rule.rule_id: rule for rule in settings.rules}
+    by_days: dict[int, int] = {}
+    for result in evaluation.results:
+        rule = rules[result.rule_id]
+        days = rule.pending_days
+        if days is None:
+            days = settings.pending_days if rule.trigger is Trigger.PURCHASE else 0
+        by_days[days] = by_days.get(days, 0) + result.points
+    return [
+        (points, earned_at + timedelta(days=days) if days else None)
+        for days, points in sorted(by_days.items())
+        if points > 0
+    ]
 
 
 def rule_totals(evaluation: RuleEvaluation) -> list[dict[str, Any]]:

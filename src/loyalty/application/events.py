@@ -3,7 +3,7 @@ for the rules to come. Each event is idempotent on its source id."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select
@@ -19,6 +19,7 @@ from loyalty.application.earning import (
     Cap,
     earn_on_action,
     earn_on_purchase,
+    held_portions,
     rule_totals,
     uses_member_average,
     zone_of,
@@ -157,14 +158,19 @@ def _capper(conn: Connection, ctx: ProgramContext, member_id: str, at: datetime)
     )
 
 
-def _lot_view(credit: Credit, available_at: datetime | None) -> dict[str, Any]:
-    return {
-        "id": credit.lot_id,
-        "points": credit.points,
-        "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
-        "available_at": available_at.isoformat() if available_at else None,
-        "debt_repaid": credit.debt_repaid,
-    }
+def _lot_views(credit: Credit) -> list[dict[str, Any]]:
+    """The lots an event created, spendable soonest first (one unless rules hold their points
+    for different pending periods)."""
+    return [
+        {
+            "id": lot.lot_id,
+            "points": lot.points,
+            "expires_at": credit.expires_at.isoformat() if credit.expires_at else None,
+            "available_at": lot.available_at.isoformat() if lot.available_at else None,
+            "debt_repaid": lot.debt_repaid,
+        }
+        for lot in credit.lots
+    ]
 
 
 def _member_for_event(
@@ -297,10 +303,7 @@ def _record_purchase(
     )
     event_id = new_id("evt")
     entry_id: str | None = None
-    lot: dict[str, Any] | None = None
-    available_at = (
-        earned_at + timedelta(days=settings.pending_days) if settings.pending_days else None
-    )
+    lots_view: list[dict[str, Any]] = []
     if earning.points > 0:
         wallet = wallet or lock_wallet(conn, ctx.program_id, member_id)
         credit = credit_points(
@@ -315,7 +318,7 @@ def _record_purchase(
             now=now,
             expires_at=settings.expiry.expires_at(earned_at),
             earned_at=earned_at,
-            available_at=available_at,
+            held=held_portions(settings, evaluation, earned_at),
             source_type="purchase",
             source_id=event.id,
             actor=actor,
@@ -331,7 +334,7 @@ def _record_purchase(
             },
         )
         entry_id = credit.entry_id
-        lot = _lot_view(credit, available_at)
+        lots_view = _lot_views(credit)
         if limited:
             record_usage(
                 conn,
@@ -382,7 +385,8 @@ def _record_purchase(
         "base_minor": earning.base_minor,
         "program_version": earning.program_version,
         "entry_id": entry_id,
-        "lot": lot,
+        "lot": lots_view[0] if lots_view else None,
+        "lots": lots_view,
         "rules": earning.rules,
         "limited": earning.limited,
         "lines": [
@@ -635,7 +639,7 @@ def _record_action(
     points, rules = evaluation.points, rule_totals(evaluation)
     event_id = new_id("evt")
     entry_id: str | None = None
-    lot: dict[str, Any] | None = None
+    lots_view: list[dict[str, Any]] = []
     if points > 0:
         credit = credit_points(
             conn,
@@ -649,6 +653,7 @@ def _record_action(
             now=now,
             expires_at=settings.expiry.expires_at(earned_at),
             earned_at=earned_at,
+            held=held_portions(settings, evaluation, earned_at),
             source_type="action",
             source_id=event.id,
             actor=actor,
@@ -666,7 +671,7 @@ def _record_action(
                 at=earned_at,
                 zone=zone_of(settings),
             )
-        lot = _lot_view(credit, None)
+        lots_view = _lot_views(credit)
     _insert_event(
         conn,
         ctx,
@@ -688,6 +693,7 @@ def _record_action(
         "points_earned": points,
         "rules": rules,
         "entry_id": entry_id,
-        "lot": lot,
+        "lot": lots_view[0] if lots_view else None,
+        "lots": lots_view,
         "program_version": settings.version,
     }

@@ -3,6 +3,7 @@ caller's transaction, after the caller has locked the member's wallet."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,12 +25,25 @@ from loyalty.domain.ledger import (
 
 
 @dataclass(frozen=True, slots=True)
+class CreditedLot:
+    lot_id: str
+    points: int
+    available_at: datetime | None
+    debt_repaid: int
+
+
+@dataclass(frozen=True, slots=True)
 class Credit:
     entry_id: str
-    lot_id: str
+    lots: tuple[CreditedLot, ...]
     points: int
     debt_repaid: int
     expires_at: datetime | None
+
+    @property
+    def lot_id(self) -> str:
+        """The first lot: the one spendable soonest."""
+        return self.lots[0].lot_id
 
 
 def credit_points(
@@ -46,16 +60,23 @@ def credit_points(
     expires_at: datetime | None,
     earned_at: datetime | None = None,
     available_at: datetime | None = None,
+    held: Sequence[tuple[int, datetime | None]] | None = None,
     reason: str | None = None,
     source_type: str | None = None,
     source_id: str | None = None,
     actor: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> Credit:
-    """Credit ``points`` as one new lot, earned at ``earned_at`` (default ``now``) and spendable
-    from ``available_at`` (default at once). A debt left by an earlier return is repaid first,
-    out of the new lot."""
+    """Credit ``points`` in one journal entry, earned at ``earned_at`` (default ``now``).
+
+    By default the points make one lot, spendable from ``available_at`` (default at once).
+    ``held`` splits them instead into one lot per ``(points, available_at)`` portion (rules
+    with different pending periods); the portions must add up to ``points``. A debt left by an
+    earlier return is repaid first, out of the lots spendable soonest."""
     assert points > 0
+    portions = [(p, at) for p, at in (held or [(points, available_at)]) if p > 0]
+    assert sum(p for p, _ in portions) == points
+    portions.sort(key=lambda portion: (portion[1] is not None, portion[1] or now))
     plan = plan_earn(points, debt=wallet.debt)
     entry_id = new_id("ent")
     write_entry(
@@ -78,29 +99,36 @@ def credit_points(
         [Posting(program_account(program_id, from_purpose), member_account(member_id), points)],
         debt_delta={member_id: -plan.debt_repaid} if plan.debt_repaid else None,
     )
-    lot_id = new_id("lot")
-    insert_lot(
-        conn,
-        lot_id=lot_id,
-        program_id=program_id,
-        member_id=member_id,
-        entry_id=entry_id,
-        amount=points,
-        remaining=points,
-        earned_at=earned_at or now,
-        expires_at=expires_at,
-        available_at=available_at,
-    )
-    if plan.debt_repaid:
+    credited: list[CreditedLot] = []
+    owed = plan.debt_repaid
+    for portion, portion_available_at in portions:
+        lot_id = new_id("lot")
+        insert_lot(
+            conn,
+            lot_id=lot_id,
+            program_id=program_id,
+            member_id=member_id,
+            entry_id=entry_id,
+            amount=portion,
+            remaining=portion,
+            earned_at=earned_at or now,
+            expires_at=expires_at,
+            available_at=portion_available_at,
+        )
+        repaid = min(owed, portion)
+        owed -= repaid
+        credited.append(CreditedLot(lot_id, portion, portion_available_at, repaid))
+    repayments = [(lot.lot_id, -lot.debt_repaid) for lot in credited if lot.debt_repaid]
+    if repayments:
         move_lots(
             conn,
             entry_id=entry_id,
             program_id=program_id,
             member_id=member_id,
             kind=MovementKind.DEBT_REPAYMENT,
-            changes=[(lot_id, -plan.debt_repaid)],
+            changes=repayments,
         )
-    return Credit(entry_id, lot_id, points, plan.debt_repaid, expires_at)
+    return Credit(entry_id, tuple(credited), points, plan.debt_repaid, expires_at)
 
 
 def debit_lots(

@@ -45,6 +45,7 @@ from loyalty.domain.rules import (
 EARN_POINTS_MAX = 1_000
 PER_SPEND_MINOR_MAX = 1_000_000
 EXPIRY_DAYS_MAX = 36_500
+PENDING_DAYS_MAX = 365
 
 
 class _Strict(BaseModel):
@@ -78,7 +79,7 @@ class ExpiryDocument(_Strict):
 class PointsWalletDocument(_Strict):
     earn: EarnRateDocument = Field(default_factory=EarnRateDocument)
     expiry: ExpiryDocument = Field(default_factory=ExpiryDocument)
-    pending_days: Annotated[int, Field(ge=0, le=365)] = Field(
+    pending_days: Annotated[int, Field(ge=0, le=PENDING_DAYS_MAX)] = Field(
         default=0,
         description="Points earned by a purchase are held, not spendable, for this many days "
         "(e.g. until the return window closes); a return in that time takes them back.",
@@ -250,6 +251,12 @@ class RuleDocument(_Strict):
     conditions: ConditionsDocument = Field(default_factory=ConditionsDocument)
     effect: EffectDocument
     limits: LimitsDocument = Field(default_factory=LimitsDocument)
+    pending_days: Annotated[int, Field(ge=0, le=PENDING_DAYS_MAX)] | None = Field(
+        default=None,
+        description="Days this rule's points are held before they can be spent (e.g. a "
+        "review bonus held until moderation). Omitted: the program's points.pending_days for "
+        "purchase rules, none for other triggers.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleDocument:
@@ -361,6 +368,7 @@ def rule_from_document(doc: RuleDocument) -> Rule:
         budget=Budget(doc.limits.budget.points, Period(doc.limits.budget.period))
         if doc.limits.budget is not None
         else None,
+        pending_days=doc.pending_days,
     )
 
 

@@ -79,7 +79,13 @@ def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:
         "limited": result["limited"],
         "lines": result["lines"],
         "expires_at": result["lot"]["expires_at"] if result["lot"] else None,
-        "debt_repaid": result["lot"]["debt_repaid"] if result["lot"] else 0,
+        "debt_repaid": sum(lot["debt_repaid"] for lot in result["lots"]),
+        # Pending vs available: points held by a pending period, and when each part can be
+        # spent (the lots the purchase would create, without their ids).
+        "points_pending": sum(lot["points"] for lot in result["lots"] if lot["available_at"]),
+        "lots": [
+            {"points": lot["points"], "available_at": lot["available_at"]} for lot in result["lots"]
+        ],
         "balance_after": None
         if guest
         else {k: balance[k] for k in ("balance", "available", "pending", "debt")},

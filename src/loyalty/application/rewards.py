@@ -10,7 +10,7 @@ from sqlalchemy import Connection, select
 
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import members
-from loyalty.application.earning import earn_on_action, rule_totals, zone_of
+from loyalty.application.earning import earn_on_action, held_portions, rule_totals, zone_of
 from loyalty.application.expressions import evaluate_expressions, member_variables
 from loyalty.application.ledger_ops import credit_points
 from loyalty.application.rule_limits import capper, record_usage
@@ -72,6 +72,7 @@ def award_enrollment(
         program_version=settings.version,
         now=now,
         expires_at=settings.expiry.expires_at(now),
+        held=held_portions(settings, evaluation, now),
         source_type="enrollment",
         source_id=member_id,
         actor=actor,

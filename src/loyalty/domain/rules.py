@@ -133,6 +133,9 @@ class Rule:
     exclusive_group: str | None = None
     member_caps: tuple[MemberCap, ...] = ()
     budget: Budget | None = None
+    pending_days: int | None = None
+    """Days this rule's points are held before they can be spent; ``None``: the program's
+    pending period for purchase rules, none for other triggers."""
 
     @property
     def limited(self) -> bool:

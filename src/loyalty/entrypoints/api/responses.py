@@ -146,6 +146,10 @@ class PurchaseResult(_Body):
     program_version: int
     entry_id: str | None
     lot: LotOut | None
+    """The lot spendable soonest (null when nothing was earned)."""
+    lots: list[LotOut]
+    """Every lot the event created: one, or one per pending period when rules hold their
+    points for different times."""
     rules: list[RuleShare]
     limited: list[LimitedRule]
     lines: list[LineEarning]
@@ -186,6 +190,7 @@ class ActionResult(_Body):
     rules: list[RuleShare]
     entry_id: str | None
     lot: LotOut | None
+    lots: list[LotOut]
     program_version: int
 
 
@@ -305,6 +310,12 @@ class BalanceAfter(_Body):
     debt: int
 
 
+class HeldPoints(_Body):
+    points: int
+    available_at: str | None
+    """When these points become spendable (null: at once)."""
+
+
 class QuoteOut(_Body):
     member_id: str | None
     member_enrolled: bool
@@ -316,6 +327,9 @@ class QuoteOut(_Body):
     lines: list[LineEarning]
     expires_at: str | None
     debt_repaid: int
+    points_pending: int
+    """Of ``points_earned``, the points a pending period would hold."""
+    lots: list[HeldPoints]
     balance_after: BalanceAfter | None
 
 
