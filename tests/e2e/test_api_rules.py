@@ -397,3 +397,74 @@ def test_a_fixed_bonus_is_spread_over_products_not_gift_cards(api):
     )
     lines = {li["line_id"]: li["points"] for li in r.json()["lines"]}
     assert lines == {"shirt": 30, "card": 0}
+
+
+KEEP_IN_TOUCH = {
+    "id": "exchange-goodwill",
+    "name": "15 points when a member returns goods, at most once a month",
+    "trigger": "return",
+    "conditions": {"member_attributes": {"vip": True}},
+    "effect": {"type": "fixed", "points": 15},
+    "limits": {"per_member": [{"period": "month", "max_count": 1}]},
+}
+
+
+RETURNED_AT = datetime.now(UTC).isoformat()
+
+
+def _return(api, program, return_id, order_id, lines=None):
+    body = {"type": "return", "id": return_id, "order_id": order_id, "occurred_at": RETURNED_AT}
+    if lines is not None:
+        body["lines"] = lines
+    return api.request("POST", f"/v1/programs/{program}/events", json=body)
+
+
+def test_a_return_rule_pays_on_top_of_the_exact_reversal_within_its_conditions_and_caps(api):
+    program = _program(api, [KEEP_IN_TOUCH])
+    api.enroll(program, "VIP", attributes={"vip": True})
+    api.enroll(program, "REG")
+    for member in ("VIP", "REG"):
+        r = api.purchase(
+            program,
+            f"O-{member}",
+            member,
+            [
+                {"line_id": "a", "unit_price_minor": 3000},
+                {"line_id": "b", "unit_price_minor": 2000},
+            ],
+        )
+        assert r.json()["points_earned"] == 50
+    first = _return(api, program, "R1", "O-VIP", [{"line_id": "b"}])
+    assert first.status_code == 201, first.text
+    body = first.json()
+    # The reversal is exact and its own entry; the rule's points are a second entry.
+    assert (body["points_reversed"], body["points_taken"]) == (20, 20)
+    assert body["points_earned"] == 15
+    assert body["rules"] == [{"rule": "exchange-goodwill", "points": 15}]
+    assert body["earn_entry_id"] not in (None, body["entry_id"])
+    assert body["balance"]["balance"] == 50 - 20 + 15
+    # The monthly cap holds: a second return the same month earns nothing more.
+    second = _return(api, program, "R2", "O-VIP", [{"line_id": "a"}]).json()
+    assert (second["points_reversed"], second["points_earned"], second["rules"]) == (30, 0, [])
+    assert api.balance(program, "ext:VIP")["balance"] == 15
+    # A member the conditions leave out gets only the reversal.
+    regular = _return(api, program, "R3", "O-REG").json()
+    assert (regular["points_reversed"], regular["points_earned"]) == (50, 0)
+    assert api.balance(program, "ext:REG")["balance"] == 0
+    # The replayed return answers the same, and pays nothing twice.
+    again = _return(api, program, "R1", "O-VIP", [{"line_id": "b"}])
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["points_earned"] == 15
+    assert api.balance(program, "ext:VIP")["balance"] == 15
+
+
+def test_a_return_rule_takes_no_action_and_no_purchase_conditions(api):
+    for rule in (
+        {**KEEP_IN_TOUCH, "action": "returned"},
+        {**KEEP_IN_TOUCH, "conditions": {"min_total_minor": 1}},
+        {**KEEP_IN_TOUCH, "effect": {"type": "multiplier", "factor_percent": 200}},
+    ):
+        r = api.request(
+            "POST", "/v1/programs", json={"name": "W", "currency": "EUR", "rules": [rule]}
+        )
+        assert r.status_code == 422, rule

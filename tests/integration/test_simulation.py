@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from loyalty.application import events, programs
 from loyalty.application.access import Scope, authenticate, create_api_key
-from loyalty.application.event_documents import ActionEvent, PurchaseEvent
+from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
 from loyalty.application.program_document import ProgramDocument, settings_from_document
 from loyalty.application.simulation import compare, simulate
 
@@ -58,17 +58,38 @@ DOCUMENT = {
             "effect": {"type": "fixed", "points": 10},
             "limits": {"per_member": [{"period": "week", "max_count": 1}]},
         },
+        {
+            "id": "return-weekday",
+            "name": "Goodwill on weekday returns",
+            "trigger": "return",
+            "conditions": {"days_of_week": ["mon", "tue", "wed", "thu", "fri"]},
+            "effect": {"type": "fixed", "points": 3},
+            "limits": {"per_member": [{"period": "month", "max_count": 2}]},
+        },
     ],
 }
 
 
-def _history(seed: int) -> list[PurchaseEvent | ActionEvent]:
+def _history(seed: int) -> list[PurchaseEvent | ActionEvent | ReturnEvent]:
     rng = random.Random(seed)
-    history: list[PurchaseEvent | ActionEvent] = []
+    history: list[PurchaseEvent | ActionEvent | ReturnEvent] = []
+    orders: list[str] = []
     at = T0
     for n in range(160):
         at += timedelta(hours=rng.randint(1, 14))
         member = {"external_id": f"M{rng.randint(1, 6)}"}
+        if orders and rng.random() < 0.1:
+            history.append(
+                ReturnEvent.model_validate(
+                    {
+                        "type": "return",
+                        "id": f"R{n}",
+                        "order_id": orders.pop(rng.randrange(len(orders))),
+                        "occurred_at": at.isoformat(),
+                    }
+                )
+            )
+            continue
         if rng.random() < 0.2:
             history.append(
                 ActionEvent.model_validate(
@@ -103,6 +124,7 @@ def _history(seed: int) -> list[PurchaseEvent | ActionEvent]:
                 }
             )
         )
+        orders.append(f"O{n}")
     return history
 
 
@@ -128,7 +150,8 @@ def test_a_backtest_earns_exactly_what_the_live_engine_earned(engine):
     assert report.caps_hit["own-2x"] + report.caps_hit["review"] > 0  # the caps were exercised
     assert report.points_by_rule["above-usual"] > 0
     assert report.points_by_rule["bulk"] > 0
-    assert report.purchases + report.actions == len(history)
+    assert report.points_by_rule["return-weekday"] > 0
+    assert report.purchases + report.actions + report.returns == len(history)
 
 
 def test_comparing_a_candidate_shows_the_difference_per_rule():

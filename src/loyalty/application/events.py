@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, select
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.ledger_store import member_lots
-from loyalty.adapters.db.locking import lock_wallet
+from loyalty.adapters.db.locking import WalletState, lock_wallet
 from loyalty.adapters.db.tables import events, lot_movements, lots, purchase_lines, return_lines
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
@@ -55,7 +55,7 @@ from loyalty.domain.purchase import (
     ReturnRequestLine,
     plan_return,
 )
-from loyalty.domain.rules import Rule
+from loyalty.domain.rules import Rule, RuleEvaluation, Trigger
 
 AnyEvent = PurchaseEvent | ReturnEvent | ActionEvent
 
@@ -156,6 +156,56 @@ def _capper(conn: Connection, ctx: ProgramContext, member_id: str, at: datetime)
         at=at,
         zone=zone_of(ctx.settings),
     )
+
+
+def _credit_evaluation(
+    conn: Connection,
+    ctx: ProgramContext,
+    *,
+    member_id: str,
+    wallet: WalletState,
+    evaluation: RuleEvaluation,
+    earned_at: datetime,
+    now: datetime,
+    source_type: str,
+    source_id: str,
+    actor: str,
+    details: dict[str, Any],
+) -> Credit:
+    """Credit what an evaluation earned (one lot per pending period) and record it against
+    the rules' caps and budgets, in the caller's transaction and under its wallet lock."""
+    settings = ctx.settings
+    credit = credit_points(
+        conn,
+        program_id=ctx.program_id,
+        member_id=member_id,
+        wallet=wallet,
+        points=evaluation.points,
+        kind=EntryKind.EARN,
+        from_purpose="issued",
+        program_version=settings.version,
+        now=now,
+        expires_at=settings.expiry.expires_at(earned_at),
+        earned_at=earned_at,
+        held=held_portions(settings, evaluation, earned_at),
+        source_type=source_type,
+        source_id=source_id,
+        actor=actor,
+        details=details,
+    )
+    limited = _limited_rules(settings)
+    if limited:
+        record_usage(
+            conn,
+            program_id=ctx.program_id,
+            member_id=member_id,
+            entry_id=credit.entry_id,
+            rules=limited,
+            evaluation=evaluation,
+            at=earned_at,
+            zone=zone_of(settings),
+        )
+    return credit
 
 
 def _lot_views(credit: Credit) -> list[dict[str, Any]]:
@@ -306,19 +356,14 @@ def _record_purchase(
     lots_view: list[dict[str, Any]] = []
     if earning.points > 0:
         wallet = wallet or lock_wallet(conn, ctx.program_id, member_id)
-        credit = credit_points(
+        credit = _credit_evaluation(
             conn,
-            program_id=ctx.program_id,
+            ctx,
             member_id=member_id,
             wallet=wallet,
-            points=earning.points,
-            kind=EntryKind.EARN,
-            from_purpose="issued",
-            program_version=settings.version,
-            now=now,
-            expires_at=settings.expiry.expires_at(earned_at),
+            evaluation=evaluation,
             earned_at=earned_at,
-            held=held_portions(settings, evaluation, earned_at),
+            now=now,
             source_type="purchase",
             source_id=event.id,
             actor=actor,
@@ -335,17 +380,6 @@ def _record_purchase(
         )
         entry_id = credit.entry_id
         lots_view = _lot_views(credit)
-        if limited:
-            record_usage(
-                conn,
-                program_id=ctx.program_id,
-                member_id=member_id,
-                entry_id=entry_id,
-                rules=limited,
-                evaluation=evaluation,
-                at=earned_at,
-                zone=zone_of(settings),
-            )
     _insert_event(
         conn,
         ctx,
@@ -558,6 +592,11 @@ def _record_return(
                     "points_written_off": takeback.points_written_off,
                 },
             )
+    bonus = (
+        _return_rules(conn, ctx, event, member_id, event_id, now=now, actor=actor)
+        if any(rule.trigger is Trigger.RETURN for rule in settings.rules)
+        else None
+    )
     _insert_event(
         conn,
         ctx,
@@ -599,8 +638,65 @@ def _record_return(
         "lines": [
             {"line_id": lr.line_id, "quantity": lr.quantity, "points": lr.points} for lr in plan
         ],
+        "points_earned": bonus["points"] if bonus else 0,
+        "rules": bonus["rules"] if bonus else [],
+        "earn_entry_id": bonus["entry_id"] if bonus else None,
         "balance": balance_view(conn, ctx.program_id, member_id, now=now),
     }
+
+
+def _return_rules(
+    conn: Connection,
+    ctx: ProgramContext,
+    event: ReturnEvent,
+    member_id: str,
+    event_id: str,
+    *,
+    now: datetime,
+    actor: str,
+) -> dict[str, Any] | None:
+    """Points the program's ``return`` rules pay for this return, credited in an entry of
+    their own after the reversal (so the reversal stays exact and separately visible)."""
+    settings = ctx.settings
+    at = min(event.occurred_at.astimezone(UTC), now)
+    row = find_member(conn, ctx.program_id, member_id)
+    outcomes = _expressions(
+        conn,
+        ctx,
+        member_id,
+        now=now,
+        purchase=None,
+        event={"type": "return", "action": None, "attributes": {}},
+    )
+    limited = _limited_rules(settings)
+    evaluation = earn_on_action(
+        settings,
+        action=None,
+        occurred_at=at,
+        member_attributes=dict(row.attributes) if row is not None else {},
+        expression_results=outcomes.conditions,
+        formula_results=outcomes.formulas,
+        cap=_capper(conn, ctx, member_id, at) if limited else None,
+        trigger=Trigger.RETURN,
+    )
+    if evaluation.points <= 0:
+        return None
+    rules = rule_totals(evaluation)
+    credit = _credit_evaluation(
+        conn,
+        ctx,
+        member_id=member_id,
+        # Read again under the lock already held: the reversal may have added a debt.
+        wallet=lock_wallet(conn, ctx.program_id, member_id),
+        evaluation=evaluation,
+        earned_at=at,
+        now=now,
+        source_type="return",
+        source_id=event.id,
+        actor=actor,
+        details={"event_id": event_id, "order_id": event.order_id, "rules": rules},
+    )
+    return {"points": evaluation.points, "rules": rules, "entry_id": credit.entry_id}
 
 
 def _record_action(
@@ -641,36 +737,20 @@ def _record_action(
     entry_id: str | None = None
     lots_view: list[dict[str, Any]] = []
     if points > 0:
-        credit = credit_points(
+        credit = _credit_evaluation(
             conn,
-            program_id=ctx.program_id,
+            ctx,
             member_id=member_id,
             wallet=wallet or lock_wallet(conn, ctx.program_id, member_id),
-            points=points,
-            kind=EntryKind.EARN,
-            from_purpose="issued",
-            program_version=settings.version,
-            now=now,
-            expires_at=settings.expiry.expires_at(earned_at),
+            evaluation=evaluation,
             earned_at=earned_at,
-            held=held_portions(settings, evaluation, earned_at),
+            now=now,
             source_type="action",
             source_id=event.id,
             actor=actor,
             details={"event_id": event_id, "action": event.action, "rules": rules},
         )
         entry_id = credit.entry_id
-        if limited:
-            record_usage(
-                conn,
-                program_id=ctx.program_id,
-                member_id=member_id,
-                entry_id=entry_id,
-                rules=limited,
-                evaluation=evaluation,
-                at=earned_at,
-                zone=zone_of(settings),
-            )
         lots_view = _lot_views(credit)
     _insert_event(
         conn,

@@ -242,7 +242,7 @@ class RuleDocument(_Strict):
 
     id: Slug
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    trigger: Literal["purchase", "action", "enrollment"]
+    trigger: Literal["purchase", "action", "enrollment", "return"]
     action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = None
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
     starts_at: AwareDatetime | None = None
@@ -260,13 +260,13 @@ class RuleDocument(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleDocument:
-        if self.trigger in ("action", "enrollment"):
+        if self.trigger in ("action", "enrollment", "return"):
             if self.trigger == "action" and self.action is None:
                 raise ValueError("an action rule names its 'action' (e.g. review_posted)")
-            if self.trigger == "enrollment" and self.action is not None:
+            if self.trigger != "action" and self.action is not None:
                 raise ValueError("'action' is only for trigger 'action'")
             if self.effect.type not in ("fixed", "formula"):
-                raise ValueError(f"an {self.trigger} rule earns 'fixed' or 'formula' points")
+                raise ValueError(f"a {self.trigger} rule earns 'fixed' or 'formula' points")
             c = self.conditions
             if any(
                 v is not None
@@ -279,7 +279,7 @@ class RuleDocument(_Strict):
                     c.above_average_percent,
                 )
             ):
-                raise ValueError(f"an {self.trigger} rule cannot use purchase conditions")
+                raise ValueError(f"a {self.trigger} rule cannot use purchase conditions")
         elif self.action is not None:
             raise ValueError("'action' is only for trigger 'action'")
         if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:

@@ -19,6 +19,7 @@ from loyalty.domain.rules import (
     OrderFacts,
     Rule,
     RuleEvaluation,
+    Trigger,
     cap_results,
     evaluate_action,
     evaluate_purchase,
@@ -37,6 +38,7 @@ class SimulationReport:
     events: int = 0
     purchases: int = 0
     actions: int = 0
+    returns: int = 0
     skipped: int = 0
     points: int = 0
     points_by_rule: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -51,6 +53,7 @@ class SimulationReport:
             "events": self.events,
             "purchases": self.purchases,
             "actions": self.actions,
+            "returns": self.returns,
             "skipped": self.skipped,
             "points": self.points,
             "points_by_rule": dict(sorted(self.points_by_rule.items())),
@@ -137,26 +140,55 @@ def simulate(
     *,
     member_attributes: MemberAttributes = lambda _member: {},
 ) -> SimulationReport:
-    """Replay ``history`` (in the order given) against ``settings``. Returns are not replayed
-    (they only ever take back what a purchase earned); events in another currency are
-    skipped."""
+    """Replay ``history`` (in the order given) against ``settings``. Returns count only for
+    what ``return`` rules pay (their reversal takes back what a purchase earned, which is not
+    re-counted); they are skipped when the program has no such rule or the history lacks
+    their order. Events in another currency are skipped."""
     rules = {rule.rule_id: rule for rule in settings.rules}
     zone = zone_of(settings)
     usage = _Usage()
     report = SimulationReport()
     orders: dict[str, tuple[int, int]] = {}
+    buyers: dict[str, str] = {}
+    pays_returns = any(rule.trigger is Trigger.RETURN for rule in settings.rules)
     for event in history:
         report.events += 1
         if isinstance(event, ReturnEvent):
-            report.skipped += 1
-            continue
-        member = event.member.as_ref()
+            buyer = buyers.get(event.order_id)
+            if not pays_returns or buyer is None:
+                report.skipped += 1
+                continue
+            member = buyer
+        else:
+            member = event.member.as_ref()
         attributes = member_attributes(member)
-        if isinstance(event, PurchaseEvent):
+        if isinstance(event, ReturnEvent):
+            # Only the return rules' own points: the reversal takes back what the purchase
+            # earned, which the purchase's figures already count.
+            report.returns += 1
+            outcomes = evaluate_expressions(
+                settings,
+                purchase=None,
+                member=_member(member, attributes),
+                event={"type": "return", "action": None, "attributes": {}},
+                now=event.occurred_at,
+            )
+            evaluation = evaluate_action(
+                settings.rules,
+                action=None,
+                occurred_at=event.occurred_at,
+                zone=zone,
+                member_attributes=attributes,
+                expression_results=outcomes.conditions,
+                formula_results=outcomes.formulas,
+                trigger=Trigger.RETURN,
+            )
+        elif isinstance(event, PurchaseEvent):
             if event.currency != settings.currency:
                 report.skipped += 1
                 continue
             report.purchases += 1
+            buyers[event.id] = member
             lines = [
                 PurchaseLine(
                     line_id=lid,

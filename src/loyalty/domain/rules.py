@@ -37,6 +37,9 @@ class Trigger(StrEnum):
     PURCHASE = "purchase"
     ACTION = "action"
     ENROLLMENT = "enrollment"
+    RETURN = "return"
+    """Fixed or formula points when a member returns goods (on top of the exact reversal of
+    what the purchase earned, which needs no rule)."""
 
 
 class EffectKind(StrEnum):
@@ -367,7 +370,8 @@ def evaluate_action(
     formula_results: Mapping[str, int] | None = None,
 ) -> RuleEvaluation:
     """Fixed points for a custom action (a review, a referral, a profile completed...) or, with
-    ``trigger=Trigger.ENROLLMENT``, for joining the program."""
+    ``trigger=Trigger.ENROLLMENT`` or ``Trigger.RETURN``, for joining the program or for a
+    return."""
     order = OrderFacts(occurred_at, 0, None, None)
     results: list[tuple[Rule, RuleResult]] = []
     for rule in sorted(rules, key=lambda r: -r.priority):

@@ -176,6 +176,11 @@ class ReturnResult(_Body):
     program_version: int
     entry_id: str | None
     lines: list[LineReturned]
+    points_earned: int
+    """Points the program's ``return`` rules paid for this return (0 without such rules)."""
+    rules: list[RuleShare]
+    earn_entry_id: str | None
+    """The entry that credited ``points_earned``, apart from the reversal's ``entry_id``."""
     balance: BalanceOut
 
 

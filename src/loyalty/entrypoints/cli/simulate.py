@@ -101,7 +101,8 @@ def register(app: typer.Typer, engine_for: EngineFor, principal_for: PrincipalFo
         console = Console()
         console.print(
             f"Replayed {report.events:,} events ({report.purchases:,} purchases, "
-            f"{report.actions:,} actions, {report.skipped:,} skipped, {rejected:,} unreadable)."
+            f"{report.actions:,} actions, {report.returns:,} returns paid by rules, "
+            f"{report.skipped:,} skipped, {rejected:,} unreadable)."
         )
         old = baseline.as_dict() if baseline else None
         new = report.as_dict()
