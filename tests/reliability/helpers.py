@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import threading
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from loyalty.adapters.db.tables import lot_movements, lots
+from loyalty.adapters.db.tables import lot_movements, lots, metadata
 from loyalty.application import balances, events, members, programs
 from loyalty.application.access import Principal, Scope, authenticate, create_api_key
 from loyalty.application.event_documents import PurchaseEvent, ReturnEvent
@@ -200,3 +201,24 @@ def lot_rows(engine: Engine, program_id: str) -> list[Any]:
                 ).where(lots.c.program_id == program_id)
             ).all()
         )
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    """The number of rows in every table: what a refused request must leave unchanged."""
+    with engine.connect() as conn:
+        return {
+            t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+            for t in metadata.sorted_tables
+        }
+
+
+def redeem_over_http(api: Any, program_id: str, member: str, points: int) -> str:
+    """Redeem through the API (with a fresh ``Idempotency-Key``); the redemption's id."""
+    r = api.request(
+        "POST",
+        f"/v1/programs/{program_id}/members/{member}/redemptions",
+        json={"points": points},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])

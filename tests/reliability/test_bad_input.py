@@ -24,12 +24,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine
 
-from loyalty.adapters.db.tables import metadata
 from loyalty.application.audit import audit_ledger
 from loyalty.entrypoints.api.app import create_app
 from tests.e2e.test_api_support import new_key
+from tests.reliability.helpers import redeem_over_http, table_counts
 
 FULL = os.environ.get("LOYALTY_RELIABILITY_FULL") == "1"
 EXAMPLES_PER_OPERATION = 200 if FULL else 6
@@ -103,14 +103,7 @@ def _world(api: Any) -> dict[str, list[str]]:
     member = api.enroll(program, "C1", email="c1@example.com")
     api.enroll(program, "C2")
     assert api.purchase(program, "O1", "C1", [{"unit_price_minor": 50000}]).status_code == 201
-    r = api.request(
-        "POST",
-        f"/v1/programs/{program}/members/{member}/redemptions",
-        json={"points": 5},
-        headers={"Idempotency-Key": new_key()},
-    )
-    assert r.status_code == 201, r.text
-    redemption = r.json()["id"]
+    redemption = redeem_over_http(api, program, member, 5)
     r = api.request("POST", f"/v1/programs/{program}/drafts", json={"name": "D", "currency": "EUR"})
     assert r.status_code == 201, r.text
     draft = r.json()["id"]
@@ -183,14 +176,6 @@ def test_generated_requests_get_no_5xx_and_only_documented_problems(api, operati
     assert audit_ledger(api.engine) == []
 
 
-def _table_counts(engine: Any) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {
-            t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
-            for t in metadata.sorted_tables
-        }
-
-
 # --- hand-written hostile input ---------------------------------------------------------
 
 
@@ -210,7 +195,7 @@ def _snapshot(api: Any, program: str, member: str) -> tuple[Any, ...]:
     r = api.request("GET", f"/v1/programs/{program}/members/{member}/ledger", params={"limit": 200})
     assert r.status_code == 200, r.text
     return (
-        _table_counts(api.engine),
+        table_counts(api.engine),
         balance["balance"],
         balance["available"],
         [e["id"] for e in r.json()["items"]],
