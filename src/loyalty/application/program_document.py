@@ -27,6 +27,7 @@ from loyalty.domain.program import (
     Expiry,
     ExpiryPolicy,
     NegativeBalancePolicy,
+    PointValue,
     ProgramSettings,
 )
 from loyalty.domain.rules import (
@@ -76,8 +77,18 @@ class ExpiryDocument(_Strict):
         return self
 
 
+class PointValueDocument(_Strict):
+    """What points are worth to the program, in the currency's minor units: ``money_minor``
+    for every ``points`` (100 points worth 1.00: ``{"points": 100, "money_minor": 100}``).
+    Backtests report the cost of the points a version issues at this value."""
+
+    points: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    money_minor: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+
+
 class PointsWalletDocument(_Strict):
     earn: EarnRateDocument = Field(default_factory=EarnRateDocument)
+    value: PointValueDocument = Field(default_factory=PointValueDocument)
     expiry: ExpiryDocument = Field(default_factory=ExpiryDocument)
     pending_days: Annotated[int, Field(ge=0, le=PENDING_DAYS_MAX)] = Field(
         default=0,
@@ -401,6 +412,7 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         expiry=Expiry(policy=wallet.expiry.policy, days=wallet.expiry.days),
         negative_balance=wallet.negative_balance,
         pending_days=wallet.pending_days,
+        point_value=PointValue(wallet.value.points, wallet.value.money_minor),
         auto_enroll=document.enrollment.auto_enroll_on_purchase,
         version=version,
         time_zone=document.time_zone,

@@ -13,7 +13,7 @@ from typing import Any
 from loyalty.application.earning import zone_of
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
 from loyalty.application.expressions import evaluate_expressions, purchase_variables
-from loyalty.domain.program import ProgramSettings
+from loyalty.domain.program import PointValue, ProgramSettings
 from loyalty.domain.purchase import Purchase, PurchaseLine
 from loyalty.domain.rules import (
     OrderFacts,
@@ -47,8 +47,11 @@ class SimulationReport:
     members_by_rule: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     caps_hit: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     budgets_exhausted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    point_value: PointValue = field(default_factory=PointValue)
+    """What a point is worth to the program: the report's costs use it."""
 
     def as_dict(self) -> dict[str, Any]:
+        value = self.point_value
         return {
             "events": self.events,
             "purchases": self.purchases,
@@ -62,6 +65,12 @@ class SimulationReport:
             "members_by_rule": {k: len(v) for k, v in sorted(self.members_by_rule.items())},
             "caps_hit": dict(sorted(self.caps_hit.items())),
             "budgets_exhausted": dict(sorted(self.budgets_exhausted.items())),
+            "point_value": {"points": value.points, "money_minor": value.money_minor},
+            "cost_minor": value.of(self.points),
+            "cost_by_rule_minor": {k: value.of(v) for k, v in sorted(self.points_by_rule.items())},
+            "cost_by_month_minor": {
+                k: value.of(v) for k, v in sorted(self.points_by_month.items())
+            },
         }
 
 
@@ -147,7 +156,7 @@ def simulate(
     rules = {rule.rule_id: rule for rule in settings.rules}
     zone = zone_of(settings)
     usage = _Usage()
-    report = SimulationReport()
+    report = SimulationReport(point_value=settings.point_value)
     orders: dict[str, tuple[int, int]] = {}
     buyers: dict[str, str] = {}
     pays_returns = any(rule.trigger is Trigger.RETURN for rule in settings.rules)
@@ -285,6 +294,9 @@ def compare(candidate: SimulationReport, baseline: SimulationReport) -> dict[str
     months = sorted(set(candidate.points_by_month) | set(baseline.points_by_month))
     return {
         "points": candidate.points - baseline.points,
+        # Each version's points at its own value: a change of value is a change of cost.
+        "cost_minor": candidate.point_value.of(candidate.points)
+        - baseline.point_value.of(baseline.points),
         "points_by_rule": {
             r: candidate.points_by_rule.get(r, 0) - baseline.points_by_rule.get(r, 0) for r in rules
         },

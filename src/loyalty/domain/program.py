@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from loyalty.domain.points import Rounding
+from loyalty.domain.points import Rounding, divide
 
 if TYPE_CHECKING:
     from loyalty.domain.rules import Rule
@@ -50,6 +50,18 @@ class Expiry:
 
 
 @dataclass(frozen=True, slots=True)
+class PointValue:
+    """``money_minor`` of the program's currency for every ``points`` points."""
+
+    points: int = 100
+    money_minor: int = 100
+
+    def of(self, points: int) -> int:
+        """The value of ``points`` in minor units, rounded half to even."""
+        return divide(points * self.money_minor, self.points, Rounding.HALF_EVEN)
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramSettings:
     currency: str
     earn: EarnRate
@@ -60,6 +72,7 @@ class ProgramSettings:
     time_zone: str = "UTC"
     pending_days: int = 0
     """Days a purchase's points are held before they can be spent."""
+    point_value: PointValue = field(default_factory=PointValue)
     rules: tuple[Rule, ...] = ()
     """The base rate first, then the document's rules."""
     expressions: Mapping[str, str] = field(default_factory=dict)

@@ -240,7 +240,9 @@ def members_show(
 
 @events_app.command("import")
 def events_import(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".csv or .jsonl")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help=".csv, .parquet or .jsonl")
+    ],
     program: Annotated[str, typer.Option(help="Program id.")],
     batch_size: Annotated[int, typer.Option(min=1, max=IMPORT_BATCH_MAX)] = IMPORT_BATCH_DEFAULT,
     errors_file: Annotated[

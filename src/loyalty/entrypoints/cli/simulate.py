@@ -4,6 +4,7 @@ live, and compare it with the published version."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -63,7 +64,9 @@ def register(app: typer.Typer, engine_for: EngineFor, principal_for: PrincipalFo
         ],
         events: Annotated[
             Path,
-            typer.Option("--events", exists=True, dir_okay=False, help="History: .csv or .jsonl."),
+            typer.Option(
+                "--events", exists=True, dir_okay=False, help="History: .csv, .parquet or .jsonl."
+            ),
         ],
         against: Annotated[
             Optional[str],  # noqa: UP045 - Typer reads the annotation at runtime
@@ -76,8 +79,12 @@ def register(app: typer.Typer, engine_for: EngineFor, principal_for: PrincipalFo
         ledger: points per rule and per month, members affected, caps and budgets hit, and the
         difference from the published version."""
         candidate, _ = _load(program, exit_invalid=1)
+        started = time.perf_counter()
         history, rejected = _history(events)
+        read_s = time.perf_counter() - started
+        started = time.perf_counter()
         report = simulate(settings_from_document(candidate, version=0), history)
+        replay_s = time.perf_counter() - started
         baseline: SimulationReport | None = None
         if against is not None:
             engine = engine_for(database_url)
@@ -104,6 +111,10 @@ def register(app: typer.Typer, engine_for: EngineFor, principal_for: PrincipalFo
             f"{report.actions:,} actions, {report.returns:,} returns paid by rules, "
             f"{report.skipped:,} skipped, {rejected:,} unreadable)."
         )
+        console.print(
+            f"Read and checked the file in {read_s:.1f} s; replayed in {replay_s:.1f} s "
+            f"({report.events / max(replay_s, 1e-9):,.0f} events/s)."
+        )
         old = baseline.as_dict() if baseline else None
         new = report.as_dict()
         console.print(
@@ -128,6 +139,13 @@ def register(app: typer.Typer, engine_for: EngineFor, principal_for: PrincipalFo
                 else ""
             )
             + f"; members earning: {len(report.members_earning):,}"
+        )
+        value = report.point_value
+        cost = new["cost_minor"]
+        console.print(
+            f"Cost at {value.points:,} points = {value.money_minor:,} minor units of "
+            f"{candidate.currency}: {cost:,}"
+            + (f" (published: {old['cost_minor']:,}, {cost - old['cost_minor']:+,})" if old else "")
         )
         if report.caps_hit or report.budgets_exhausted:
             console.print(
