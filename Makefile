@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench clean test-reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(VENV)/.installed-dev
 
 unit: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests/unit tests/property
+
+## Crash, fuzz and security tests at full size (thousands of generated requests, 5 kills)
+test-reliability: $(VENV)/.installed-dev
+	LOYALTY_RELIABILITY_FULL=1 $(BIN)/python -m pytest tests/reliability
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
