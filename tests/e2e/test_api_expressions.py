@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from tests.e2e.test_api_support import shares
+
 VIP_OWN_BRAND = {
     "id": "vip-own-brand",
     "name": "VIP bonus on our brand",
@@ -140,7 +142,8 @@ def test_a_formula_computes_the_points_of_a_rule(api):
     )
     assert r.status_code == 201, r.text
     assert r.json()["points_earned"] == 10
-    assert r.json()["rules"] == [{"rule": "wine-per-bottle", "points": 10}]
+    assert shares(r.json()["rules"]) == [{"rule": "wine-per-bottle", "points": 10}]
+    assert r.json()["rules"][0]["inputs"] == {"effect": "formula", "result": 10}
 
 
 def test_a_formula_must_compute_an_int_and_reference_known_fields(api):

@@ -23,7 +23,11 @@ DOCUMENT: dict[str, Any] = {
 NORMALISED = {
     "schema_version": 1,
     **DOCUMENT,
-    "points": {**DOCUMENT["points"], "pending_days": 0},
+    "points": {
+        **DOCUMENT["points"],
+        "pending_days": 0,
+        "value": {"points": 100, "money_minor": 100},
+    },
     "rules": [],
 }
 
@@ -67,6 +71,7 @@ def test_create_fills_documented_defaults(api):
             "earn": {"points": 1, "per_spend_minor": 100, "rounding": "floor"},
             "expiry": {"policy": "never", "days": None},
             "pending_days": 0,
+            "value": {"points": 100, "money_minor": 100},
             "negative_balance": "allow_debt",
         },
         "enrollment": {"auto_enroll_on_purchase": False},
@@ -94,7 +99,11 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
     assert r.json()["document"] == {
         "schema_version": 1,
         **changed,
-        "points": {**changed["points"], "pending_days": 0},
+        "points": {
+            **changed["points"],
+            "pending_days": 0,
+            "value": {"points": 100, "money_minor": 100},
+        },
         "rules": [],
     }
 

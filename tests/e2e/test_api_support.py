@@ -147,3 +147,8 @@ def ledger(api: Any, program: str, member: str) -> list[dict[str, Any]]:
     page = ledger_page(api, program, member, limit=200)
     assert page["next_cursor"] is None
     return list(page["items"])
+
+
+def shares(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each rule's name and points, without the explanation of how it computed them."""
+    return [{"rule": r["rule"], "points": r["points"]} for r in rules]

@@ -58,8 +58,22 @@ def uses_member_average(settings: ProgramSettings) -> bool:
     return any(rule.conditions.above_average_percent is not None for rule in settings.rules)
 
 
-def _rule_totals(evaluation: RuleEvaluation) -> list[dict[str, Any]]:
-    return [{"rule": r.rule_id, "points": r.points} for r in evaluation.results]
+def _rule_totals(evaluation: RuleEvaluation, *, with_lines: bool) -> list[dict[str, Any]]:
+    """Each rule's points with its explanation: what the effect computed from, and the lines
+    it earned on (purchases only)."""
+    return [
+        {
+            "rule": r.rule_id,
+            "points": r.points,
+            "inputs": dict(r.inputs),
+            **(
+                {"lines": [line_id for line_id, pts in r.line_points.items() if pts]}
+                if with_lines
+                else {}
+            ),
+        }
+        for r in evaluation.results
+    ]
 
 
 Cap = Callable[[RuleEvaluation], RuleEvaluation]
@@ -128,7 +142,12 @@ def earn_on_purchase(
         lines = []
         base = purchase.total_minor
     earning = PurchaseEarning(
-        evaluation.points, base, lines, _rule_totals(evaluation), settings.version, limited
+        evaluation.points,
+        base,
+        lines,
+        _rule_totals(evaluation, with_lines=True),
+        settings.version,
+        limited,
     )
     return earning, evaluation
 
@@ -178,7 +197,8 @@ def held_portions(
 
 
 def rule_totals(evaluation: RuleEvaluation) -> list[dict[str, Any]]:
-    return _rule_totals(evaluation)
+    """The rules of an action, enrollment or return, with their explanation."""
+    return _rule_totals(evaluation, with_lines=False)
 
 
 def zone_of(settings: ProgramSettings) -> ZoneInfo:

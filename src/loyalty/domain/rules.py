@@ -170,6 +170,9 @@ class RuleResult:
     points: int
     line_points: dict[str, int]
     """Points per line id; an order without lines books them on the line id ``order``."""
+    inputs: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """What the effect computed from: the explanation's figures (a per_spend rule's eligible
+    base and rate, a multiplier's factor and the points it multiplied, a formula's result)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +267,13 @@ def _fixed_points(rule: Rule, formula_results: Mapping[str, int] | None) -> int:
     return max(0, min(computed, FORMULA_POINTS_MAX))
 
 
+def _fixed_inputs(rule: Rule, formula_results: Mapping[str, int] | None) -> dict[str, Any]:
+    if rule.effect.kind is EffectKind.FIXED:
+        return {"effect": "fixed", "points": rule.effect.points}
+    # The formula's own result, before it is kept within 0..FORMULA_POINTS_MAX.
+    return {"effect": "formula", "result": (formula_results or {}).get(rule.rule_id, 0)}
+
+
 def _best_per_group(results: list[tuple[Rule, RuleResult]]) -> list[tuple[Rule, RuleResult]]:
     best: dict[str, tuple[Rule, RuleResult]] = {}
     kept: list[tuple[Rule, RuleResult]] = []
@@ -321,10 +331,29 @@ def evaluate_purchase(
                 per_spend_minor=effect.per_spend_minor,
                 rounding=effect.rounding,
             )
-            first.append((rule, RuleResult(rule.rule_id, pts, _spread_by_base(pts, spend_lines))))
+            inputs = {
+                "effect": effect.kind.value,
+                "base_minor": base,
+                "points": effect.points,
+                "per_spend_minor": effect.per_spend_minor,
+                "rounding": effect.rounding.value,
+            }
+            first.append(
+                (rule, RuleResult(rule.rule_id, pts, _spread_by_base(pts, spend_lines), inputs))
+            )
         elif effect.kind in (EffectKind.FIXED, EffectKind.FORMULA):
             pts = _fixed_points(rule, formula_results)
-            first.append((rule, RuleResult(rule.rule_id, pts, _spread(pts, chosen))))
+            first.append(
+                (
+                    rule,
+                    RuleResult(
+                        rule.rule_id,
+                        pts,
+                        _spread(pts, chosen),
+                        _fixed_inputs(rule, formula_results),
+                    ),
+                )
+            )
     first = _best_per_group(first)
 
     # Multipliers scale what was earned by spending; fixed bonuses spread over lines are not
@@ -345,7 +374,13 @@ def evaluate_purchase(
             continue
         shares = allocate(extra, weights)
         line_points = dict(zip((line.line_id for line in chosen), shares, strict=True))
-        second.append((rule, RuleResult(rule.rule_id, extra, line_points)))
+        inputs = {
+            "effect": rule.effect.kind.value,
+            "factor_percent": rule.effect.factor_percent,
+            "multiplied_points": sum(weights),
+            "rounding": rule.effect.rounding.value,
+        }
+        second.append((rule, RuleResult(rule.rule_id, extra, line_points, inputs)))
     second = _best_per_group(second)
     ordered = sorted(first + second, key=lambda pair: -pair[0].priority)
     return RuleEvaluation([result for _, result in ordered if result.points > 0])
@@ -390,7 +425,17 @@ def evaluate_action(
             expression_result=expression_results.get(rule.rule_id),
         ):
             pts = _fixed_points(rule, formula_results)
-            results.append((rule, RuleResult(rule.rule_id, pts, {trigger.value: pts})))
+            results.append(
+                (
+                    rule,
+                    RuleResult(
+                        rule.rule_id,
+                        pts,
+                        {trigger.value: pts},
+                        _fixed_inputs(rule, formula_results),
+                    ),
+                )
+            )
     return RuleEvaluation([r for _, r in _best_per_group(results) if r.points > 0])
 
 
@@ -448,5 +493,12 @@ def cap_results(evaluation: RuleEvaluation, allowed: Mapping[str, int]) -> RuleE
             continue
         ids = list(result.line_points)
         shares = allocate(limit, [result.line_points[i] for i in ids])
-        capped.append(RuleResult(result.rule_id, limit, dict(zip(ids, shares, strict=True))))
+        capped.append(
+            RuleResult(
+                result.rule_id,
+                limit,
+                dict(zip(ids, shares, strict=True)),
+                {**result.inputs, "points_before_limits": result.points},
+            )
+        )
     return RuleEvaluation(capped)

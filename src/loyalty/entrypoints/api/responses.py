@@ -119,6 +119,21 @@ class RuleShare(_Body):
     points: int
 
 
+class RuleEarning(_Body):
+    """What one rule earned on an event, and why."""
+
+    rule: str
+    points: int
+    inputs: dict[str, Any]
+    """What the effect computed from. ``per_spend``: ``base_minor`` (the eligible lines'
+    base), ``points``, ``per_spend_minor``, ``rounding``. ``multiplier``: ``factor_percent``,
+    ``multiplied_points``, ``rounding``. ``fixed``: ``points``. ``formula``: ``result`` (the
+    formula's value before it is kept within 0..10^6). A rule a limit cut also has
+    ``points_before_limits``."""
+    lines: list[str] | None = None
+    """Purchases only: the lines the rule earned on."""
+
+
 class LimitedRule(_Body):
     """A rule a per-member cap or a budget held back."""
 
@@ -150,7 +165,7 @@ class PurchaseResult(_Body):
     lots: list[LotOut]
     """Every lot the event created: one, or one per pending period when rules hold their
     points for different times."""
-    rules: list[RuleShare]
+    rules: list[RuleEarning]
     limited: list[LimitedRule]
     lines: list[LineEarning]
     balance: BalanceOut
@@ -178,7 +193,7 @@ class ReturnResult(_Body):
     lines: list[LineReturned]
     points_earned: int
     """Points the program's ``return`` rules paid for this return (0 without such rules)."""
-    rules: list[RuleShare]
+    rules: list[RuleEarning]
     earn_entry_id: str | None
     """The entry that credited ``points_earned``, apart from the reversal's ``entry_id``."""
     balance: BalanceOut
@@ -192,7 +207,7 @@ class ActionResult(_Body):
     member_id: str
     member_enrolled: bool
     points_earned: int
-    rules: list[RuleShare]
+    rules: list[RuleEarning]
     entry_id: str | None
     lot: LotOut | None
     lots: list[LotOut]
@@ -327,7 +342,7 @@ class QuoteOut(_Body):
     points_earned: int
     base_minor: int
     program_version: int
-    rules: list[RuleShare]
+    rules: list[RuleEarning]
     limited: list[LimitedRule]
     lines: list[LineEarning]
     expires_at: str | None
