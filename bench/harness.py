@@ -1,0 +1,157 @@
+"""What every benchmark needs: a scratch database (SQLite file or PostgreSQL database, migrated
+and dropped afterwards), a uvicorn server running the shipped application, percentiles, and
+one line saying exactly what was measured on.
+
+PostgreSQL comes from LOYALTY_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres,
+where scratch databases are created and dropped).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from loyalty.adapters.db.engine import make_engine
+from loyalty.adapters.db.schema import migrate
+from loyalty.application import programs
+from loyalty.application.access import Scope, authenticate, create_api_key
+from loyalty.application.program_document import ProgramDocument
+
+PG_ADMIN_URL = os.environ.get(
+    "LOYALTY_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+DATABASES = ("sqlite", "postgresql")
+
+
+def pg_server_version() -> str:
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except psycopg.Error:
+        return "unavailable"
+    return str(row[0]).split()[0] if row else "?"
+
+
+def setting_line() -> str:
+    """Machine and versions, printed at the top of every benchmark."""
+    packages = ", ".join(
+        f"{name} {version(name)}" for name in ("sqlalchemy", "psycopg", "fastapi", "uvicorn")
+    )
+    return (
+        f"machine: {os.cpu_count()} cores {platform.machine()}, python "
+        f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, PostgreSQL "
+        f"{pg_server_version()}; {packages}"
+    )
+
+
+@contextmanager
+def scratch_database(kind: str) -> Iterator[str]:
+    """A migrated, empty database of ``kind`` (``sqlite`` or ``postgresql``); yields its URL
+    and removes it afterwards."""
+    tmp = tempfile.mkdtemp(prefix="loyalty-bench-")
+    pg_db = None
+    if kind == "sqlite":
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+    else:
+        pg_db = f"loyalty_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{pg_db}"')
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{pg_db}"
+    try:
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if pg_db:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def uvicorn_server(url: str) -> Iterator[int]:
+    """One uvicorn worker serving the shipped application on ``url``; yields its port."""
+    port = _free_port()
+    env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_POOL_SIZE": "20"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "loyalty.entrypoints.api.asgi:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1); NaN for no values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
+    """``median (min-max)`` of repeated runs."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return (
+        f"{fmt.format(statistics.median(values))} "
+        f"({fmt.format(min(values))}-{fmt.format(max(values))})"
+    )
+
+
+def bench_program(url: str, document: dict[str, object]) -> tuple[str, str]:
+    """An admin API key and a program made from ``document``; returns (token, program id)."""
+    engine = make_engine(url)
+    now = datetime.now(UTC)
+    issued = create_api_key(
+        engine, tenant_name="bench", name="bench", scopes=[Scope.ADMIN], program_id=None, now=now
+    )
+    principal = authenticate(engine, issued.token)
+    doc = ProgramDocument.model_validate(document)
+    program_id = str(programs.create_program(engine, principal, doc, now=now).body["id"])
+    engine.dispose()
+    return issued.token, program_id
