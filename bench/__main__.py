@@ -1,6 +1,32 @@
-"""``python -m bench``: run every benchmark and print the figures."""
+"""``python -m bench [earn] [quote] [expiry]``: run the benchmarks (all three by default), each
+with its own defaults, and print the figures. For their options, run each module on its own:
+``python -m bench.earn_http``, ``python -m bench.quote``, ``python -m bench.expiry_scale``."""
 
-from bench.earn_http import main
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from bench import earn_http, expiry_scale, quote
+
+BENCHMARKS: dict[str, Callable[[list[str]], None]] = {
+    "earn": earn_http.main,
+    "quote": quote.main,
+    "expiry": expiry_scale.main,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(BENCHMARKS))
+    args = parser.parse_args()
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    for name in args.names or list(BENCHMARKS):
+        print(f"\n== {name}", flush=True)
+        BENCHMARKS[name]([])
+
 
 if __name__ == "__main__":
     main()

@@ -19,11 +19,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -143,7 +144,7 @@ def spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
     )
 
 
-def bench_program(url: str, document: dict[str, object]) -> tuple[str, str]:
+def bench_program(url: str, document: Mapping[str, Any]) -> tuple[str, str]:
     """An admin API key and a program made from ``document``; returns (token, program id)."""
     engine = make_engine(url)
     now = datetime.now(UTC)
