@@ -29,6 +29,7 @@ NORMALISED = {
         "value": {"points": 100, "money_minor": 100},
     },
     "rules": [],
+    "tiers": None,
 }
 
 
@@ -76,6 +77,7 @@ def test_create_fills_documented_defaults(api):
         },
         "enrollment": {"auto_enroll_on_purchase": False},
         "rules": [],
+        "tiers": None,
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -105,6 +107,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
             "value": {"points": 100, "money_minor": 100},
         },
         "rules": [],
+        "tiers": None,
     }
 
     current = api.request("GET", f"/v1/programs/{program}").json()

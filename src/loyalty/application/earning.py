@@ -89,6 +89,7 @@ def earn_on_purchase(
     cap: Cap | None = None,
     member_average_minor: int | None = None,
     formula_results: Mapping[str, int] | None = None,
+    member_tier: str | None = None,
 ) -> tuple[PurchaseEarning, RuleEvaluation]:
     """What a purchase earns, and the (capped) evaluation behind it. Raises
     ``CurrencyMismatch``."""
@@ -103,6 +104,7 @@ def earn_on_purchase(
             purchase.store,
             base_minor=base_of(purchase),
             member_average_minor=member_average_minor,
+            member_tier=member_tier,
         ),
         lines=purchase.lines,
         zone=_zone(settings.time_zone),
@@ -162,6 +164,7 @@ def earn_on_action(
     cap: Cap | None = None,
     trigger: Trigger = Trigger.ACTION,
     formula_results: Mapping[str, int] | None = None,
+    member_tier: str | None = None,
 ) -> RuleEvaluation:
     evaluation = evaluate_action(
         settings.rules,
@@ -172,6 +175,7 @@ def earn_on_action(
         expression_results=expression_results,
         trigger=trigger,
         formula_results=formula_results,
+        member_tier=member_tier,
     )
     return cap(evaluation) if cap is not None else evaluation
 

@@ -13,6 +13,7 @@ from loyalty.adapters.db.ledger_store import member_lots
 from loyalty.adapters.db.locking import WalletState, lock_wallet
 from loyalty.adapters.db.tables import events, lot_movements, lots, purchase_lines, return_lines
 from loyalty.adapters.ids import new_id
+from loyalty.application import tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.earning import (
@@ -107,6 +108,7 @@ def _expressions(
     now: datetime,
     purchase: dict[str, Any] | None,
     event: dict[str, Any],
+    tier: str | None = None,
 ) -> ExpressionOutcomes:
     """Merchant expressions of the program's rules, bound once to this event."""
     if not ctx.settings.expressions and not ctx.settings.formulas:
@@ -115,7 +117,7 @@ def _expressions(
     return evaluate_expressions(
         ctx.settings,
         purchase=purchase,
-        member=member_variables(row) if row is not None else None,
+        member=member_variables(row, tier=tier) if row is not None else None,
         event=event,
         now=now,
     )
@@ -332,6 +334,7 @@ def _record_purchase(
     limited = _limited_rules(settings)
     # With limited rules the member's usage is read under the wallet lock, so it is taken first.
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
+    tier = tiers.current_tier(conn, ctx, member_id)
     outcomes = _expressions(
         conn,
         ctx,
@@ -339,6 +342,7 @@ def _record_purchase(
         now=now,
         purchase=purchase_variables(purchase),
         event={"type": "purchase", "action": None, "attributes": {}},
+        tier=tier,
     )
     earning, evaluation = earn_on_purchase(
         settings,
@@ -350,6 +354,7 @@ def _record_purchase(
         member_average_minor=_member_average(conn, ctx.program_id, member_id)
         if uses_member_average(settings)
         else None,
+        member_tier=tier,
     )
     event_id = new_id("evt")
     entry_id: str | None = None
@@ -391,6 +396,20 @@ def _record_purchase(
         entry_id=entry_id,
         points=earning.points,
     )
+    tiers.record_activity(
+        conn,
+        ctx,
+        member_id=member_id,
+        event_id=event_id,
+        occurred_at=earned_at,
+        spend_minor=earning.base_minor,
+        tier_points=earning.points,
+        purchases=1,
+        visit=True,
+    )
+    tier_change = tiers.upgrade_if_qualified(
+        conn, ctx, member_id, at=earned_at, now=now, actor=actor
+    )
     if purchase.lines:
         conn.execute(
             _INSERT_LINES,
@@ -423,6 +442,8 @@ def _record_purchase(
         "lots": lots_view,
         "rules": earning.rules,
         "limited": earning.limited,
+        "tier": tier,
+        "tier_change": tier_change,
         "lines": [
             {
                 "line_id": le.line_id,
@@ -461,7 +482,13 @@ def _record_return(
 ) -> dict[str, Any]:
     settings = ctx.settings
     purchase = conn.execute(
-        select(events.c.id, events.c.member_id, events.c.entry_id, events.c.points).where(
+        select(
+            events.c.id,
+            events.c.member_id,
+            events.c.entry_id,
+            events.c.points,
+            events.c.occurred_at,
+        ).where(
             and_(
                 events.c.program_id == ctx.program_id,
                 events.c.type == "purchase",
@@ -494,6 +521,11 @@ def _record_return(
     ).all():
         returned[r.line_id] = int(r.quantity)
         returned_points[r.line_id] = int(r.points)
+    bought = conn.execute(
+        select(purchase_lines)
+        .where(purchase_lines.c.event_id == purchase.id)
+        .order_by(purchase_lines.c.line_no)
+    ).all()
     recorded = [
         RecordedLine(
             line_id=r.line_id,
@@ -502,11 +534,7 @@ def _record_return(
             points=r.points,
             quantity_returned=int(returned.get(r.line_id, 0)),
         )
-        for r in conn.execute(
-            select(purchase_lines)
-            .where(purchase_lines.c.event_id == purchase.id)
-            .order_by(purchase_lines.c.line_no)
-        ).all()
+        for r in bought
     ]
     requested = (
         None
@@ -596,6 +624,25 @@ def _record_return(
         _return_rules(conn, ctx, event, member_id, event_id, now=now, actor=actor)
         if any(rule.trigger is Trigger.RETURN for rule in settings.rules)
         else None
+    )
+    # The returned units' share of their lines' base comes off the spend of the window the
+    # purchase was in, as do the points reversed.
+    bases = {r.line_id: (int(r.base_minor), int(r.quantity)) for r in bought}
+    returned_spend = sum(
+        bases[lr.line_id][0] * lr.quantity // bases[lr.line_id][1]
+        for lr in plan
+        if lr.line_id in bases and bases[lr.line_id][1]
+    )
+    tiers.record_activity(
+        conn,
+        ctx,
+        member_id=member_id,
+        event_id=event_id,
+        occurred_at=purchase.occurred_at,
+        spend_minor=-returned_spend,
+        tier_points=-points + (bonus["points"] if bonus else 0),
+        purchases=0,
+        visit=False,
     )
     _insert_event(
         conn,
@@ -715,6 +762,7 @@ def _record_action(
     earned_at = min(event.occurred_at.astimezone(UTC), now)
     limited = _limited_rules(settings)
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
+    tier = tiers.current_tier(conn, ctx, member_id)
     outcomes = _expressions(
         conn,
         ctx,
@@ -722,6 +770,7 @@ def _record_action(
         now=now,
         purchase=None,
         event={"type": "action", "action": event.action, "attributes": event.attributes},
+        tier=tier,
     )
     evaluation = earn_on_action(
         settings,
@@ -731,6 +780,7 @@ def _record_action(
         expression_results=outcomes.conditions,
         formula_results=outcomes.formulas,
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
+        member_tier=tier,
     )
     points, rules = evaluation.points, rule_totals(evaluation)
     event_id = new_id("evt")
@@ -752,6 +802,22 @@ def _record_action(
         )
         entry_id = credit.entry_id
         lots_view = _lot_views(credit)
+    tier_change = None
+    if points > 0:
+        tiers.record_activity(
+            conn,
+            ctx,
+            member_id=member_id,
+            event_id=event_id,
+            occurred_at=earned_at,
+            spend_minor=0,
+            tier_points=points,
+            purchases=0,
+            visit=False,
+        )
+        tier_change = tiers.upgrade_if_qualified(
+            conn, ctx, member_id, at=earned_at, now=now, actor=actor
+        )
     _insert_event(
         conn,
         ctx,
@@ -775,5 +841,6 @@ def _record_action(
         "entry_id": entry_id,
         "lot": lots_view[0] if lots_view else None,
         "lots": lots_view,
+        "tier_change": tier_change,
         "program_version": settings.version,
     }

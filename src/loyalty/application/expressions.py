@@ -92,8 +92,9 @@ def purchase_variables(purchase: Purchase) -> dict[str, Any]:
     }
 
 
-def member_variables(row: Any) -> dict[str, Any]:
+def member_variables(row: Any, *, tier: str | None = None) -> dict[str, Any]:
     return {
+        "tier": tier,
         "id": row.id,
         "external_id": row.external_id,
         "email": row.email,

@@ -42,6 +42,7 @@ from loyalty.domain.rules import (
     Rule,
     Trigger,
 )
+from loyalty.domain.tiers import Tier, TierMetric, TierSet, Window, WindowKind
 
 EARN_POINTS_MAX = 1_000
 PER_SPEND_MINOR_MAX = 1_000_000
@@ -109,6 +110,7 @@ FILTER_VALUES_MAX = 500
 EFFECT_POINTS_MAX = 1_000_000
 FACTOR_PERCENT_MAX = 10_000
 EXPRESSION_LENGTH_MAX = 2_048
+TIERS_MAX_IN_RULE = 20
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -165,6 +167,7 @@ class ConditionsDocument(_Strict):
     )
     expression: Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)] | None = None
     above_average_percent: Annotated[int, Field(ge=0, le=1000)] | None = None
+    tiers: Annotated[list[Slug], Field(min_length=1, max_length=TIERS_MAX_IN_RULE)] | None = None
 
 
 class EffectDocument(_Strict):
@@ -298,6 +301,74 @@ class RuleDocument(_Strict):
         return self
 
 
+TIERS_MAX = 20
+PERKS_MAX = 20
+
+
+class TierBenefitsDocument(_Strict):
+    """What a tier gives: a multiplier on points earned by spending, a member discount, and
+    named perks the API lists (free shipping, lounge access...)."""
+
+    earn_multiplier_percent: Annotated[int, Field(ge=100, le=FACTOR_PERCENT_MAX)] = 100
+    discount_percent: Annotated[int, Field(ge=0, le=100)] = 0
+    perks: Annotated[list[Label], Field(max_length=PERKS_MAX)] = Field(default_factory=list)
+
+
+class TierDocument(_Strict):
+    id: Slug
+    name: Label
+    threshold: Annotated[int, Field(ge=0, le=10**13)] = Field(
+        description="The metric a member needs over the window to reach this tier."
+    )
+    benefits: TierBenefitsDocument = Field(default_factory=TierBenefitsDocument)
+
+
+class TierWindowDocument(_Strict):
+    """``rolling_months``: the last ``months`` months, and a tier holds ``months`` months before
+    review. ``calendar_year``: the calendar year (program time zone), reviewed each 1 January
+    on the year just ended. ``anniversary``: the membership year, reviewed each anniversary.
+    ``lifetime``: all time, never reviewed."""
+
+    type: Literal["rolling_months", "calendar_year", "anniversary", "lifetime"] = "calendar_year"
+    months: Annotated[int, Field(ge=1, le=120)] | None = None
+
+    @model_validator(mode="after")
+    def _months_match_type(self) -> TierWindowDocument:
+        if self.type == "rolling_months" and self.months is None:
+            raise ValueError("'months' is required for a 'rolling_months' window")
+        if self.type != "rolling_months" and self.months is not None:
+            raise ValueError("'months' is only for a 'rolling_months' window")
+        return self
+
+
+class TierSetDocument(_Strict):
+    """Ordered tiers on one metric. The first tier's threshold is 0: every member has one."""
+
+    id: Slug = "status"
+    metric: Literal["spend", "tier_points", "purchases", "visits"]
+    window: TierWindowDocument = Field(default_factory=TierWindowDocument)
+    max_levels_down: Annotated[int, Field(ge=1, le=TIERS_MAX)] = 1
+    grace_days: Annotated[int, Field(ge=0, le=365)] = 0
+    levels: Annotated[list[TierDocument], Field(min_length=1, max_length=TIERS_MAX)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TierSetDocument:
+        if self.levels[0].threshold != 0:
+            raise ValueError("the first tier's threshold must be 0 (every member has a tier)")
+        seen: set[str] = set()
+        for before, after in zip(self.levels, self.levels[1:], strict=False):
+            if after.threshold <= before.threshold:
+                raise ValueError(
+                    f"tier {after.id!r}: thresholds must rise ({after.threshold} after "
+                    f"{before.threshold})"
+                )
+        for level in self.levels:
+            if level.id in seen:
+                raise ValueError(f"tier id {level.id!r} is used twice")
+            seen.add(level.id)
+        return self
+
+
 class ProgramDocument(_Strict):
     """A program definition, version 1 of the schema."""
 
@@ -308,6 +379,18 @@ class ProgramDocument(_Strict):
     points: PointsWalletDocument = Field(default_factory=PointsWalletDocument)
     enrollment: EnrollmentDocument = Field(default_factory=EnrollmentDocument)
     rules: Annotated[list[RuleDocument], Field(max_length=RULES_MAX)] = Field(default_factory=list)
+    tiers: TierSetDocument | None = None
+
+    @model_validator(mode="after")
+    def _rules_name_known_tiers(self) -> ProgramDocument:
+        known = {level.id for level in self.tiers.levels} if self.tiers else set()
+        for rule in self.rules:
+            for tier in rule.conditions.tiers or []:
+                if tier not in known:
+                    raise ValueError(
+                        f"rule {rule.id!r} names tier {tier!r}, which is not in 'tiers.levels'"
+                    )
+        return self
 
     @field_validator("rules")
     @classmethod
@@ -316,6 +399,10 @@ class ProgramDocument(_Strict):
         for rule in rules:
             if rule.id == BASE_RULE_ID:
                 raise ValueError(f"rule id {BASE_RULE_ID!r} is reserved for points.earn")
+            if rule.id.startswith("tier-"):
+                raise ValueError(
+                    f"rule id {rule.id!r}: ids starting 'tier-' are reserved for tier multipliers"
+                )
             if rule.id in seen:
                 raise ValueError(f"rule id {rule.id!r} is used twice")
             seen.add(rule.id)
@@ -363,6 +450,7 @@ def rule_from_document(doc: RuleDocument) -> Rule:
             member_attributes=dict(c.member_attributes),
             has_expression=c.expression is not None,
             above_average_percent=c.above_average_percent,
+            tiers=frozenset(c.tiers) if c.tiers is not None else None,
         ),
         effect=Effect(
             kind=EffectKind(e.type),
@@ -400,6 +488,48 @@ def base_rule(document: ProgramDocument) -> Rule:
     )
 
 
+def tier_set_from_document(doc: TierSetDocument) -> TierSet:
+    return TierSet(
+        set_id=doc.id,
+        metric=TierMetric(doc.metric),
+        window=Window(WindowKind(doc.window.type), doc.window.months or 12),
+        tiers=tuple(
+            Tier(
+                tier_id=level.id,
+                name=level.name,
+                threshold=level.threshold,
+                earn_multiplier_percent=level.benefits.earn_multiplier_percent,
+                discount_percent=level.benefits.discount_percent,
+                perks=tuple(level.benefits.perks),
+            )
+            for level in doc.levels
+        ),
+        max_levels_down=doc.max_levels_down,
+        grace_days=doc.grace_days,
+    )
+
+
+def tier_rules(document: ProgramDocument) -> list[Rule]:
+    """A tier's earn multiplier, as a multiplier rule for members of that tier: evaluated,
+    capped and explained like any other rule (its id is ``tier-<tier id>``)."""
+    if document.tiers is None:
+        return []
+    return [
+        Rule(
+            rule_id=f"tier-{level.id}",
+            name=f"{level.name} tier multiplier",
+            trigger=Trigger.PURCHASE,
+            priority=-1001,
+            conditions=Conditions(tiers=frozenset({level.id})),
+            effect=Effect(
+                EffectKind.MULTIPLIER, factor_percent=level.benefits.earn_multiplier_percent
+            ),
+        )
+        for level in document.tiers.levels
+        if level.benefits.earn_multiplier_percent > 100
+    ]
+
+
 def settings_from_document(document: ProgramDocument, *, version: int) -> ProgramSettings:
     wallet = document.points
     return ProgramSettings(
@@ -416,7 +546,12 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         auto_enroll=document.enrollment.auto_enroll_on_purchase,
         version=version,
         time_zone=document.time_zone,
-        rules=(base_rule(document), *(rule_from_document(r) for r in document.rules)),
+        rules=(
+            base_rule(document),
+            *(rule_from_document(r) for r in document.rules),
+            *tier_rules(document),
+        ),
+        tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
         expressions={
             r.id: r.conditions.expression for r in document.rules if r.conditions.expression
         },

@@ -37,6 +37,16 @@ class MemberNotFound(NotFound):
         )
 
 
+class TiersNotConfigured(NotFound):
+    code = "tiers_not_configured"
+
+    def __init__(self, program_id: str) -> None:
+        super().__init__(
+            f"Program {program_id!r} has no tiers; add a 'tiers' section to its document.",
+            program_id=program_id,
+        )
+
+
 class OrderNotFound(NotFound):
     code = "order_not_found"
 
@@ -120,6 +130,17 @@ class DraftAlreadyPublished(Conflict):
 
 class Unprocessable(DomainError):
     code = "unprocessable"
+
+
+class UnknownTier(Unprocessable):
+    code = "unknown_tier"
+
+    def __init__(self, tier: str, *, known: list[str]) -> None:
+        super().__init__(
+            f"Tier {tier!r} is not one of the program's tiers ({', '.join(known)}).",
+            tier=tier,
+            known_tiers=known,
+        )
 
 
 class InsufficientPoints(Unprocessable):

@@ -13,6 +13,7 @@ from loyalty.domain.points import Rounding, divide
 
 if TYPE_CHECKING:
     from loyalty.domain.rules import Rule
+    from loyalty.domain.tiers import TierSet
 
 
 class ExpiryPolicy(StrEnum):
@@ -79,3 +80,4 @@ class ProgramSettings:
     """Merchant conditions (CEL source) by rule id."""
     formulas: Mapping[str, str] = field(default_factory=dict)
     """Merchant formulas (CEL source giving points) by rule id."""
+    tier_set: TierSet | None = None

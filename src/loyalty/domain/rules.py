@@ -84,6 +84,8 @@ class Conditions:
     above_average_percent: int | None = None
     """The order's base must be at least this many percent above the member's average order
     (spend 10% more than usual: 10). A member without past orders does not qualify."""
+    tiers: frozenset[str] | None = None
+    """The member's current tier is one of these."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +164,8 @@ class OrderFacts:
     """The order's earn base (lines after discounts)."""
     member_average_minor: int | None = None
     """The member's average order base before this one (None: no past orders)."""
+    member_tier: str | None = None
+    """The member's tier before this event (None: the program has no tiers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +233,8 @@ def order_conditions_hold(
         average = order.member_average_minor
         if average is None or order.base_minor * 100 < average * (100 + c.above_average_percent):
             return False
+    if c.tiers is not None and order.member_tier not in c.tiers:
+        return False
     for key, wanted in c.member_attributes.items():
         if member_attributes.get(key) != wanted:
             return False
@@ -403,11 +409,12 @@ def evaluate_action(
     expression_results: Mapping[str, bool],
     trigger: Trigger = Trigger.ACTION,
     formula_results: Mapping[str, int] | None = None,
+    member_tier: str | None = None,
 ) -> RuleEvaluation:
     """Fixed points for a custom action (a review, a referral, a profile completed...) or, with
     ``trigger=Trigger.ENROLLMENT`` or ``Trigger.RETURN``, for joining the program or for a
     return."""
-    order = OrderFacts(occurred_at, 0, None, None)
+    order = OrderFacts(occurred_at, 0, None, None, member_tier=member_tier)
     results: list[tuple[Rule, RuleResult]] = []
     for rule in sorted(rules, key=lambda r: -r.priority):
         if rule.trigger is not trigger or (trigger is Trigger.ACTION and rule.action != action):

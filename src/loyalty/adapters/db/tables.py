@@ -336,4 +336,60 @@ program_drafts = Table(
 """A document saved but not yet published. Publishing sets ``published_version`` once; the
 draft is then kept as the record of who proposed that version and from which base."""
 
+member_activity = Table(
+    "member_activity",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("member_id", ID, nullable=False),
+    Column("event_id", ID, nullable=False),
+    Column("occurred_at", TS, nullable=False),
+    Column("spend_minor", BigInteger, nullable=False),
+    Column("tier_points", BigInteger, nullable=False),
+    Column("purchases", Integer, nullable=False),
+    Column("visit_day", String(10), nullable=True),
+    Index("ix_member_activity_member", "program_id", "member_id", "occurred_at"),
+)
+"""Append-only: what each event adds to (a purchase) or takes from (a return) a member's tier
+metrics. Metrics over any window are sums over it; ``visit_day`` is the purchase's local date,
+so visits are distinct days."""
+
+member_tiers = Table(
+    "member_tiers",
+    metadata,
+    Column("program_id", ID, primary_key=True),
+    Column("member_id", ID, primary_key=True),
+    Column("tier_set", String(64), primary_key=True),
+    Column("tier", String(64), nullable=False),
+    Column("since", TS, nullable=False),
+    Column("review_at", TS, nullable=True),
+    Column("review_from", TS, nullable=True),
+    Column("manual", Boolean, nullable=False),
+    Column("reason", String(200), nullable=True),
+    Column("updated_at", TS, nullable=False),
+    Index("ix_member_tiers_review", "program_id", "tier_set", "review_at"),
+)
+"""A member's current tier. Members without a row are in the set's lowest tier. The tier
+holds until ``review_at`` (plus the set's grace days; null: never reviewed), when the metric
+over ``[review_from, review_at)`` decides the next one (``review_from`` null: from the
+start)."""
+
+tier_changes = Table(
+    "tier_changes",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("member_id", ID, nullable=False),
+    Column("tier_set", String(64), nullable=False),
+    Column("from_tier", String(64), nullable=True),
+    Column("to_tier", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("note", String(200), nullable=True),
+    Column("metric", BigInteger, nullable=True),
+    Column("at", TS, nullable=False),
+    Column("actor", String(64), nullable=True),
+    Index("ix_tier_changes_member", "program_id", "member_id", "id"),
+)
+"""Append-only record of every tier change (``tier_changed``), with its reason."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

@@ -145,6 +145,7 @@ MEMBER = Record(
         "marketing_consent": FieldSpec(BOOL),
         "enrolled_at": FieldSpec(TIMESTAMP, required=True),
         "attributes": FieldSpec(FREE_MAP),
+        "tier": FieldSpec(STRING),
     },
 )
 EVENT = Record(

@@ -83,6 +83,7 @@ def sample_context(
         "birth_date": "1990-04-01",
         "marketing_consent": True,
         "enrolled_at": NOW - timedelta(days=400),
+        "tier": "gold",
         "attributes": attributes.get("member", {}),
     }
     event = {"type": "purchase", "action": "", "attributes": attributes.get("event", {})}

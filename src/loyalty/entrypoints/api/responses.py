@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class _Body(BaseModel):
@@ -150,6 +150,15 @@ class LineEarning(_Body):
     rules: list[RuleShare]
 
 
+class TierChange(_Body):
+    """A tier upgrade the event caused (``null`` when it caused none)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: str = Field(alias="from")
+    to: str
+    metric: int
+
+
 class PurchaseResult(_Body):
     event_id: str
     type: Literal["purchase"]
@@ -167,6 +176,9 @@ class PurchaseResult(_Body):
     points for different times."""
     rules: list[RuleEarning]
     limited: list[LimitedRule]
+    tier: str | None
+    """The member's tier when the purchase was evaluated (null: the program has no tiers)."""
+    tier_change: TierChange | None
     lines: list[LineEarning]
     balance: BalanceOut
 
@@ -211,6 +223,7 @@ class ActionResult(_Body):
     entry_id: str | None
     lot: LotOut | None
     lots: list[LotOut]
+    tier_change: TierChange | None
     program_version: int
 
 
