@@ -72,6 +72,28 @@ def load_program(
     )
 
 
+def all_programs(conn: Connection) -> list[ProgramContext]:
+    """Every program's current version, for jobs that run across tenants."""
+    rows = conn.execute(
+        select(
+            programs.c.id,
+            programs.c.tenant_id,
+            programs.c.current_version,
+            program_versions.c.document,
+        ).join(
+            program_versions,
+            and_(
+                program_versions.c.program_id == programs.c.id,
+                program_versions.c.version == programs.c.current_version,
+            ),
+        )
+    ).all()
+    return [
+        ProgramContext(r.id, r.tenant_id, _settings(r.id, r.current_version, r.document))
+        for r in rows
+    ]
+
+
 def _program_view(
     program_id: str,
     version: int,

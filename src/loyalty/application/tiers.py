@@ -23,7 +23,7 @@ from loyalty.adapters.db.tables import member_activity, member_tiers, members, t
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.members import find_member
-from loyalty.application.programs import ProgramContext, load_program
+from loyalty.application.programs import ProgramContext, all_programs, load_program
 from loyalty.domain.errors import MemberNotFound, TiersNotConfigured, UnknownTier
 from loyalty.domain.tiers import (
     Tier,
@@ -204,6 +204,23 @@ def _enrolled_at(conn: Connection, ctx: ProgramContext, member_id: str) -> datet
     return row.enrolled_at if row is not None else datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _schedule(
+    tier_set: TierSet,
+    after: datetime,
+    *,
+    enrolled_at: datetime,
+    zone: ZoneInfo,
+    review_at: datetime | None = None,
+) -> tuple[datetime | None, datetime | None]:
+    """The next review after ``after`` (or the given ``review_at``) and the start of the
+    window it will measure."""
+    review_at = review_at or next_review(tier_set.window, after, enrolled_at=enrolled_at, zone=zone)
+    if review_at is None:
+        return None, None
+    start, _ = review_window(tier_set.window, review_at, enrolled_at=enrolled_at, zone=zone)
+    return review_at, start
+
+
 def upgrade_if_qualified(
     conn: Connection,
     ctx: ProgramContext,
@@ -228,12 +245,7 @@ def upgrade_if_qualified(
     qualified = tier_set.qualifying(metric)
     if tier_set.level(qualified.tier_id) <= tier_set.level(current):
         return None
-    review_at = next_review(tier_set.window, at, enrolled_at=enrolled_at, zone=zone)
-    review_from = (
-        review_window(tier_set.window, review_at, enrolled_at=enrolled_at, zone=zone)[0]
-        if review_at is not None
-        else None
-    )
+    review_at, review_from = _schedule(tier_set, at, enrolled_at=enrolled_at, zone=zone)
     _set_tier(
         conn,
         ctx,
@@ -385,13 +397,8 @@ def assign_tier(
             raise MemberNotFound(member_ref)
         lock_wallet(conn, program_id, member.id)
         previous = _row(conn, ctx, member.id)
-        review_at = until or next_review(
-            tier_set.window, now, enrolled_at=member.enrolled_at, zone=zone
-        )
-        review_from = (
-            review_window(tier_set.window, review_at, enrolled_at=member.enrolled_at, zone=zone)[0]
-            if review_at is not None
-            else None
+        review_at, review_from = _schedule(
+            tier_set, now, enrolled_at=member.enrolled_at, zone=zone, review_at=until
         )
         _set_tier(
             conn,
@@ -425,13 +432,8 @@ def _apply_reviews(
     for row in rows:
         current = row.tier if row.tier in tier_set.index else tier_set.lowest.tier_id
         outcome = tier_set.after_review(current, int(row.metric))
-        review_at = next_review(
-            tier_set.window, row.review_at, enrolled_at=row.enrolled_at, zone=zone
-        )
-        review_from = (
-            review_window(tier_set.window, review_at, enrolled_at=row.enrolled_at, zone=zone)[0]
-            if review_at is not None
-            else None
+        review_at, review_from = _schedule(
+            tier_set, row.review_at, enrolled_at=row.enrolled_at, zone=zone
         )
         _set_tier(
             conn,
@@ -606,17 +608,13 @@ def recalculate_tiers(
             moves[(before, after)] += 1
             if not apply:
                 continue
-            review_at = next_review(tier_set.window, now, enrolled_at=enrolled_at, zone=zone)
+            review_at, review_from = _schedule(tier_set, now, enrolled_at=enrolled_at, zone=zone)
             values = {
                 "m_member_id": member_id,
                 "tier": after,
                 "since": now,
                 "review_at": review_at,
-                "review_from": review_window(
-                    tier_set.window, review_at, enrolled_at=enrolled_at, zone=zone
-                )[0]
-                if review_at is not None
-                else None,
+                "review_from": review_from,
                 "manual": False,
                 "reason": None,
                 "updated_at": now,
@@ -687,3 +685,10 @@ def recalculate_tiers(
         return run_transaction(engine, work)
     with engine.connect() as conn:
         return work(conn)
+
+
+def review_all(engine: Engine, *, now: datetime) -> dict[str, dict[str, int]]:
+    """Run the review for every program that has tiers; by program id."""
+    with engine.connect() as conn:
+        contexts = [ctx for ctx in all_programs(conn) if ctx.settings.tier_set is not None]
+    return {ctx.program_id: review_tiers(engine, ctx, now=now) for ctx in contexts}

@@ -371,3 +371,76 @@ class BacktestOut(_Body):
     candidate: dict[str, Any]
     published: dict[str, Any]
     difference: dict[str, Any]
+
+
+class TierBenefits(_Body):
+    earn_multiplier_percent: int
+    discount_percent: int
+    perks: list[str]
+
+
+class TierView(_Body):
+    id: str
+    name: str
+    threshold: int
+    level: int
+    benefits: TierBenefits
+
+
+class TierWindow(_Body):
+    type: str
+    months: int | None
+    from_: str | None = Field(alias="from")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class NextTier(_Body):
+    tier: TierView
+    needed: int
+    progress_percent: int
+
+
+class KeepTier(_Body):
+    review_at: str
+    metric_value: int
+    needed: int
+
+
+class TierHistoryItem(_Body):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: str | None = Field(alias="from")
+    to: str
+    reason: str
+    note: str | None
+    metric: int | None
+    at: str
+
+
+class MemberTierOut(_Body):
+    member_id: str
+    tier_set: str
+    metric: str
+    window: TierWindow
+    tier: TierView
+    since: str
+    until: str | None
+    manual: bool
+    metric_value: int
+    next: NextTier | None
+    keep: KeepTier | None
+    projected: TierView | None
+    history: list[TierHistoryItem]
+
+
+class TierMove(_Body):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: str = Field(alias="from")
+    to: str
+    members: int
+
+
+class RecalculationOut(_Body):
+    members: int
+    changes: list[TierMove]
+    members_moving: int
+    applied: bool

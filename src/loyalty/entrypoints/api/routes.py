@@ -18,6 +18,7 @@ from loyalty.application import (
     members,
     programs,
     redemptions,
+    tiers,
 )
 from loyalty.application import backtest as backtests
 from loyalty.application import quote as quotes
@@ -30,11 +31,13 @@ from loyalty.entrypoints.api import responses as bodies
 from loyalty.entrypoints.api.errors import ApiProblem
 from loyalty.entrypoints.api.schemas import (
     AdjustPoints,
+    AssignTier,
     BacktestRequest,
     CancelRedemption,
     CreateApiKey,
     EnrollMember,
     QuoteRequest,
+    RecalculateTiers,
     RedeemPoints,
     UpdateMember,
 )
@@ -496,6 +499,60 @@ def cancel_redemption(
             now=utc_now(),
         )
     )
+
+
+@router.get(
+    "/programs/{program_id}/members/{member:path}/tier",
+    tags=["tiers"],
+    responses=bodies.documented(200, bodies.MemberTierOut, "The member's tier and progress."),
+)
+def get_member_tier(
+    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """The member's tier, since and until when, the metric so far, what the next tier needs
+    and what keeping this one needs by the review (a progress bar's data), the tier the
+    member would get at the review if nothing more happened, and the last tier changes."""
+    return tiers.get_member_tier(engine, principal, program_id, member, now=utc_now())
+
+
+@router.put(
+    "/programs/{program_id}/members/{member:path}/tier",
+    tags=["tiers"],
+    responses=bodies.documented(200, bodies.MemberTierOut, "The member's tier after it."),
+)
+def assign_member_tier(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: AssignTier,
+    principal: Auth,
+    engine: EngineDep,
+) -> dict[str, Any]:
+    """Put a member in a tier by hand (admin), with a reason and an optional end date; the
+    change is recorded with the acting key."""
+    return tiers.assign_tier(
+        engine,
+        principal,
+        program_id,
+        member,
+        tier_id=body.tier,
+        reason=body.reason,
+        until=body.until,
+        now=utc_now(),
+    )
+
+
+@router.post(
+    "/programs/{program_id}/tiers/recalculate",
+    tags=["tiers"],
+    responses=bodies.documented(200, bodies.RecalculationOut, "The moves, made or not."),
+)
+def recalculate_tiers(
+    program_id: ProgramId, principal: Auth, engine: EngineDep, body: RecalculateTiers
+) -> dict[str, Any]:
+    """After changing thresholds: which members the current thresholds would move, by from
+    and to tier (`apply: false`, a `read` key), or make those moves (`apply: true`, an
+    `admin` key). Members assigned by hand keep their tier until their assignment ends."""
+    return tiers.recalculate_tiers(engine, principal, program_id, now=utc_now(), apply=body.apply)
 
 
 @router.post(

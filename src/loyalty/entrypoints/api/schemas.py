@@ -131,3 +131,19 @@ class BacktestRequest(_Strict):
     document: ProgramDocument
     from_: AwareDatetime | None = Field(default=None, alias="from")
     until: AwareDatetime | None = None
+
+
+class AssignTier(_Strict):
+    tier: Annotated[str, Field(min_length=1, max_length=64)]
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    until: AwareDatetime | None = Field(
+        default=None,
+        description="When the assignment ends and the member is reviewed like anyone else "
+        "(default: the tier set's next review date).",
+    )
+
+
+class RecalculateTiers(_Strict):
+    apply: bool = Field(
+        default=False, description="false: only show what would change. true: make the moves."
+    )

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from loyalty.adapters.clock import utc_now
 from loyalty.adapters.db.schema import current_revision, head_revision, migrate
 from loyalty.adapters.db.tables import programs as programs_table
-from loyalty.application import access, members
+from loyalty.application import access, members, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.audit import audit_ledger
 from loyalty.application.batch import record_events_batch
@@ -41,12 +41,14 @@ members_app = typer.Typer(help="Look at members.", no_args_is_help=True)
 events_app = typer.Typer(help="Load events.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Check the ledger.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Run scheduled jobs by hand.", no_args_is_help=True)
+tiers_app = typer.Typer(help="Tiers: recalculate after changing thresholds.", no_args_is_help=True)
 jobs_run_app = typer.Typer(help="Run one job now.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(members_app, name="members")
 app.add_typer(events_app, name="events")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(tiers_app, name="tiers")
 jobs_app.add_typer(jobs_run_app, name="run")
 
 console = Console()
@@ -353,6 +355,57 @@ def jobs_run_expire(
     console.print(
         f"Expired {report.lots_expired} lots ({report.points_expired} points) as of "
         f"{when.isoformat()}."
+    )
+
+
+@jobs_run_app.command("tier-review")
+def jobs_run_tier_review(
+    now: Annotated[str | None, typer.Option(help="Run as of this ISO time (default: now).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Review every member whose tier is due (review date plus grace days): keep it, or move
+    down by at most the set's max_levels_down. Safe to run twice."""
+    engine = _engine(database_url)
+    when = _parse_when(now)
+    results = tiers.review_all(engine, now=when)
+    if not results:
+        console.print("No program has tiers.")
+    for program_id, totals in results.items():
+        console.print(
+            f"{program_id}: reviewed {totals.get('reviewed', 0)}, kept {totals.get('kept', 0)}, "
+            f"downgraded {totals.get('downgraded', 0)}, upgraded {totals.get('upgraded', 0)} "
+            f"as of {when.isoformat()}."
+        )
+
+
+@tiers_app.command("recalculate")
+def tiers_recalculate(
+    program: Annotated[str, typer.Option(help="Program id.")],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Make the moves (default: only show them).")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """After changing thresholds: show which members the current thresholds would move, by
+    from and to tier; with --apply, move them (recorded as 'recalculated')."""
+    engine = _engine(database_url)
+    principal = _principal_for_program(engine, program)
+    try:
+        report = tiers.recalculate_tiers(
+            engine, principal, program, now=_parse_when(None), apply=apply
+        )
+    except DomainError as exc:
+        err.print(f"[red]{exc.code}: {exc.detail}[/red]")
+        raise typer.Exit(2) from None
+    table = Table(title=f"Tier moves ({'applied' if apply else 'not applied'})")
+    for column in ("from", "to", "members"):
+        table.add_column(column)
+    for move in report["changes"]:
+        table.add_row(move["from"], move["to"], f"{move['members']:,}")
+    console.print(table)
+    console.print(
+        f"{report['members_moving']:,} of {report['members']:,} members "
+        + ("moved." if apply else "would move; run again with --apply to move them.")
     )
 
 
