@@ -387,3 +387,25 @@ def test_adjustment_replay_credits_once(api):
     assert again.json() == first.json()
     assert_problem(adjust(api, program, member, 26, key=key), 409, "idempotency_conflict")
     assert api.balance(program, member)["balance"] == 25
+
+
+def test_expiring_points_lists_members_to_remind_in_pages(api):
+    program = api.create_program(
+        points={"expiry": {"policy": "after_days", "days": 20}},
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    for n, member in enumerate(("A", "B", "C")):
+        r = api.purchase(program, f"O{n}", member, [{"unit_price_minor": 1000 * (n + 1)}])
+        assert r.status_code == 201, r.text
+    url = f"/v1/programs/{program}/expiring-points"
+    first = api.request("GET", url, params={"within_days": 30, "limit": 2}).json()
+    assert [(i["external_id"], i["points"]) for i in first["items"]] == [("A", 10), ("B", 20)]
+    assert first["within_days"] == 30
+    second = api.request(
+        "GET", url, params={"within_days": 30, "limit": 2, "cursor": first["next_cursor"]}
+    ).json()
+    assert [(i["external_id"], i["points"]) for i in second["items"]] == [("C", 30)]
+    assert second["next_cursor"] is None
+    assert api.request("GET", url, params={"within_days": 10}).json()["items"] == []
+    too_far = api.request("GET", url, params={"within_days": 367})
+    assert too_far.status_code == 422

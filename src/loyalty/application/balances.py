@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 
 from loyalty.adapters.db.engine import run_transaction
-from loyalty.adapters.db.tables import journal_entries, lots, postings, wallets
+from loyalty.adapters.db.tables import journal_entries, lots, members, postings, wallets
 from loyalty.application.access import Principal, Scope
 from loyalty.application.members import decode_cursor, encode_cursor, resolve_member
 from loyalty.application.programs import load_program
@@ -151,6 +151,69 @@ def get_statement(
                 for r in page
             ],
             "next_cursor": encode_cursor(page[-1].id) if len(rows) > limit else None,
+        }
+
+    return run_transaction(engine, work, write=False)
+
+
+EXPIRING_WITHIN_DAYS_MAX = 366
+
+
+def expiring_soon(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    *,
+    within_days: int,
+    now: datetime,
+    limit: int,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Members with points that expire within ``within_days`` days from ``now`` (for
+    reminders): the points, and the first of those expiries, in member order, paged."""
+    assert 1 <= within_days <= EXPIRING_WITHIN_DAYS_MAX
+
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.READ)
+        stmt = (
+            select(
+                lots.c.member_id,
+                members.c.external_id,
+                members.c.email,
+                func.sum(lots.c.remaining).label("points"),
+                func.min(lots.c.expires_at).label("first_expires_at"),
+            )
+            .join(members, members.c.id == lots.c.member_id)
+            .where(
+                and_(
+                    lots.c.program_id == program_id,
+                    lots.c.remaining > 0,
+                    lots.c.expires_at > now,
+                    lots.c.expires_at <= now + timedelta(days=within_days),
+                )
+            )
+            .group_by(lots.c.member_id, members.c.external_id, members.c.email)
+            .order_by(lots.c.member_id)
+            .limit(limit + 1)
+        )
+        if cursor:
+            stmt = stmt.where(lots.c.member_id > decode_cursor(cursor))
+        rows = conn.execute(stmt).all()
+        page = rows[:limit]
+        return {
+            "within_days": within_days,
+            "as_of": now.isoformat(),
+            "items": [
+                {
+                    "member_id": r.member_id,
+                    "external_id": r.external_id,
+                    "email": r.email,
+                    "points": int(r.points),
+                    "first_expires_at": r.first_expires_at.isoformat(),
+                }
+                for r in page
+            ],
+            "next_cursor": encode_cursor(page[-1].member_id) if len(rows) > limit else None,
         }
 
     return run_transaction(engine, work, write=False)

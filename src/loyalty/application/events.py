@@ -26,7 +26,7 @@ from loyalty.application.earning import (
     zone_of,
 )
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
-from loyalty.application.expiry import lock_for_burn
+from loyalty.application.expiry import extend_on_activity, lock_for_burn
 from loyalty.application.expressions import (
     NO_OUTCOMES,
     ExpressionOutcomes,
@@ -410,6 +410,7 @@ def _record_purchase(
     tier_change = tiers.upgrade_if_qualified(
         conn, ctx, member_id, at=earned_at, now=now, actor=actor
     )
+    extend_on_activity(conn, settings, ctx.program_id, member_id, at=earned_at, now=now)
     if purchase.lines:
         conn.execute(
             _INSERT_LINES,
@@ -818,6 +819,7 @@ def _record_action(
         tier_change = tiers.upgrade_if_qualified(
             conn, ctx, member_id, at=earned_at, now=now, actor=actor
         )
+        extend_on_activity(conn, settings, ctx.program_id, member_id, at=earned_at, now=now)
     _insert_event(
         conn,
         ctx,

@@ -27,6 +27,7 @@ from loyalty.adapters.db.tables import (
 )
 from loyalty.adapters.ids import new_id
 from loyalty.domain.ledger import POINTS, EntryKind, MovementKind, member_account, program_account
+from loyalty.domain.program import ExpiryPolicy, ProgramSettings
 
 EXPIRY_BATCH_DEFAULT = 2_000
 EXPIRY_BATCH_MAX = 50_000
@@ -71,6 +72,36 @@ _DUE_FOR_MEMBER = (
     )
     .limit(1)
 )
+
+
+def extend_on_activity(
+    conn: Connection,
+    settings: ProgramSettings,
+    program_id: str,
+    member_id: str,
+    *,
+    at: datetime,
+    now: datetime,
+) -> None:
+    """Under the ``inactivity`` policy, a qualifying activity at ``at`` pushes the expiry of
+    every live lot of the member to ``at`` plus the policy's days. Lots already past their
+    expiry stay expired (the member was inactive too long), and no expiry is ever shortened."""
+    if settings.expiry.policy is not ExpiryPolicy.INACTIVITY:
+        return
+    until = settings.expiry.expires_at(at)
+    conn.execute(
+        update(lots)
+        .where(
+            and_(
+                lots.c.program_id == program_id,
+                lots.c.member_id == member_id,
+                lots.c.remaining > 0,
+                lots.c.expires_at > now,
+                lots.c.expires_at < until,
+            )
+        )
+        .values(expires_at=until)
+    )
 
 
 def lock_for_burn(

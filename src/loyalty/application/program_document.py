@@ -64,17 +64,24 @@ class EarnRateDocument(_Strict):
 
 
 class ExpiryDocument(_Strict):
-    """``never``, or ``after_days``: each lot expires ``days`` days after it was earned."""
+    """``never``; ``after_days``: each lot expires ``days`` days after it was earned;
+    ``end_of_period``: at the end of the ``period`` (month, quarter, year) in which falls the
+    day ``days`` (default 0) after earning; ``inactivity``: everything expires ``days`` days
+    after the member's last purchase, earning action or redemption."""
 
     policy: ExpiryPolicy = ExpiryPolicy.NEVER
-    days: Annotated[int, Field(ge=1, le=EXPIRY_DAYS_MAX)] | None = None
+    days: Annotated[int, Field(ge=0, le=EXPIRY_DAYS_MAX)] | None = None
+    period: Literal["month", "quarter", "year"] | None = None
 
     @model_validator(mode="after")
     def _days_match_policy(self) -> ExpiryDocument:
-        if self.policy is ExpiryPolicy.AFTER_DAYS and self.days is None:
-            raise ValueError("'days' is required when policy is 'after_days'")
+        timed = self.policy in (ExpiryPolicy.AFTER_DAYS, ExpiryPolicy.INACTIVITY)
+        if timed and (self.days is None or self.days < 1):
+            raise ValueError(f"'days' (at least 1) is required when policy is '{self.policy}'")
         if self.policy is ExpiryPolicy.NEVER and self.days is not None:
             raise ValueError("'days' must be omitted when policy is 'never'")
+        if (self.policy is ExpiryPolicy.END_OF_PERIOD) != (self.period is not None):
+            raise ValueError("'period' is required with, and only with, policy 'end_of_period'")
         return self
 
 
@@ -539,7 +546,12 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
             per_spend_minor=wallet.earn.per_spend_minor,
             rounding=wallet.earn.rounding,
         ),
-        expiry=Expiry(policy=wallet.expiry.policy, days=wallet.expiry.days),
+        expiry=Expiry(
+            policy=wallet.expiry.policy,
+            days=wallet.expiry.days,
+            period=wallet.expiry.period,
+            time_zone=document.time_zone,
+        ),
         negative_balance=wallet.negative_balance,
         pending_days=wallet.pending_days,
         point_value=PointValue(wallet.value.points, wallet.value.money_minor),

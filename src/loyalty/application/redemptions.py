@@ -21,7 +21,7 @@ from loyalty.adapters.db.tables import lot_movements, redemption_cancellations, 
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
-from loyalty.application.expiry import lock_for_burn
+from loyalty.application.expiry import extend_on_activity, lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import resolve_member
@@ -81,6 +81,8 @@ def redeem_points(
             wallet = lock_for_burn(conn, program_id, member.id, now=now)
             lots = member_lots(conn, program_id, member.id, spendable_at=now)
             takes = plan_redemption(lots, points=points, balance=_spendable(lots, wallet))
+            # A redemption is activity: under the inactivity policy, what is left lives on.
+            extend_on_activity(conn, ctx.settings, program_id, member.id, at=now, now=now)
             redemption_id = new_id("red")
             entry_id = debit_lots(
                 conn,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from loyalty.domain.points import Rounding, divide
 
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
 class ExpiryPolicy(StrEnum):
     NEVER = "never"
     AFTER_DAYS = "after_days"
+    """Each lot expires ``days`` days after it was earned."""
+    END_OF_PERIOD = "end_of_period"
+    """Each lot expires at the end of the month, quarter or year (program time zone) in which
+    falls the day ``days`` days after it was earned (0: the period it was earned in)."""
+    INACTIVITY = "inactivity"
+    """Everything expires ``days`` days after the member's last qualifying activity (a
+    purchase, an earning action or a redemption); activity pushes every live lot's expiry."""
 
 
 class NegativeBalancePolicy(StrEnum):
@@ -42,12 +50,36 @@ class EarnRate:
 class Expiry:
     policy: ExpiryPolicy
     days: int | None = None
+    period: str | None = None
+    """For ``end_of_period``: ``month``, ``quarter`` or ``year``."""
+    time_zone: str = "UTC"
 
     def expires_at(self, earned_at: datetime) -> datetime | None:
         if self.policy is ExpiryPolicy.NEVER:
             return None
+        if self.policy is ExpiryPolicy.END_OF_PERIOD:
+            assert self.period is not None
+            return end_of_period(
+                self.period, earned_at + timedelta(days=self.days or 0), ZoneInfo(self.time_zone)
+            )
         assert self.days is not None
         return earned_at + timedelta(days=self.days)
+
+
+def end_of_period(period: str, moment: datetime, zone: ZoneInfo) -> datetime:
+    """The first instant after the local month, quarter or year containing ``moment``."""
+    local = moment.astimezone(zone)
+    if period == "month":
+        months = 1
+        first = local.month
+    elif period == "quarter":
+        months = 3
+        first = 3 * ((local.month - 1) // 3) + 1
+    else:
+        months = 12
+        first = 1
+    month0 = first - 1 + months
+    return datetime(local.year + month0 // 12, month0 % 12 + 1, 1, tzinfo=zone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -444,3 +444,18 @@ class RecalculationOut(_Body):
     changes: list[TierMove]
     members_moving: int
     applied: bool
+
+
+class ExpiringMember(_Body):
+    member_id: str
+    external_id: str
+    email: str | None
+    points: int
+    first_expires_at: str
+
+
+class ExpiringPage(_Body):
+    within_days: int
+    as_of: str
+    items: list[ExpiringMember]
+    next_cursor: str | None

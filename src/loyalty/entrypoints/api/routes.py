@@ -326,6 +326,32 @@ def list_members(
     )
 
 
+@router.get(
+    "/programs/{program_id}/expiring-points",
+    tags=["points"],
+    responses=bodies.documented(200, bodies.ExpiringPage, "A page of members."),
+)
+def list_expiring_points(
+    program_id: ProgramId,
+    principal: Auth,
+    engine: EngineDep,
+    within_days: Annotated[int, Query(ge=1, le=balances.EXPIRING_WITHIN_DAYS_MAX)] = 30,
+    limit: PageSize = PAGE_SIZE_DEFAULT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Members with points expiring within `within_days` days (1 to 366, default 30), with
+    those points and the first expiry: the list for a reminder e-mail. Paged by member."""
+    return balances.expiring_soon(
+        engine,
+        principal,
+        program_id,
+        within_days=within_days,
+        now=utc_now(),
+        limit=limit,
+        cursor=cursor_or_422(cursor),
+    )
+
+
 # --- events -----------------------------------------------------------------------------
 
 
