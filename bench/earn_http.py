@@ -3,7 +3,7 @@ order id, by C concurrent clients for D seconds; on PostgreSQL, pgbench's built-
 transaction runs against the same server in the same run, so the ratio is comparable even on a
 noisy machine.
 
-    python -m bench.earn_http [--db sqlite|postgresql|both] [--clients 8,32] [--seconds 10]
+    python -m bench.earn_http [--db sqlite|postgresql|both] [--clients 1,8,32] [--seconds 10]
         [--repeat 3]
 
 PostgreSQL comes from LOYALTY_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres,
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--clients", default="8,32")
+    parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
