@@ -25,6 +25,7 @@ NORMALISED = {
     **DOCUMENT,
     "points": {
         **DOCUMENT["points"],
+        "expiry": {**DOCUMENT["points"]["expiry"], "period": None},
         "pending_days": 0,
         "value": {"points": 100, "money_minor": 100},
     },
@@ -70,7 +71,7 @@ def test_create_fills_documented_defaults(api):
         "time_zone": "UTC",
         "points": {
             "earn": {"points": 1, "per_spend_minor": 100, "rounding": "floor"},
-            "expiry": {"policy": "never", "days": None},
+            "expiry": {"policy": "never", "days": None, "period": None},
             "pending_days": 0,
             "value": {"points": 100, "money_minor": 100},
             "negative_balance": "allow_debt",
@@ -103,6 +104,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         **changed,
         "points": {
             **changed["points"],
+            "expiry": {**changed["points"]["expiry"], "period": None},
             "pending_days": 0,
             "value": {"points": 100, "money_minor": 100},
         },

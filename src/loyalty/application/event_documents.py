@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from loyalty.application.limits import (
     ATTRIBUTES_BYTES_MAX,
@@ -50,9 +58,9 @@ class LineItem(_Strict):
     name: Name | None = None
     category: Name | None = None
     brand: Name | None = None
-    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)] = 1
-    unit_price_minor: Annotated[int, Field(ge=0, le=MONEY_MINOR_MAX)]
-    discount_minor: Annotated[int, Field(ge=0, le=MONEY_MINOR_MAX)] = 0
+    quantity: Annotated[StrictInt, Field(ge=1, le=QUANTITY_MAX)] = 1
+    unit_price_minor: Annotated[StrictInt, Field(ge=0, le=MONEY_MINOR_MAX)]
+    discount_minor: Annotated[StrictInt, Field(ge=0, le=MONEY_MINOR_MAX)] = 0
     kind: LineKind = Field(
         default="product",
         description="Spend rules earn on products only, unless a rule names other kinds.",
@@ -82,7 +90,7 @@ class PurchaseEvent(_Strict):
     member: MemberRef
     occurred_at: AwareDatetime
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-    total_minor: Annotated[int, Field(ge=0, le=MONEY_MINOR_MAX)]
+    total_minor: Annotated[StrictInt, Field(ge=0, le=MONEY_MINOR_MAX)]
     lines: Annotated[list[LineItem], Field(max_length=LINES_PER_EVENT_MAX)] = Field(
         default_factory=list
     )
@@ -110,7 +118,7 @@ class PurchaseEvent(_Strict):
 class ReturnLine(_Strict):
     line_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     sku: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)] = 1
+    quantity: Annotated[StrictInt, Field(ge=1, le=QUANTITY_MAX)] = 1
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ReturnLine:

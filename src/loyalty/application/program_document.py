@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -58,8 +59,8 @@ class EarnRateDocument(_Strict):
     """How spend converts to points: ``points`` for every ``per_spend_minor`` of eligible spend
     (after line discounts), rounded once per order by ``rounding``."""
 
-    points: Annotated[int, Field(ge=0, le=EARN_POINTS_MAX)] = 1
-    per_spend_minor: Annotated[int, Field(ge=1, le=PER_SPEND_MINOR_MAX)] = 100
+    points: Annotated[StrictInt, Field(ge=0, le=EARN_POINTS_MAX)] = 1
+    per_spend_minor: Annotated[StrictInt, Field(ge=1, le=PER_SPEND_MINOR_MAX)] = 100
     rounding: Rounding = Rounding.FLOOR
 
 
@@ -70,7 +71,7 @@ class ExpiryDocument(_Strict):
     after the member's last purchase, earning action or redemption."""
 
     policy: ExpiryPolicy = ExpiryPolicy.NEVER
-    days: Annotated[int, Field(ge=0, le=EXPIRY_DAYS_MAX)] | None = None
+    days: Annotated[StrictInt, Field(ge=0, le=EXPIRY_DAYS_MAX)] | None = None
     period: Literal["month", "quarter", "year"] | None = None
 
     @model_validator(mode="after")
@@ -90,15 +91,15 @@ class PointValueDocument(_Strict):
     for every ``points`` (100 points worth 1.00: ``{"points": 100, "money_minor": 100}``).
     Backtests report the cost of the points a version issues at this value."""
 
-    points: Annotated[int, Field(ge=1, le=1_000_000)] = 100
-    money_minor: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    points: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 100
+    money_minor: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 100
 
 
 class PointsWalletDocument(_Strict):
     earn: EarnRateDocument = Field(default_factory=EarnRateDocument)
     value: PointValueDocument = Field(default_factory=PointValueDocument)
     expiry: ExpiryDocument = Field(default_factory=ExpiryDocument)
-    pending_days: Annotated[int, Field(ge=0, le=PENDING_DAYS_MAX)] = Field(
+    pending_days: Annotated[StrictInt, Field(ge=0, le=PENDING_DAYS_MAX)] = Field(
         default=0,
         description="Points earned by a purchase are held, not spendable, for this many days "
         "(e.g. until the return window closes); a return in that time takes them back.",
@@ -157,7 +158,7 @@ class HoursDocument(_Strict):
 class ConditionsDocument(_Strict):
     """All given conditions must hold. Item filters choose the lines the effect applies to."""
 
-    min_total_minor: Annotated[int, Field(ge=0, le=10**13)] | None = None
+    min_total_minor: Annotated[StrictInt, Field(ge=0, le=10**13)] | None = None
     channels: Annotated[list[Label], Field(min_length=1, max_length=50)] | None = None
     stores: Annotated[list[Label], Field(min_length=1, max_length=FILTER_VALUES_MAX)] | None = None
     days_of_week: (
@@ -173,7 +174,7 @@ class ConditionsDocument(_Strict):
         default_factory=dict
     )
     expression: Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)] | None = None
-    above_average_percent: Annotated[int, Field(ge=0, le=1000)] | None = None
+    above_average_percent: Annotated[StrictInt, Field(ge=0, le=1000)] | None = None
     tiers: Annotated[list[Slug], Field(min_length=1, max_length=TIERS_MAX_IN_RULE)] | None = None
 
 
@@ -183,11 +184,11 @@ class EffectDocument(_Strict):
     earned on the eligible lines (200 doubles them)."""
 
     type: Literal["per_spend", "fixed", "multiplier", "formula"]
-    points: Annotated[int, Field(ge=0, le=EFFECT_POINTS_MAX)] | None = None
+    points: Annotated[StrictInt, Field(ge=0, le=EFFECT_POINTS_MAX)] | None = None
     formula: Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)] | None = None
-    per_spend_minor: Annotated[int, Field(ge=1, le=PER_SPEND_MINOR_MAX)] | None = None
+    per_spend_minor: Annotated[StrictInt, Field(ge=1, le=PER_SPEND_MINOR_MAX)] | None = None
     rounding: Rounding = Rounding.FLOOR
-    factor_percent: Annotated[int, Field(ge=100, le=FACTOR_PERCENT_MAX)] | None = None
+    factor_percent: Annotated[StrictInt, Field(ge=100, le=FACTOR_PERCENT_MAX)] | None = None
     earn_on_kinds: (
         Annotated[
             list[Literal["product", "gift_card", "shipping", "tax", "deposit", "service"]],
@@ -233,8 +234,8 @@ class MemberCapDocument(_Strict):
     """Per member and period: at most ``max_count`` awards and/or ``max_points`` points."""
 
     period: Literal["day", "week", "month", "year", "lifetime"]
-    max_count: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    max_points: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    max_count: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    max_points: Annotated[StrictInt, Field(ge=1, le=10**12)] | None = None
 
     @model_validator(mode="after")
     def _something_capped(self) -> MemberCapDocument:
@@ -246,7 +247,7 @@ class MemberCapDocument(_Strict):
 class BudgetDocument(_Strict):
     """All members together: at most ``points`` per period, never overspent."""
 
-    points: Annotated[int, Field(ge=1, le=10**13)]
+    points: Annotated[StrictInt, Field(ge=1, le=10**13)]
     period: Literal["day", "week", "month", "year", "lifetime"] = "lifetime"
 
 
@@ -265,14 +266,14 @@ class RuleDocument(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     trigger: Literal["purchase", "action", "enrollment", "return"]
     action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] | None = None
-    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    priority: Annotated[StrictInt, Field(ge=-1000, le=1000)] = 0
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
     exclusive_group: Slug | None = None
     conditions: ConditionsDocument = Field(default_factory=ConditionsDocument)
     effect: EffectDocument
     limits: LimitsDocument = Field(default_factory=LimitsDocument)
-    pending_days: Annotated[int, Field(ge=0, le=PENDING_DAYS_MAX)] | None = Field(
+    pending_days: Annotated[StrictInt, Field(ge=0, le=PENDING_DAYS_MAX)] | None = Field(
         default=None,
         description="Days this rule's points are held before they can be spent (e.g. a "
         "review bonus held until moderation). Omitted: the program's points.pending_days for "
@@ -316,15 +317,15 @@ class TierBenefitsDocument(_Strict):
     """What a tier gives: a multiplier on points earned by spending, a member discount, and
     named perks the API lists (free shipping, lounge access...)."""
 
-    earn_multiplier_percent: Annotated[int, Field(ge=100, le=FACTOR_PERCENT_MAX)] = 100
-    discount_percent: Annotated[int, Field(ge=0, le=100)] = 0
+    earn_multiplier_percent: Annotated[StrictInt, Field(ge=100, le=FACTOR_PERCENT_MAX)] = 100
+    discount_percent: Annotated[StrictInt, Field(ge=0, le=100)] = 0
     perks: Annotated[list[Label], Field(max_length=PERKS_MAX)] = Field(default_factory=list)
 
 
 class TierDocument(_Strict):
     id: Slug
     name: Label
-    threshold: Annotated[int, Field(ge=0, le=10**13)] = Field(
+    threshold: Annotated[StrictInt, Field(ge=0, le=10**13)] = Field(
         description="The metric a member needs over the window to reach this tier."
     )
     benefits: TierBenefitsDocument = Field(default_factory=TierBenefitsDocument)
@@ -337,7 +338,7 @@ class TierWindowDocument(_Strict):
     ``lifetime``: all time, never reviewed."""
 
     type: Literal["rolling_months", "calendar_year", "anniversary", "lifetime"] = "calendar_year"
-    months: Annotated[int, Field(ge=1, le=120)] | None = None
+    months: Annotated[StrictInt, Field(ge=1, le=120)] | None = None
 
     @model_validator(mode="after")
     def _months_match_type(self) -> TierWindowDocument:
@@ -354,8 +355,8 @@ class TierSetDocument(_Strict):
     id: Slug = "status"
     metric: Literal["spend", "tier_points", "purchases", "visits"]
     window: TierWindowDocument = Field(default_factory=TierWindowDocument)
-    max_levels_down: Annotated[int, Field(ge=1, le=TIERS_MAX)] = 1
-    grace_days: Annotated[int, Field(ge=0, le=365)] = 0
+    max_levels_down: Annotated[StrictInt, Field(ge=1, le=TIERS_MAX)] = 1
+    grace_days: Annotated[StrictInt, Field(ge=0, le=365)] = 0
     levels: Annotated[list[TierDocument], Field(min_length=1, max_length=TIERS_MAX)]
 
     @model_validator(mode="after")

@@ -124,6 +124,23 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it can't decode (bytes that are not UTF-8, a JSON
+            # integer longer than Python reads): for the client, an invalid body like any other.
+            return problem(
+                422,
+                "validation_error",
+                "1 field(s) are invalid.",
+                instance=request.url.path,
+                errors=[
+                    {
+                        "field": "body",
+                        "message": "The body can't be read as JSON (it must be UTF-8, with "
+                        "numbers of at most 4,300 digits).",
+                        "type": "json_invalid",
+                    }
+                ],
+            )
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, f"http_{exc.status_code}")
         headers = dict(exc.headers) if exc.headers else {}

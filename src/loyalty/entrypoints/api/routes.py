@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from loyalty.adapters.clock import utc_now
@@ -386,19 +388,26 @@ def quote(program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: En
     """What a cart (or a single product) would earn, per line and per rule, computed by the
     same code as a real purchase in a transaction that is rolled back. Needs a `read` key."""
     now = utc_now()
-    cart = PurchaseEvent(
-        type="purchase",
-        id=f"quote-{now.timestamp()}",
-        member=body.member or MemberRef(external_id="quote-guest"),
-        occurred_at=body.occurred_at or now,
-        currency=body.currency,
-        total_minor=body.total_minor
-        if body.total_minor is not None
-        else sum(li.quantity * li.unit_price_minor - li.discount_minor for li in body.lines),
-        lines=body.lines,
-        channel=body.channel,
-        store=body.store,
-    )
+    try:
+        # The cart is checked as a purchase would be (unique line ids, totals within limits),
+        # so a cart a purchase would refuse is refused the same way.
+        cart = PurchaseEvent(
+            type="purchase",
+            id=f"quote-{now.timestamp()}",
+            member=body.member or MemberRef(external_id="quote-guest"),
+            occurred_at=body.occurred_at or now,
+            currency=body.currency,
+            total_minor=body.total_minor
+            if body.total_minor is not None
+            else sum(li.quantity * li.unit_price_minor - li.discount_minor for li in body.lines),
+            lines=body.lines,
+            channel=body.channel,
+            store=body.store,
+        )
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
     return quotes.quote_purchase(engine, principal, program_id, cart, member=body.member, now=now)
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictInt,
+    field_validator,
+)
 
 from loyalty.application.access import Scope
 from loyalty.application.event_documents import LineItem, MemberRef
@@ -71,7 +79,7 @@ class UpdateMember(MemberFields):
 
 
 class RedeemPoints(_Strict):
-    points: Annotated[int, Field(ge=1, le=POINTS_PER_REQUEST_MAX)]
+    points: Annotated[StrictInt, Field(ge=1, le=POINTS_PER_REQUEST_MAX)]
     reason: Annotated[str, Field(max_length=REASON_LENGTH_MAX)] | None = None
     reference: Annotated[str, Field(max_length=REFERENCE_LENGTH_MAX)] | None = None
 
@@ -82,7 +90,7 @@ class CancelRedemption(_Strict):
 
 class AdjustPoints(_Strict):
     points: Annotated[
-        int,
+        StrictInt,
         Field(
             ge=-POINTS_PER_REQUEST_MAX,
             le=POINTS_PER_REQUEST_MAX,
@@ -116,7 +124,7 @@ class QuoteRequest(_Strict):
     member: MemberRef | None = None
     occurred_at: AwareDatetime | None = None
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-    total_minor: Annotated[int, Field(ge=0, le=MONEY_MINOR_MAX)] | None = None
+    total_minor: Annotated[StrictInt, Field(ge=0, le=MONEY_MINOR_MAX)] | None = None
     lines: Annotated[list[LineItem], Field(max_length=LINES_PER_EVENT_MAX)] = Field(
         default_factory=list
     )
