@@ -369,12 +369,16 @@ def test_returning_every_unit_in_steps_takes_back_exactly_the_lines_points(api):
     r = api.purchase(program, "O1", "C1", lines)
     assert r.status_code == 201, r.text
     assert [li["points"] for li in r.json()["lines"]] == [10, 3, 2]
-    taken = []
+    taken, shares = [], []
     for n in range(3):
         r = post_event(api, program, return_body(f"R{n}", "O1", [{"sku": "MUG"}]))
         assert r.status_code == 201, r.text
         taken.append(r.json()["points_reversed"])
-    assert taken == [3, 3, 4]
+        shares.append(r.json()["lines"][0]["points"])
+    # Each step takes back what the order earned less what the rest earns alone (15 - 11,
+    # 11 - 8, 8 - 5); the line's own share is reported per unit (3, 3, 4). Both add up to
+    # the line's 10 points.
+    assert (taken, shares) == ([4, 3, 3], [3, 3, 4])
     # Two units of a SKU that sits on two lines come from both lines, in order.
     r = post_event(api, program, return_body("R9", "O1", [{"sku": "CUP", "quantity": 2}]))
     assert r.status_code == 201, r.text

@@ -490,3 +490,52 @@ def test_a_return_rule_takes_no_action_and_no_purchase_conditions(api):
             "POST", "/v1/programs", json={"name": "W", "currency": "EUR", "rules": [rule]}
         )
         assert r.status_code == 422, rule
+
+
+def test_a_return_that_takes_the_basket_under_a_threshold_reverses_the_whole_bonus(api):
+    program = _program(api, GROCER_RULES[1:2])  # 50 points on baskets of 50 EUR or more
+    r = api.purchase(
+        program,
+        "O1",
+        "C1",
+        [
+            {"line_id": "coat", "unit_price_minor": 4000},
+            {"line_id": "hat", "unit_price_minor": 1500},
+        ],
+    )
+    assert r.json()["points_earned"] == 55 + 50
+    # The hat back: the rest (40 EUR) no longer reaches 50 EUR, so the bonus goes entirely,
+    # not only the hat's share of it.
+    body = _return(api, program, "R1", "O1", [{"line_id": "hat"}]).json()
+    hat = body["lines"][0]
+    assert hat["points"] == 15 + 14  # its base points and its share of the bonus
+    assert body["points_reversed"] == 105 - 40
+    assert body["points_adjusted"] == 36
+    assert body["kept"] == {
+        "points": 40,
+        "rules": [
+            {"rule": "base", "paid": 55, "kept": 40},
+            {"rule": "big-basket", "paid": 50, "kept": 0},
+        ],
+    }
+    assert api.balance(program, "ext:C1")["balance"] == 40
+    # The coat back too: everything is reversed, and nothing twice.
+    last = _return(api, program, "R2", "O1").json()
+    assert (last["points_reversed"], last["kept"]["points"]) == (40, 0)
+    assert api.balance(program, "ext:C1")["balance"] == 0
+
+
+def test_a_return_never_takes_back_more_than_a_capped_rule_paid(api):
+    capped = {**GROCER_RULES[1], "limits": {"budget": {"points": 30}}}
+    program = _program(api, [capped])
+    r = api.purchase(
+        program,
+        "O1",
+        "C1",
+        [{"line_id": "a", "unit_price_minor": 6000}, {"line_id": "b", "unit_price_minor": 1000}],
+    )
+    assert r.json()["points_earned"] == 70 + 30  # the budget cut the bonus to 30
+    body = _return(api, program, "R1", "O1", [{"line_id": "b"}]).json()
+    # The rest (60 EUR) still qualifies: the bonus kept is what was paid, 30, not 50.
+    assert body["kept"]["rules"][1] == {"rule": "big-basket", "paid": 30, "kept": 30}
+    assert body["points_reversed"] == 10

@@ -16,8 +16,9 @@ The model is written from the documented rules, not from the engine's code paths
 * a burn (redemption, debit adjustment) takes lots earliest expiry first, never-expiring last,
   then oldest; a burn beyond what is available is refused and changes nothing;
 * a credit that would expire at or before now is refused;
-* a return reverses the points of the returned units (each line's share is cumulative, so
-  all units back means all points back); over all returns of an order the member is charged
+* a return reverses what the order earned less what the rest of the basket earns alone at
+  the program's rate (each line's share of the points is still reported per line, and the
+  difference as ``points_adjusted``); all units back means all points back; over all returns of an order the member is charged
   what they reverse less what expired unspent from the purchase's lot; the charge is taken
   first from the purchase's own lot, then from the other lots in consumption order, and what
   was already spent becomes debt (``allow_debt``) or is written off (``take_available``);
@@ -155,6 +156,8 @@ class MLine:
     quantity: int
     points: int
     returned: int = 0
+    unit_price_minor: int = 0
+    discount_minor: int = 0
 
 
 @dataclass(eq=False)
@@ -486,7 +489,14 @@ def machine_for(engine: Engine) -> type[RuleBasedStateMachine]:
                 order_id,
                 member,
                 [
-                    MLine(li["line_id"] or str(i), li["sku"], li["quantity"], share)
+                    MLine(
+                        li["line_id"] or str(i),
+                        li["sku"],
+                        li["quantity"],
+                        share,
+                        unit_price_minor=li["unit_price_minor"],
+                        discount_minor=li["discount_minor"],
+                    )
                     for i, (li, share) in enumerate(zip(lines, shares, strict=True), start=1)
                 ],
                 points,
@@ -604,7 +614,8 @@ def machine_for(engine: Engine) -> type[RuleBasedStateMachine]:
             self.recorded_events.append((member, event, body))
 
             member.expire(self.now)
-            points = sum(pts for _, _, pts in plan)
+            line_points = sum(pts for _, _, pts in plan)
+            points = self.reversal(order, plan) if order.lines else line_points
             # Points of the purchase that expired unspent are gone already: over all returns
             # of an order, the member is charged what they reverse less what expired.
             expired_own = order.lot.expired if order.lot is not None else 0
@@ -632,10 +643,33 @@ def machine_for(engine: Engine) -> type[RuleBasedStateMachine]:
                     next(x for x in order.lines if x.line_id == line_id).returned += qty
             assert [(x["line_id"], x["quantity"], x["points"]) for x in body["lines"]] == plan
             assert body["points_reversed"] == points
+            assert body["points_adjusted"] == points - line_points
             assert body["points_already_expired"] == points - charge
             assert body["points_taken"] == taken
             assert body["debt_added"] == debt_added
             assert body["points_written_off"] == written_off
+
+        def reversal(self, order: MOrder, plan: list[tuple[str, int, int]]) -> int:
+            """What the return reverses: what the order earned, less what the rest of the
+            basket earns alone at the program's rate (never more than the order earned),
+            less what earlier returns reversed."""
+            if order.points == 0:
+                return 0
+            now_returned = {line_id: qty for line_id, qty, _ in plan}
+            rest = 0
+            any_left = False
+            for x in order.lines:
+                left = x.quantity - x.returned - now_returned.get(x.line_id, 0)
+                if left:
+                    any_left = True
+                    rest += x.unit_price_minor * left - x.discount_minor * left // x.quantity
+            kept = 0
+            if any_left:
+                kept = reference_round(
+                    Fraction(rest * self.earn.points, self.earn.per_spend_minor),
+                    self.earn.rounding,
+                )
+            return max(0, order.points - min(kept, order.points) - order.reversed)
 
         def plan_return(
             self, order: MOrder, requested: list[tuple[str | None, str | None, int]] | None

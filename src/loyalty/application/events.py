@@ -11,7 +11,14 @@ from sqlalchemy import Connection, Engine, and_, func, insert, select
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.ledger_store import member_lots
 from loyalty.adapters.db.locking import WalletState, lock_wallet
-from loyalty.adapters.db.tables import events, lot_movements, lots, purchase_lines, return_lines
+from loyalty.adapters.db.tables import (
+    events,
+    journal_entries,
+    lot_movements,
+    lots,
+    purchase_lines,
+    return_lines,
+)
 from loyalty.adapters.ids import new_id
 from loyalty.application import tiers
 from loyalty.application.access import Principal, Scope
@@ -37,7 +44,7 @@ from loyalty.application.expressions import (
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import Credit, credit_points, debit_lots
 from loyalty.application.members import MemberProfile, find_member, insert_member
-from loyalty.application.programs import ProgramContext, load_program
+from loyalty.application.programs import ProgramContext, load_program, settings_at
 from loyalty.application.rewards import award_enrollment
 from loyalty.application.rule_limits import capper, record_usage
 from loyalty.domain.errors import (
@@ -50,6 +57,7 @@ from loyalty.domain.errors import (
 from loyalty.domain.ledger import EntryKind, MovementKind, plan_takeback
 from loyalty.domain.program import ProgramSettings
 from loyalty.domain.purchase import (
+    LineReturn,
     Purchase,
     PurchaseLine,
     RecordedLine,
@@ -335,6 +343,9 @@ def _record_purchase(
     # With limited rules the member's usage is read under the wallet lock, so it is taken first.
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
     tier = tiers.current_tier(conn, ctx, member_id)
+    member_average = (
+        _member_average(conn, ctx.program_id, member_id) if uses_member_average(settings) else None
+    )
     outcomes = _expressions(
         conn,
         ctx,
@@ -351,9 +362,7 @@ def _record_purchase(
         expression_results=outcomes.conditions,
         formula_results=outcomes.formulas,
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
-        member_average_minor=_member_average(conn, ctx.program_id, member_id)
-        if uses_member_average(settings)
-        else None,
+        member_average_minor=member_average,
         member_tier=tier,
     )
     event_id = new_id("evt")
@@ -381,6 +390,9 @@ def _record_purchase(
                     "rounding": settings.earn.rounding.value,
                 },
                 "rules": earning.rules,
+                # What a return needs to recalculate the rest of the basket as it was.
+                "tier": tier,
+                "member_average_minor": member_average,
             },
         )
         entry_id = credit.entry_id
@@ -489,6 +501,7 @@ def _record_return(
             events.c.entry_id,
             events.c.points,
             events.c.occurred_at,
+            events.c.received_at,
         ).where(
             and_(
                 events.c.program_id == ctx.program_id,
@@ -549,7 +562,20 @@ def _record_return(
         order_points=int(purchase.points),
         order_points_returned=int(sum(returned_points.values())),
     )
-    points = sum(lr.points for lr in plan)
+    line_points = sum(lr.points for lr in plan)
+    reversed_before = sum(returned_points.values())
+    kept = (
+        _points_kept(conn, ctx, purchase, recorded, plan)
+        if bought and purchase.entry_id is not None
+        else None
+    )
+    if kept is None:
+        points = line_points
+    else:
+        # The rest of the basket is evaluated again by the rules of the purchase's version:
+        # whatever it no longer earns (a threshold bonus it no longer reaches, say) is
+        # reversed with the returned units' own points.
+        points = max(0, int(purchase.points) - kept["points"] - reversed_before)
     # Points of this purchase that expired unspent are already gone: they are not taken again
     # from the member's other points. Across all returns of the order, what is charged is the
     # points reversed less what expired from the purchase's own lots.
@@ -578,7 +604,6 @@ def _record_return(
             )
         ).scalar_one()
     )
-    reversed_before = sum(returned_points.values())
     charge_total = max(0, reversed_before + points - expired_own)
     charge = max(0, charge_total - charged_before)
     event_id = new_id("evt")
@@ -668,6 +693,19 @@ def _record_return(
         }
         for lr in plan
     ]
+    if points != line_points:
+        # What the rest of the basket no longer earns, beyond the returned units' own points.
+        line_rows.append(
+            {
+                "return_event_id": event_id,
+                "line_id": ADJUSTMENT_LINE,
+                "purchase_event_id": purchase.id,
+                "program_id": ctx.program_id,
+                "member_id": member_id,
+                "quantity": 0,
+                "points": points - line_points,
+            }
+        )
     if line_rows:
         conn.execute(insert(return_lines), line_rows)
     return {
@@ -686,11 +724,103 @@ def _record_return(
         "lines": [
             {"line_id": lr.line_id, "quantity": lr.quantity, "points": lr.points} for lr in plan
         ],
+        "points_adjusted": points - line_points,
+        "kept": kept,
         "points_earned": bonus["points"] if bonus else 0,
         "rules": bonus["rules"] if bonus else [],
         "earn_entry_id": bonus["entry_id"] if bonus else None,
         "balance": balance_view(conn, ctx.program_id, member_id, now=now),
     }
+
+
+ADJUSTMENT_LINE = "~rest-of-basket"
+"""The return line that records what the rest of a basket no longer earns."""
+
+
+def _points_kept(
+    conn: Connection,
+    ctx: ProgramContext,
+    purchase: Any,
+    recorded: list[RecordedLine],
+    plan: list[LineReturn],
+) -> dict[str, Any] | None:
+    """What the rest of the basket, after this return, earns under the rules of the version
+    the purchase was computed with, the member's tier and average as they were then, and no
+    more per rule than the purchase paid (caps and budgets are not paid twice). None for a
+    purchase recorded before returns were recalculated."""
+    entry = conn.execute(
+        select(journal_entries.c.program_version, journal_entries.c.details).where(
+            journal_entries.c.id == purchase.entry_id
+        )
+    ).one()
+    details = dict(entry.details)
+    if "tier" not in details:
+        return None
+    paid = {r["rule"]: int(r["points"]) for r in details.get("rules", [])}
+    now_returned = {lr.line_id: lr.quantity for lr in plan}
+    left = {
+        line.line_id: line.quantity - line.quantity_returned - now_returned.get(line.line_id, 0)
+        for line in recorded
+    }
+    if not any(left.values()):
+        return {"points": 0, "rules": [{"rule": r, "paid": p, "kept": 0} for r, p in paid.items()]}
+    payload = conn.execute(select(events.c.payload).where(events.c.id == purchase.id)).scalar_one()
+    original = PurchaseEvent.model_validate(payload)
+    lines = []
+    for line_id, item in zip(original.line_ids(), original.lines, strict=True):
+        quantity = left.get(line_id, 0)
+        if quantity <= 0:
+            continue
+        lines.append(
+            PurchaseLine(
+                line_id=line_id,
+                sku=item.sku,
+                quantity=quantity,
+                unit_price_minor=item.unit_price_minor,
+                discount_minor=item.discount_minor * quantity // item.quantity,
+                name=item.name,
+                category=item.category,
+                brand=item.brand,
+                kind=item.kind,
+            )
+        )
+    settings = settings_at(conn, ctx.program_id, int(entry.program_version))
+    full_base = sum(
+        item.quantity * item.unit_price_minor - item.discount_minor for item in original.lines
+    )
+    rest = Purchase(
+        order_id=original.id,
+        occurred_at=min(original.occurred_at.astimezone(UTC), purchase.received_at),
+        currency=original.currency,
+        total_minor=original.total_minor - (full_base - sum(x.base_minor for x in lines)),
+        lines=lines,
+        channel=original.channel,
+        store=original.store,
+    )
+    member = find_member(conn, ctx.program_id, purchase.member_id)
+    attributes = dict(member.attributes) if member is not None else {}
+    outcomes = evaluate_expressions(
+        settings,
+        purchase=purchase_variables(rest),
+        member=member_variables(member, tier=details["tier"]) if member is not None else None,
+        event={"type": "purchase", "action": None, "attributes": {}},
+        now=rest.occurred_at,
+    )
+    _, evaluation = earn_on_purchase(
+        settings,
+        rest,
+        member_attributes=attributes,
+        expression_results=outcomes.conditions,
+        formula_results=outcomes.formulas,
+        member_average_minor=details.get("member_average_minor"),
+        member_tier=details["tier"],
+    )
+    again = {r.rule_id: r.points for r in evaluation.results}
+    rules = [
+        {"rule": rule, "paid": points, "kept": min(points, again.get(rule, 0))}
+        for rule, points in paid.items()
+    ]
+    return {"points": sum(r["kept"] for r in rules), "rules": rules}
 
 
 def _return_rules(

@@ -72,6 +72,19 @@ def load_program(
     )
 
 
+def settings_at(conn: Connection, program_id: str, version: int) -> ProgramSettings:
+    """The settings of one published version (what an old purchase was computed under)."""
+    document = conn.execute(
+        select(program_versions.c.document).where(
+            and_(
+                program_versions.c.program_id == program_id,
+                program_versions.c.version == version,
+            )
+        )
+    ).scalar_one()
+    return _settings(program_id, version, document)
+
+
 def all_programs(conn: Connection) -> list[ProgramContext]:
     """Every program's current version, for jobs that run across tenants."""
     rows = conn.execute(

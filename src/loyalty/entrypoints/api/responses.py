@@ -189,6 +189,17 @@ class LineReturned(_Body):
     points: int
 
 
+class KeptRule(_Body):
+    rule: str
+    paid: int
+    kept: int
+
+
+class KeptPoints(_Body):
+    points: int
+    rules: list[KeptRule]
+
+
 class ReturnResult(_Body):
     event_id: str
     type: Literal["return"]
@@ -203,6 +214,12 @@ class ReturnResult(_Body):
     program_version: int
     entry_id: str | None
     lines: list[LineReturned]
+    points_adjusted: int
+    """Of ``points_reversed``, what the rest of the basket no longer earns beyond the returned
+    units' own points (a threshold bonus it no longer reaches); negative when the rest earns
+    a little more on its own (rounding)."""
+    kept: KeptPoints | None
+    """What the rest of the basket still earns, per rule (null for an order without lines)."""
     points_earned: int
     """Points the program's ``return`` rules paid for this return (0 without such rules)."""
     rules: list[RuleEarning]
