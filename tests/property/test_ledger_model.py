@@ -18,10 +18,11 @@ The model is written from the documented rules, not from the engine's code paths
 * a credit that would expire at or before now is refused;
 * a return reverses what the order earned less what the rest of the basket earns alone at
   the program's rate (each line's share of the points is still reported per line, and the
-  difference as ``points_adjusted``); all units back means all points back; over all returns of an order the member is charged
-  what they reverse less what expired unspent from the purchase's lot; the charge is taken
-  first from the purchase's own lot, then from the other lots in consumption order, and what
-  was already spent becomes debt (``allow_debt``) or is written off (``take_available``);
+  difference as ``points_adjusted``); all units back means all points back; over all
+  returns of an order the member is charged what they reverse less what expired unspent
+  from the purchase's lot; the charge is taken first from the purchase's own lot, then from
+  the other lots in consumption order, and what was already spent becomes debt
+  (``allow_debt``) or is written off (``take_available``);
 * cancelling a redemption gives every lot back what the redemption took (keeping the lot's
   expiry), repaying debt first;
 * a return naming lines of an order recorded without lines is refused;
