@@ -321,6 +321,7 @@ def test_openapi_lists_the_v1_routes_and_docs_are_served(api):
         "/v1/programs/{program_id}/redemptions/{redemption_id}/cancel": {"post"},
         "/v1/programs/{program_id}/members/{member}/adjustments": {"post"},
         "/v1/programs/{program_id}/members/{member}/tier": {"get", "put"},
+        "/v1/programs/{program_id}/members/{member}/stamp-cards": {"get"},
         "/v1/programs/{program_id}/tiers/recalculate": {"post"},
         "/v1/api-keys": {"get", "post"},
         "/v1/api-keys/{key_id}": {"delete"},

@@ -31,6 +31,7 @@ NORMALISED = {
     },
     "rules": [],
     "tiers": None,
+    "stamp_cards": [],
 }
 
 
@@ -79,6 +80,7 @@ def test_create_fills_documented_defaults(api):
         "enrollment": {"auto_enroll_on_purchase": False},
         "rules": [],
         "tiers": None,
+        "stamp_cards": [],
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -110,6 +112,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         },
         "rules": [],
         "tiers": None,
+        "stamp_cards": [],
     }
 
     current = api.request("GET", f"/v1/programs/{program}").json()

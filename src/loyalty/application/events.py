@@ -20,7 +20,7 @@ from loyalty.adapters.db.tables import (
     return_lines,
 )
 from loyalty.adapters.ids import new_id
-from loyalty.application import tiers
+from loyalty.application import stamps, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.earning import (
@@ -423,6 +423,16 @@ def _record_purchase(
         conn, ctx, member_id, at=earned_at, now=now, actor=actor
     )
     extend_on_activity(conn, settings, ctx.program_id, member_id, at=earned_at, now=now)
+    stamped = stamps.stamp_purchase(
+        conn,
+        ctx,
+        member_id=member_id,
+        event_id=event_id,
+        purchase=purchase,
+        at=earned_at,
+        now=now,
+        actor=actor,
+    )
     if purchase.lines:
         conn.execute(
             _INSERT_LINES,
@@ -457,6 +467,7 @@ def _record_purchase(
         "limited": earning.limited,
         "tier": tier,
         "tier_change": tier_change,
+        "stamps": stamped,
         "lines": [
             {
                 "line_id": le.line_id,
@@ -564,8 +575,9 @@ def _record_return(
     )
     line_points = sum(lr.points for lr in plan)
     reversed_before = sum(returned_points.values())
+    rest = _rest_of_basket(conn, purchase, recorded, plan) if bought else None
     kept = (
-        _points_kept(conn, ctx, purchase, recorded, plan)
+        _points_kept(conn, ctx, purchase, rest)
         if bought and purchase.entry_id is not None
         else None
     )
@@ -670,6 +682,20 @@ def _record_return(
         purchases=0,
         visit=False,
     )
+    unstamped = (
+        stamps.unstamp_return(
+            conn,
+            ctx,
+            member_id=member_id,
+            event_id=event_id,
+            purchase_event_id=purchase.id,
+            rest=rest,
+            now=now,
+            actor=actor,
+        )
+        if settings.stamp_cards
+        else []
+    )
     _insert_event(
         conn,
         ctx,
@@ -725,6 +751,7 @@ def _record_return(
             {"line_id": lr.line_id, "quantity": lr.quantity, "points": lr.points} for lr in plan
         ],
         "points_adjusted": points - line_points,
+        "stamps": unstamped,
         "kept": kept,
         "points_earned": bonus["points"] if bonus else 0,
         "rules": bonus["rules"] if bonus else [],
@@ -737,33 +764,18 @@ ADJUSTMENT_LINE = "~rest-of-basket"
 """The return line that records what the rest of a basket no longer earns."""
 
 
-def _points_kept(
-    conn: Connection,
-    ctx: ProgramContext,
-    purchase: Any,
-    recorded: list[RecordedLine],
-    plan: list[LineReturn],
-) -> dict[str, Any] | None:
-    """What the rest of the basket, after this return, earns under the rules of the version
-    the purchase was computed with, the member's tier and average as they were then, and no
-    more per rule than the purchase paid (caps and budgets are not paid twice). None for a
-    purchase recorded before returns were recalculated."""
-    entry = conn.execute(
-        select(journal_entries.c.program_version, journal_entries.c.details).where(
-            journal_entries.c.id == purchase.entry_id
-        )
-    ).one()
-    details = dict(entry.details)
-    if "tier" not in details:
-        return None
-    paid = {r["rule"]: int(r["points"]) for r in details.get("rules", [])}
+def _rest_of_basket(
+    conn: Connection, purchase: Any, recorded: list[RecordedLine], plan: list[LineReturn]
+) -> Purchase | None:
+    """What is left of the order after this return (each line's remaining units, its discount
+    in proportion), as it was bought; None when nothing is left."""
     now_returned = {lr.line_id: lr.quantity for lr in plan}
     left = {
         line.line_id: line.quantity - line.quantity_returned - now_returned.get(line.line_id, 0)
         for line in recorded
     }
     if not any(left.values()):
-        return {"points": 0, "rules": [{"rule": r, "paid": p, "kept": 0} for r, p in paid.items()]}
+        return None
     payload = conn.execute(select(events.c.payload).where(events.c.id == purchase.id)).scalar_one()
     original = PurchaseEvent.model_validate(payload)
     lines = []
@@ -784,11 +796,10 @@ def _points_kept(
                 kind=item.kind,
             )
         )
-    settings = settings_at(conn, ctx.program_id, int(entry.program_version))
     full_base = sum(
         item.quantity * item.unit_price_minor - item.discount_minor for item in original.lines
     )
-    rest = Purchase(
+    return Purchase(
         order_id=original.id,
         occurred_at=min(original.occurred_at.astimezone(UTC), purchase.received_at),
         currency=original.currency,
@@ -797,6 +808,27 @@ def _points_kept(
         channel=original.channel,
         store=original.store,
     )
+
+
+def _points_kept(
+    conn: Connection, ctx: ProgramContext, purchase: Any, rest: Purchase | None
+) -> dict[str, Any] | None:
+    """What the rest of the basket earns under the rules of the version the purchase was
+    computed with, the member's tier and average as they were then, and no more per rule
+    than the purchase paid (caps and budgets are not paid twice). None for a purchase
+    recorded before returns were recalculated."""
+    entry = conn.execute(
+        select(journal_entries.c.program_version, journal_entries.c.details).where(
+            journal_entries.c.id == purchase.entry_id
+        )
+    ).one()
+    details = dict(entry.details)
+    if "tier" not in details:
+        return None
+    paid = {r["rule"]: int(r["points"]) for r in details.get("rules", [])}
+    if rest is None:
+        return {"points": 0, "rules": [{"rule": r, "paid": p, "kept": 0} for r, p in paid.items()]}
+    settings = settings_at(conn, ctx.program_id, int(entry.program_version))
     member = find_member(conn, ctx.program_id, purchase.member_id)
     attributes = dict(member.attributes) if member is not None else {}
     outcomes = evaluate_expressions(

@@ -43,6 +43,7 @@ from loyalty.domain.rules import (
     Rule,
     Trigger,
 )
+from loyalty.domain.stamps import StampCard, StampPer
 from loyalty.domain.tiers import Tier, TierMetric, TierSet, Window, WindowKind
 
 EARN_POINTS_MAX = 1_000
@@ -377,6 +378,34 @@ class TierSetDocument(_Strict):
         return self
 
 
+STAMP_CARDS_MAX = 10
+
+
+class StampCardDocument(_Strict):
+    """A card of ``stamps`` stamps (9 coffees, the 10th free): which purchases earn stamps,
+    and the reward a full card issues automatically. Extra stamps carry over to the next
+    card."""
+
+    id: Slug
+    name: Label
+    stamps: Annotated[StrictInt, Field(ge=1, le=1_000)]
+    reward_points: Annotated[StrictInt, Field(ge=1, le=EFFECT_POINTS_MAX)] = Field(
+        description="Points credited when a card is full."
+    )
+    per: Literal["unit", "purchase"] = Field(
+        default="unit",
+        description="'unit': a stamp per qualifying unit; 'purchase': one per purchase with a "
+        "qualifying line (a visit).",
+    )
+    include: ItemFilterDocument | None = Field(
+        default=None, description="Lines that earn stamps (default: every product line)."
+    )
+    min_total_minor: Annotated[StrictInt, Field(ge=0, le=10**13)] = 0
+    max_per_day: Annotated[StrictInt, Field(ge=1, le=1_000)] | None = Field(
+        default=None, description="At most this many stamps per local day (e.g. 1)."
+    )
+
+
 class ProgramDocument(_Strict):
     """A program definition, version 1 of the schema."""
 
@@ -388,6 +417,17 @@ class ProgramDocument(_Strict):
     enrollment: EnrollmentDocument = Field(default_factory=EnrollmentDocument)
     rules: Annotated[list[RuleDocument], Field(max_length=RULES_MAX)] = Field(default_factory=list)
     tiers: TierSetDocument | None = None
+    stamp_cards: Annotated[list[StampCardDocument], Field(max_length=STAMP_CARDS_MAX)] = Field(
+        default_factory=list
+    )
+
+    @field_validator("stamp_cards")
+    @classmethod
+    def _unique_card_ids(cls, cards: list[StampCardDocument]) -> list[StampCardDocument]:
+        ids = [card.id for card in cards]
+        if len(ids) != len(set(ids)):
+            raise ValueError("stamp card ids must be unique")
+        return cards
 
     @model_validator(mode="after")
     def _rules_name_known_tiers(self) -> ProgramDocument:
@@ -565,6 +605,19 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
             *tier_rules(document),
         ),
         tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
+        stamp_cards=tuple(
+            StampCard(
+                card_id=card.id,
+                name=card.name,
+                stamps=card.stamps,
+                reward_points=card.reward_points,
+                per=StampPer(card.per),
+                include=_item_filter(card.include),
+                min_total_minor=card.min_total_minor,
+                max_per_day=card.max_per_day,
+            )
+            for card in document.stamp_cards
+        ),
         expressions={
             r.id: r.conditions.expression for r in document.rules if r.conditions.expression
         },

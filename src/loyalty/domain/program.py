@@ -14,6 +14,7 @@ from loyalty.domain.points import Rounding, divide
 
 if TYPE_CHECKING:
     from loyalty.domain.rules import Rule
+    from loyalty.domain.stamps import StampCard
     from loyalty.domain.tiers import TierSet
 
 
@@ -113,3 +114,4 @@ class ProgramSettings:
     formulas: Mapping[str, str] = field(default_factory=dict)
     """Merchant formulas (CEL source giving points) by rule id."""
     tier_set: TierSet | None = None
+    stamp_cards: tuple[StampCard, ...] = ()

@@ -402,4 +402,36 @@ tier_changes = Table(
 )
 """Append-only record of every tier change (``tier_changed``), with its reason."""
 
+stamp_cards = Table(
+    "stamp_cards",
+    metadata,
+    Column("program_id", ID, primary_key=True),
+    Column("member_id", ID, primary_key=True),
+    Column("card_id", String(64), primary_key=True),
+    Column("stamps_total", BigInteger, nullable=False),
+    Column("rewards_issued", BigInteger, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    CheckConstraint("stamps_total >= 0 AND rewards_issued >= 0", name="stamps_not_negative"),
+)
+"""Per member and card: the net stamps ever collected and the rewards issued for them (cards
+completed are ``stamps_total // stamps``; the current card holds the remainder)."""
+
+stamp_events = Table(
+    "stamp_events",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("member_id", ID, nullable=False),
+    Column("card_id", String(64), nullable=False),
+    Column("event_id", ID, nullable=False),
+    Column("purchase_event_id", ID, nullable=False),
+    Column("stamps", Integer, nullable=False),
+    Column("visit_day", String(10), nullable=False),
+    Column("at", TS, nullable=False),
+    Index("ix_stamp_events_member_day", "program_id", "member_id", "card_id", "visit_day"),
+    Index("ix_stamp_events_purchase", "purchase_event_id"),
+)
+"""Append-only: stamps given by a purchase (positive) or taken back by its return
+(negative)."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

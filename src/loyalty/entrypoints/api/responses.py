@@ -159,6 +159,33 @@ class TierChange(_Body):
     metric: int
 
 
+class StampCardView(_Body):
+    card: str
+    name: str
+    stamps_per_card: int
+    on_card: int
+    """Stamps on the current card."""
+    needed: int
+    """Stamps still needed to fill the current card."""
+    cards_completed: int
+    rewards_issued: int
+    reward_points: int
+
+
+class StampsGiven(StampCardView):
+    stamps: int
+    """Stamps this purchase gave (0: none on this card)."""
+    reward_entries: list[str]
+    """Ledger entries of the rewards the purchase's stamps filled cards for."""
+
+
+class StampsTaken(StampCardView):
+    stamps: int
+    """Stamps this return took back (negative)."""
+    reward_points_taken: int
+    """Points of rewards taken back because a completed card fell short."""
+
+
 class PurchaseResult(_Body):
     event_id: str
     type: Literal["purchase"]
@@ -179,6 +206,7 @@ class PurchaseResult(_Body):
     tier: str | None
     """The member's tier when the purchase was evaluated (null: the program has no tiers)."""
     tier_change: TierChange | None
+    stamps: list[StampsGiven]
     lines: list[LineEarning]
     balance: BalanceOut
 
@@ -214,6 +242,7 @@ class ReturnResult(_Body):
     program_version: int
     entry_id: str | None
     lines: list[LineReturned]
+    stamps: list[StampsTaken]
     points_adjusted: int
     """Of ``points_reversed``, what the rest of the basket no longer earns beyond the returned
     units' own points (a threshold bonus it no longer reaches); negative when the rest earns
@@ -476,3 +505,15 @@ class ExpiringPage(_Body):
     as_of: str
     items: list[ExpiringMember]
     next_cursor: str | None
+
+
+class Visits(_Body):
+    days: int
+    """Distinct local days with a purchase."""
+    purchases: int
+
+
+class StampCardsOut(_Body):
+    member_id: str
+    cards: list[StampCardView]
+    visits: Visits

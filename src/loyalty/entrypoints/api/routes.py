@@ -20,6 +20,7 @@ from loyalty.application import (
     members,
     programs,
     redemptions,
+    stamps,
     tiers,
 )
 from loyalty.application import backtest as backtests
@@ -548,6 +549,20 @@ def get_member_tier(
     and what keeping this one needs by the review (a progress bar's data), the tier the
     member would get at the review if nothing more happened, and the last tier changes."""
     return tiers.get_member_tier(engine, principal, program_id, member, now=utc_now())
+
+
+@router.get(
+    "/programs/{program_id}/members/{member:path}/stamp-cards",
+    tags=["stamp cards"],
+    responses=bodies.documented(200, bodies.StampCardsOut, "The member's cards and visits."),
+)
+def get_stamp_cards(
+    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """Each stamp card of the program: stamps on the current card, how many are needed, cards
+    completed and rewards issued; and the member's visits (distinct days with a purchase,
+    and purchases)."""
+    return stamps.member_stamp_cards(engine, principal, program_id, member)
 
 
 @router.put(
