@@ -1,22 +1,40 @@
 """The expiry job: set-based, idempotent, and safe to run concurrently.
 
-Each batch picks due lots, locks the wallets of their members in sorted order, re-reads the
-due lots under those locks (so a concurrent run, redemption or cancel is seen), and writes one
-``expire`` entry per member for everything due. Running it twice expires nothing twice.
+The job walks the due lots once, through the partial index ``ix_lots_due`` (lots with points
+left and an expiry), in windows of ``(expires_at, program_id, member_id)``, so it never reads a
+lot it already expired. Each batch of members from a window locks their wallets in sorted
+order, re-reads their due lots under those locks (so a concurrent run, redemption or cancel is
+seen), and writes one ``expire`` entry per member for everything due. Running it twice expires
+nothing twice.
+
+On PostgreSQL a batch is two statements (the lock, then one statement of data-modifying CTEs
+that empties the lots and writes the movements, entries, postings and wallet changes from the
+same rows); elsewhere the same rows are written from Python, row by row.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 
 from loyalty.adapters.db.engine import run_transaction
-from loyalty.adapters.db.locking import WalletState, lock_wallet, lock_wallets_by_key
+from loyalty.adapters.db.locking import WalletState, lock_wallet, lock_wallet_keys
 from loyalty.adapters.db.tables import (
     journal_entries,
     lot_movements,
@@ -33,6 +51,10 @@ EXPIRY_BATCH_DEFAULT = 2_000
 EXPIRY_BATCH_MAX = 50_000
 
 
+Counts = tuple[int, int, int]
+"""Lots expired, points expired, members touched."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExpiryReport:
     lots_expired: int
@@ -41,23 +63,49 @@ class ExpiryReport:
     batches: int
 
 
-def _expire_batch(
-    conn: Connection, *, now: datetime, batch_size: int
-) -> tuple[int, int, int] | None:
-    due_members = conn.execute(
-        select(lots.c.program_id, lots.c.member_id)
-        .where(and_(lots.c.expires_at <= now, lots.c.remaining > 0))
-        .group_by(lots.c.program_id, lots.c.member_id)
-        .order_by(lots.c.program_id, lots.c.member_id)
-        .limit(batch_size)
+EXPIRY_WINDOW_ROWS = 100_000
+"""Due ``(expires_at, program_id, member_id)`` keys read per window: what bounds the job's
+memory, whatever the number of due lots."""
+
+_Cursor = tuple[datetime, str, str]
+
+
+def _due_window(
+    conn: Connection, *, now: datetime, after: _Cursor | None, rows_max: int
+) -> list[tuple[datetime, str, str]]:
+    """The next ``rows_max`` distinct due keys after ``after``, in index order. An index-only
+    walk of ``ix_lots_due``: lots already expired or spent are not in it."""
+    conditions = [
+        lots.c.remaining > 0,
+        lots.c.expires_at.is_not(None),
+        lots.c.expires_at <= now,
+    ]
+    if after is not None:
+        conditions.append(
+            tuple_(lots.c.expires_at, lots.c.program_id, lots.c.member_id)
+            > tuple_(
+                bindparam(None, after[0], type_=lots.c.expires_at.type),
+                bindparam(None, after[1], type_=lots.c.program_id.type),
+                bindparam(None, after[2], type_=lots.c.member_id.type),
+            )
+        )
+    rows = conn.execute(
+        select(lots.c.expires_at, lots.c.program_id, lots.c.member_id)
+        .where(and_(*conditions))
+        .distinct()
+        .order_by(lots.c.expires_at, lots.c.program_id, lots.c.member_id)
+        .limit(rows_max)
     ).all()
-    if not due_members:
-        return None
-    keys = [(r.program_id, r.member_id) for r in due_members]
-    lock_wallets_by_key(conn, keys)
-    # May expire nothing if a burn expired these lots while this waited for the locks; that is
-    # not the end of the run, which ends only when no member has a due lot.
-    return expire_locked(conn, keys, now=now)
+    return [(r.expires_at, r.program_id, r.member_id) for r in rows]
+
+
+def _expire_batch(conn: Connection, keys: list[tuple[str, str]], *, now: datetime) -> Counts:
+    locked = sorted(lock_wallet_keys(conn, keys))
+    # May expire nothing if a burn or another run expired these lots while this waited for
+    # the locks; the run goes on to the next batch.
+    if conn.dialect.name == "postgresql":
+        return _expire_locked_pg(conn, locked, now=now, trigger="job")
+    return expire_locked(conn, locked, now=now)
 
 
 _DUE_FOR_MEMBER = (
@@ -127,7 +175,7 @@ def expire_member_now(conn: Connection, program_id: str, member_id: str, *, now:
 
 def expire_locked(
     conn: Connection, keys: list[tuple[str, str]], *, now: datetime, trigger: str = "job"
-) -> tuple[int, int, int]:
+) -> Counts:
     """Expire the due lots of members whose wallets the caller has locked. ``trigger`` is
     recorded as the entry's source: ``job`` for the expiry run, ``on_burn`` when a redemption,
     debit or return expired them first."""
@@ -234,6 +282,104 @@ def expire_locked(
     return len(due), sum(int(r.remaining) for r in due), len(by_member)
 
 
+# One statement for a locked batch. ``due`` is read after the wallet locks were granted (READ
+# COMMITTED: a new snapshot per statement), so it sees whatever a concurrent burn or run
+# committed first; every later step is derived from the lots this statement actually emptied
+# (``spent``), so movements, postings and wallets agree with the lots by construction. The
+# ``remaining = due.remaining`` guard makes a lot changed under us (nothing should change it
+# while we hold the wallet lock) drop out of ``spent`` instead of being expired for a stale
+# amount. Foreign keys are checked at the end of the statement, when every row exists.
+_EXPIRE_LOCKED_PG = text(
+    """
+    WITH batch AS (
+        SELECT *
+        FROM unnest(
+            CAST(:program_ids AS text[]), CAST(:member_ids AS text[]),
+            CAST(:entry_ids AS text[]), CAST(:member_accounts AS text[]),
+            CAST(:expired_accounts AS text[])
+        ) AS b (program_id, member_id, entry_id, member_account, expired_account)
+    ),
+    due AS (
+        SELECT l.id, l.program_id, l.member_id, l.remaining, b.entry_id
+        FROM batch AS b
+        JOIN lots AS l ON l.program_id = b.program_id AND l.member_id = b.member_id
+        WHERE l.expires_at <= :now AND l.remaining > 0
+    ),
+    spent AS (
+        UPDATE lots SET remaining = 0
+        FROM due
+        WHERE lots.id = due.id AND lots.remaining = due.remaining
+        RETURNING due.id, due.program_id, due.member_id, due.remaining, due.entry_id
+    ),
+    moved AS (
+        INSERT INTO lot_movements (entry_id, lot_id, program_id, member_id, kind, amount)
+        SELECT entry_id, id, program_id, member_id, :movement_kind, -remaining
+        FROM spent
+    ),
+    totals AS (
+        SELECT s.entry_id, s.program_id, s.member_id, b.member_account, b.expired_account,
+               sum(s.remaining) AS points, count(*) AS lots_n
+        FROM spent AS s
+        JOIN batch AS b ON b.entry_id = s.entry_id
+        GROUP BY s.entry_id, s.program_id, s.member_id, b.member_account, b.expired_account
+    ),
+    entries AS (
+        INSERT INTO journal_entries (id, program_id, member_id, kind, program_version, reason,
+                                     source_type, source_id, reverses_entry_id, actor,
+                                     created_at, details)
+        SELECT t.entry_id, t.program_id, t.member_id, :entry_kind, p.current_version,
+               'points expired', 'expiry', :trigger, NULL, NULL, :now,
+               json_build_object('lots', t.lots_n)
+        FROM totals AS t
+        JOIN programs AS p ON p.id = t.program_id
+    ),
+    legs AS (
+        INSERT INTO postings (entry_id, leg, program_id, member_id, account, asset, amount)
+        SELECT entry_id, 0, program_id, member_id, member_account, :asset, -points FROM totals
+        UNION ALL
+        SELECT entry_id, 1, program_id, NULL, expired_account, :asset, points FROM totals
+    ),
+    debited AS (
+        UPDATE wallets SET balance = wallets.balance - t.points, updated_at = :now
+        FROM totals AS t
+        WHERE wallets.program_id = t.program_id AND wallets.member_id = t.member_id
+          AND wallets.asset = :asset
+        RETURNING wallets.member_id
+    )
+    SELECT coalesce(sum(lots_n), 0) AS lots_n, coalesce(sum(points), 0) AS points,
+           count(*) AS members_n, (SELECT count(*) FROM debited) AS wallets_n
+    FROM totals
+    """
+).bindparams(bindparam("now", type_=lots.c.expires_at.type))
+
+
+def _expire_locked_pg(
+    conn: Connection, keys: list[tuple[str, str]], *, now: datetime, trigger: str
+) -> Counts:
+    """``expire_locked`` as one set-based statement, for PostgreSQL. Same rows, same shape: one
+    ``expire`` entry per member with due lots, two postings, one movement per lot."""
+    if not keys:
+        return 0, 0, 0
+    row = conn.execute(
+        _EXPIRE_LOCKED_PG,
+        {
+            "program_ids": [p for p, _ in keys],
+            "member_ids": [m for _, m in keys],
+            "entry_ids": [new_id("ent") for _ in keys],
+            "member_accounts": [member_account(m) for _, m in keys],
+            "expired_accounts": [program_account(p, "expired") for p, _ in keys],
+            "now": now,
+            "trigger": trigger,
+            "entry_kind": EntryKind.EXPIRE.value,
+            "movement_kind": MovementKind.EXPIRE.value,
+            "asset": POINTS,
+        },
+    ).one()
+    # Every member with an entry had a wallet to debit: the lock was taken on it.
+    assert row.wallets_n == row.members_n, (row.wallets_n, row.members_n)
+    return int(row.lots_n), int(row.points), int(row.members_n)
+
+
 def expire_due_lots(
     engine: Engine,
     *,
@@ -242,22 +388,37 @@ def expire_due_lots(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> ExpiryReport:
     """Expire every lot whose ``expires_at`` is at or before ``now``, one transaction per batch
-    of members. ``on_batch(lots, points)`` reports progress."""
+    of ``batch_size`` members. ``on_batch(lots, points)`` reports progress.
+
+    One pass over the due lots: a lot that becomes due and unspent behind the pass while it
+    runs (a backdated earn) is left to the next run, and to any burn before then, which
+    expires a member's overdue lots before it spends."""
     assert 1 <= batch_size <= EXPIRY_BATCH_MAX
     lots_total = points_total = members_total = batches = 0
+    after: _Cursor | None = None
     while True:
-        result = run_transaction(
-            engine, lambda conn: _expire_batch(conn, now=now, batch_size=batch_size)
+        window = run_transaction(
+            engine,
+            functools.partial(_due_window, now=now, after=after, rows_max=EXPIRY_WINDOW_ROWS),
+            write=False,
         )
-        if result is None:
+        if not window:
             break
-        n_lots, n_points, n_members = result
-        if n_lots == 0:
-            continue
-        batches += 1
-        lots_total += n_lots
-        points_total += n_points
-        members_total += n_members
-        if on_batch is not None:
-            on_batch(n_lots, n_points)
+        members = sorted({(p, m) for _, p, m in window})
+        for start in range(0, len(members), batch_size):
+            keys = members[start : start + batch_size]
+            n_lots, n_points, n_members = run_transaction(
+                engine, functools.partial(_expire_batch, keys=keys, now=now)
+            )
+            if n_lots == 0:
+                continue
+            batches += 1
+            lots_total += n_lots
+            points_total += n_points
+            members_total += n_members
+            if on_batch is not None:
+                on_batch(n_lots, n_points)
+        if len(window) < EXPIRY_WINDOW_ROWS:
+            break
+        after = window[-1]
     return ExpiryReport(lots_total, points_total, members_total, batches)
