@@ -32,6 +32,7 @@ NORMALISED = {
     "rules": [],
     "tiers": None,
     "stamp_cards": [],
+    "discounts": None,
 }
 
 
@@ -81,6 +82,7 @@ def test_create_fills_documented_defaults(api):
         "rules": [],
         "tiers": None,
         "stamp_cards": [],
+        "discounts": None,
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -113,6 +115,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         "rules": [],
         "tiers": None,
         "stamp_cards": [],
+        "discounts": None,
     }
 
     current = api.request("GET", f"/v1/programs/{program}").json()

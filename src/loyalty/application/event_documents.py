@@ -96,6 +96,11 @@ class PurchaseEvent(_Strict):
     )
     channel: ShortText | None = None
     store: ShortText | None = None
+    member_discount_minor: Annotated[StrictInt, Field(ge=0, le=MONEY_MINOR_MAX)] = Field(
+        default=0,
+        description="The member discount the checkout granted (as the quote offered it), "
+        "already part of the lines' discount_minor; recorded with the purchase.",
+    )
 
     @model_validator(mode="after")
     def _lines_consistent(self) -> PurchaseEvent:
@@ -108,6 +113,11 @@ class PurchaseEvent(_Strict):
         base = sum(li.quantity * li.unit_price_minor - li.discount_minor for li in self.lines)
         if base > MONEY_MINOR_MAX:
             raise ValueError(f"the lines add up to more than {MONEY_MINOR_MAX}")
+        if self.lines and self.member_discount_minor > sum(li.discount_minor for li in self.lines):
+            raise ValueError(
+                "member_discount_minor is part of the lines' discount_minor, so it can't be "
+                "more than their sum"
+            )
         return self
 
     def line_ids(self) -> list[str]:

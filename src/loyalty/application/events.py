@@ -393,6 +393,7 @@ def _record_purchase(
                 # What a return needs to recalculate the rest of the basket as it was.
                 "tier": tier,
                 "member_average_minor": member_average,
+                "member_discount_minor": event.member_discount_minor,
             },
         )
         entry_id = credit.entry_id
@@ -468,6 +469,7 @@ def _record_purchase(
         "tier": tier,
         "tier_change": tier_change,
         "stamps": stamped,
+        "member_discount_minor": event.member_discount_minor,
         "lines": [
             {
                 "line_id": le.line_id,

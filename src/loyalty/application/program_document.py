@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from loyalty.domain.discounts import DiscountPolicy, SpendBracket
 from loyalty.domain.points import Rounding
 from loyalty.domain.program import (
     EarnRate,
@@ -379,6 +380,43 @@ class TierSetDocument(_Strict):
 
 
 STAMP_CARDS_MAX = 10
+BRACKETS_MAX = 20
+
+
+class MemberDiscountDocument(_Strict):
+    """A fixed percentage off for members, optionally only on some categories."""
+
+    percent: Annotated[StrictInt, Field(ge=0, le=100)]
+    categories: Annotated[list[Label], Field(min_length=1, max_length=FILTER_VALUES_MAX)] | None = (
+        None
+    )
+
+
+class SpendBracketDocument(_Strict):
+    from_spend_minor: Annotated[StrictInt, Field(ge=0, le=10**13)]
+    percent: Annotated[StrictInt, Field(ge=0, le=100)]
+
+
+class CumulativeDiscountDocument(_Strict):
+    """A percentage that rises with the member's spend so far (less returns)."""
+
+    brackets: Annotated[list[SpendBracketDocument], Field(min_length=1, max_length=BRACKETS_MAX)]
+
+    @model_validator(mode="after")
+    def _rising(self) -> CumulativeDiscountDocument:
+        spends = [b.from_spend_minor for b in self.brackets]
+        if spends != sorted(set(spends)):
+            raise ValueError("brackets must be ordered by a rising 'from_spend_minor'")
+        return self
+
+
+class DiscountsDocument(_Strict):
+    """Member discounts a checkout asks for with a quote. Each line gets the best of the
+    member discount, the cumulative discount and the member's tier discount (not their
+    sum)."""
+
+    member: MemberDiscountDocument | None = None
+    cumulative: CumulativeDiscountDocument | None = None
 
 
 class StampCardDocument(_Strict):
@@ -420,6 +458,7 @@ class ProgramDocument(_Strict):
     stamp_cards: Annotated[list[StampCardDocument], Field(max_length=STAMP_CARDS_MAX)] = Field(
         default_factory=list
     )
+    discounts: DiscountsDocument | None = None
 
     @field_validator("stamp_cards")
     @classmethod
@@ -557,6 +596,22 @@ def tier_set_from_document(doc: TierSetDocument) -> TierSet:
     )
 
 
+def discount_policy(doc: DiscountsDocument | None) -> DiscountPolicy:
+    if doc is None:
+        return DiscountPolicy()
+    member = doc.member
+    return DiscountPolicy(
+        member_percent=member.percent if member else 0,
+        member_categories=frozenset(member.categories)
+        if member and member.categories is not None
+        else None,
+        brackets=tuple(
+            SpendBracket(b.from_spend_minor, b.percent)
+            for b in (doc.cumulative.brackets if doc.cumulative else [])
+        ),
+    )
+
+
 def tier_rules(document: ProgramDocument) -> list[Rule]:
     """A tier's earn multiplier, as a multiplier rule for members of that tier: evaluated,
     capped and explained like any other rule (its id is ``tier-<tier id>``)."""
@@ -605,6 +660,7 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
             *tier_rules(document),
         ),
         tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
+        discounts=discount_policy(document.discounts),
         stamp_cards=tuple(
             StampCard(
                 card_id=card.id,

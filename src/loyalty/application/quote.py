@@ -14,11 +14,15 @@ from sqlalchemy import Connection, Engine
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.ids import new_id
+from loyalty.application import tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import MemberRef, PurchaseEvent
 from loyalty.application.events import record_purchase_in
-from loyalty.application.members import MemberProfile, insert_member
-from loyalty.application.programs import load_program
+from loyalty.application.members import MemberProfile, find_member, insert_member
+from loyalty.application.programs import ProgramContext, load_program
+from loyalty.domain.discounts import line_discounts
+from loyalty.domain.purchase import PurchaseLine
+from loyalty.domain.tiers import tier_by_id
 
 
 class _RollBack(Exception):
@@ -55,15 +59,58 @@ def quote_purchase(
                 now=now,
             )
             event = cart.model_copy(update={"member": MemberRef(external_id=external_id)})
+        offered = None if guest else _discounts(conn, ctx, event)
         body = event.model_dump(mode="json", exclude_none=True)
         result = record_purchase_in(conn, ctx, event, body, now=now, actor=principal.key_id)
-        raise _RollBack(_quote_view(result, guest=guest))
+        raise _RollBack({**_quote_view(result, guest=guest), "discounts": offered})
 
     try:
         run_transaction(engine, work)
     except _RollBack as done:
         return done.result
     raise AssertionError("a quote always rolls back")
+
+
+def _discounts(conn: Connection, ctx: ProgramContext, cart: PurchaseEvent) -> dict[str, Any]:
+    """The member discount lines a checkout should apply to this cart, by the member's spend
+    so far and tier (before this cart)."""
+    settings = ctx.settings
+    member = find_member(conn, ctx.program_id, cart.member.as_ref())
+    spend = 0
+    tier_percent = 0
+    if member is not None:
+        spend = tiers.lifetime_spend(conn, ctx.program_id, member.id)
+        tier_id = tiers.current_tier(conn, ctx, member.id)
+        if tier_id is not None and settings.tier_set is not None:
+            tier_percent = tier_by_id(settings.tier_set, tier_id).discount_percent
+    lines = [
+        PurchaseLine(
+            line_id=line_id,
+            sku=item.sku,
+            quantity=item.quantity,
+            unit_price_minor=item.unit_price_minor,
+            discount_minor=item.discount_minor,
+            category=item.category,
+            kind=item.kind,
+        )
+        for line_id, item in zip(cart.line_ids(), cart.lines, strict=True)
+    ]
+    offered = line_discounts(
+        settings.discounts, lines, cumulative_spend_minor=spend, tier_percent=tier_percent
+    )
+    return {
+        "amount_minor": sum(d.amount_minor for d in offered),
+        "cumulative_spend_minor": spend,
+        "lines": [
+            {
+                "line_id": d.line_id,
+                "percent": d.percent,
+                "source": d.source,
+                "amount_minor": d.amount_minor,
+            }
+            for d in offered
+        ],
+    }
 
 
 def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:

@@ -82,6 +82,18 @@ def record_activity(
     )
 
 
+def lifetime_spend(conn: Connection, program_id: str, member_id: str) -> int:
+    """The member's spend so far, less returns (for the cumulative discount)."""
+    a = member_activity.c
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(a.spend_minor), 0)).where(
+                and_(a.program_id == program_id, a.member_id == member_id)
+            )
+        ).scalar_one()
+    )
+
+
 def metric_between(
     conn: Connection,
     ctx: ProgramContext,

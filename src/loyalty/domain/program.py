@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from loyalty.domain.points import Rounding, divide
 
 if TYPE_CHECKING:
+    from loyalty.domain.discounts import DiscountPolicy
     from loyalty.domain.rules import Rule
     from loyalty.domain.stamps import StampCard
     from loyalty.domain.tiers import TierSet
@@ -115,3 +116,10 @@ class ProgramSettings:
     """Merchant formulas (CEL source giving points) by rule id."""
     tier_set: TierSet | None = None
     stamp_cards: tuple[StampCard, ...] = ()
+    discounts: DiscountPolicy = field(default_factory=lambda: _no_discounts())
+
+
+def _no_discounts() -> DiscountPolicy:
+    from loyalty.domain.discounts import DiscountPolicy
+
+    return DiscountPolicy()

@@ -207,6 +207,8 @@ class PurchaseResult(_Body):
     """The member's tier when the purchase was evaluated (null: the program has no tiers)."""
     tier_change: TierChange | None
     stamps: list[StampsGiven]
+    member_discount_minor: int
+    """The member discount the checkout said it granted."""
     lines: list[LineEarning]
     balance: BalanceOut
 
@@ -395,6 +397,20 @@ class HeldPoints(_Body):
     """When these points become spendable (null: at once)."""
 
 
+class DiscountLine(_Body):
+    line_id: str
+    percent: int
+    source: str
+    """``member``, ``cumulative`` or ``tier``: the best of them for this line."""
+    amount_minor: int
+
+
+class DiscountsOffered(_Body):
+    amount_minor: int
+    cumulative_spend_minor: int
+    lines: list[DiscountLine]
+
+
 class QuoteOut(_Body):
     member_id: str | None
     member_enrolled: bool
@@ -410,6 +426,8 @@ class QuoteOut(_Body):
     """Of ``points_earned``, the points a pending period would hold."""
     lots: list[HeldPoints]
     balance_after: BalanceAfter | None
+    discounts: DiscountsOffered | None
+    """The member discounts to apply at checkout (null for a cart without a member)."""
 
 
 class BacktestOut(_Body):
