@@ -73,9 +73,11 @@ def test_every_worked_example_is_valid(example):
     assert (result.exit_code, result.stdout) == (0, "valid\n")
 
 
-def test_the_three_worked_examples_exist():
+def test_the_worked_examples_exist():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
         "cafe.yaml",
+        "coffee-stamps.yaml",
+        "fashion-tiers.yaml",
         "fashion.yaml",
         "grocer.yaml",
     ]
@@ -519,3 +521,35 @@ def test_csv_import_reads_the_line_kind(engine, tmp_path):
     assert result.exit_code == 0, result.output
     view = balances.get_balance(engine, principal, program_id, "ext:C1", now=now)
     assert view["balance"] == 10
+
+
+def test_the_coffee_card_pays_the_tenth_coffee_and_caps_stamps_at_two_a_day(engine):
+    program = apply_new(engine, EXAMPLES / "coffee-stamps.yaml")
+    coffee = {"line_id": "c", "category": "coffee", "unit_price_minor": 350}
+    day = datetime(2026, 3, 2, 8, tzinfo=UTC)
+    office = purchase(engine, program, "K-1", day, [{**coffee, "quantity": 5}])
+    assert (office["points_earned"], office["stamps"][0]["stamps"]) == (0, 2)
+    stamped = [office["stamps"][0]["stamps"]]
+    for n in range(1, 8):
+        body = purchase(engine, program, f"K-{n + 1}", day.replace(day=2 + n), [coffee])
+        stamped.append(body["stamps"][0]["stamps"])
+    # 2 + 7 = 9 stamps: the card is full on the eighth visit and pays 350 points at once.
+    assert stamped == [2, 1, 1, 1, 1, 1, 1, 1]
+    assert body["stamps"][0]["cards_completed"] == 1
+    assert body["stamps"][0]["on_card"] == 0
+    assert body["balance"]["balance"] == 350
+
+
+def test_the_fashion_tiers_upgrade_on_spend_and_offer_the_best_discount(engine):
+    program = apply_new(engine, EXAMPLES / "fashion-tiers.yaml")
+    jacket = [{"line_id": "j", "category": "outerwear", "unit_price_minor": 60000}]
+    first = purchase(engine, program, "A-1", datetime(2026, 3, 2, 10, tzinfo=UTC), jacket)
+    # EUR 600 this year: Silver (EUR 500) from this purchase on; it earned at the Member rate.
+    assert first["tier_change"] == {"from": "member", "to": "silver", "metric": 60000}
+    assert first["points_earned"] == 600
+    second = purchase(engine, program, "A-2", datetime(2026, 3, 9, 10, tzinfo=UTC), jacket)
+    assert second["tier"] == "silver"
+    assert second["points_earned"] == 600 + 150  # the Silver multiplier: +25%
+    # Points wait out the 30-day return window, and expire at the end of Q1 2027 + 1 year.
+    assert second["lot"]["available_at"] == "2026-04-08T10:00:00+00:00"
+    assert second["lot"]["expires_at"] == "2027-03-31T22:00:00+00:00"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -63,7 +63,7 @@ class Expiry:
             assert self.period is not None
             return end_of_period(
                 self.period, earned_at + timedelta(days=self.days or 0), ZoneInfo(self.time_zone)
-            )
+            ).astimezone(UTC)
         assert self.days is not None
         return earned_at + timedelta(days=self.days)
 
