@@ -289,6 +289,8 @@ def expire_locked(
 # ``remaining = due.remaining`` guard makes a lot changed under us (nothing should change it
 # while we hold the wallet lock) drop out of ``spent`` instead of being expired for a stale
 # amount. Foreign keys are checked at the end of the statement, when every row exists.
+# ``OFFSET 0`` keeps the lateral subquery a per-member index lookup: flattened into a join, the
+# planner misjudges the batch's share of ``lots`` and hashes the whole table for every batch.
 _EXPIRE_LOCKED_PG = text(
     """
     WITH batch AS (
@@ -302,8 +304,13 @@ _EXPIRE_LOCKED_PG = text(
     due AS (
         SELECT l.id, l.program_id, l.member_id, l.remaining, b.entry_id
         FROM batch AS b
-        JOIN lots AS l ON l.program_id = b.program_id AND l.member_id = b.member_id
-        WHERE l.expires_at <= :now AND l.remaining > 0
+        CROSS JOIN LATERAL (
+            SELECT lots.id, lots.program_id, lots.member_id, lots.remaining
+            FROM lots
+            WHERE lots.program_id = b.program_id AND lots.member_id = b.member_id
+              AND lots.expires_at <= :now AND lots.remaining > 0
+            OFFSET 0
+        ) AS l
     ),
     spent AS (
         UPDATE lots SET remaining = 0
