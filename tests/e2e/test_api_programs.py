@@ -33,6 +33,7 @@ NORMALISED = {
     "tiers": None,
     "stamp_cards": [],
     "discounts": None,
+    "plans": [],
 }
 
 
@@ -83,6 +84,7 @@ def test_create_fills_documented_defaults(api):
         "tiers": None,
         "stamp_cards": [],
         "discounts": None,
+        "plans": [],
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -116,6 +118,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         "tiers": None,
         "stamp_cards": [],
         "discounts": None,
+        "plans": [],
     }
 
     current = api.request("GET", f"/v1/programs/{program}").json()

@@ -32,7 +32,14 @@ from tests.e2e.test_api_support import PROBLEM_JSON, new_key
 from tests.reliability.helpers import redeem_over_http, table_counts
 
 API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"
-DOCUMENT: dict[str, Any] = {"name": "Matrix", "currency": "EUR"}
+DOCUMENT: dict[str, Any] = {
+    "name": "Matrix",
+    "currency": "EUR",
+    "plans": [
+        {"id": "plus", "name": "Plus", "fee_minor": 999, "period": "month", "trial_days": 7},
+        {"id": "annual", "name": "Annual", "fee_minor": 9900, "period": "year"},
+    ],
+}
 SCOPE_ORDER = [Scope.READ, Scope.WRITE, Scope.ADMIN]
 
 
@@ -79,6 +86,7 @@ class World:
     drafts: list[str]
     spare_keys: list[str]
     order: str
+    membership: str
 
     def params(self) -> dict[str, str]:
         return {
@@ -87,6 +95,7 @@ class World:
             "redemption_id": self.redemption,
             "draft_id": self.drafts[0],
             "key_id": self.spare_keys[0],
+            "membership_id": self.membership,
             "version": "1",
         }
 
@@ -101,7 +110,7 @@ def _issue(api: Any, scopes: list[str], program_id: str | None = None) -> dict[s
 
 
 def make_world(api: Any) -> World:
-    program = api.create_program()
+    program = api.create_program(plans=DOCUMENT["plans"])
     member = api.enroll(program, "C1", email="c1@example.com")
     assert api.purchase(program, "O1", "C1", [{"unit_price_minor": 5000}]).status_code == 201
     redemption = redeem_over_http(api, program, member, 10)
@@ -111,7 +120,14 @@ def make_world(api: Any) -> World:
         assert d.status_code == 201, d.text
         drafts.append(d.json()["id"])
     spare = [_issue(api, ["read"])["id"] for _ in range(3)]
-    return World(program, member, redemption, drafts, spare, "O1")
+    joined = api.request(
+        "POST",
+        f"/v1/programs/{program}/members/{member}/memberships",
+        json={"plan": "annual", "payment_reference": "psp-world"},
+        headers={"Idempotency-Key": new_key()},
+    )
+    assert joined.status_code == 201, joined.text
+    return World(program, member, redemption, drafts, spare, "O1", joined.json()["id"])
 
 
 def request_kwargs(method: str, path: str) -> dict[str, Any]:
@@ -149,6 +165,10 @@ def request_kwargs(method: str, path: str) -> dict[str, Any]:
         return {"json": {"points": 1, "reason": "matrix"}, "headers": key}
     if method == "POST" and tail == "api-keys":
         return {"json": {"name": "k", "scopes": ["read"]}}
+    if method == "POST" and tail == "memberships":
+        return {"json": {"plan": "plus"}, "headers": key}
+    if method == "POST" and tail == "payments":
+        return {"json": {"amount_minor": 9900, "reference": f"psp-{unique}"}, "headers": key}
     if method == "PUT" and tail == "tier":
         return {"json": {"tier": "gold", "reason": "matrix"}}
     if method == "POST" and tail == "recalculate":
@@ -203,6 +223,7 @@ def test_every_route_hides_another_tenants_and_another_programs_resources(api):
         "redemption_id": new_id("red"),
         "draft_id": new_id("drf"),
         "key_id": new_id("key"),
+        "membership_id": new_id("msh"),
         "version": "1",
     }
     checked = []
@@ -241,9 +262,11 @@ def test_inside_its_own_program_an_intruder_cannot_tell_our_ids_from_absent_ones
         "redemption_id": new_id("red"),
         "draft_id": new_id("drf"),
         "key_id": new_id("key"),
+        "membership_id": new_id("msh"),
     }
-    roles = {ours[k]: f"<{k}>" for k in ("member", "redemption_id", "draft_id", "key_id")}
-    roles.update({absent[k]: f"<{k}>" for k in ("member", "redemption_id", "draft_id", "key_id")})
+    named = ("member", "redemption_id", "draft_id", "key_id", "membership_id")
+    roles = {ours[k]: f"<{k}>" for k in named}
+    roles.update({absent[k]: f"<{k}>" for k in named})
     before = table_counts(api.engine)
     checked = 0
     for method, path in api_routes(api.client.app):

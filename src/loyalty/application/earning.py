@@ -90,6 +90,7 @@ def earn_on_purchase(
     member_average_minor: int | None = None,
     formula_results: Mapping[str, int] | None = None,
     member_tier: str | None = None,
+    member_plans: frozenset[str] = frozenset(),
 ) -> tuple[PurchaseEarning, RuleEvaluation]:
     """What a purchase earns, and the (capped) evaluation behind it. Raises
     ``CurrencyMismatch``."""
@@ -105,6 +106,7 @@ def earn_on_purchase(
             base_minor=base_of(purchase),
             member_average_minor=member_average_minor,
             member_tier=member_tier,
+            member_plans=member_plans,
         ),
         lines=purchase.lines,
         zone=_zone(settings.time_zone),
@@ -165,6 +167,7 @@ def earn_on_action(
     trigger: Trigger = Trigger.ACTION,
     formula_results: Mapping[str, int] | None = None,
     member_tier: str | None = None,
+    member_plans: frozenset[str] = frozenset(),
 ) -> RuleEvaluation:
     evaluation = evaluate_action(
         settings.rules,
@@ -176,6 +179,7 @@ def earn_on_action(
         trigger=trigger,
         formula_results=formula_results,
         member_tier=member_tier,
+        member_plans=member_plans,
     )
     return cap(evaluation) if cap is not None else evaluation
 

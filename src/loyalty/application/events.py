@@ -20,7 +20,7 @@ from loyalty.adapters.db.tables import (
     return_lines,
 )
 from loyalty.adapters.ids import new_id
-from loyalty.application import stamps, tiers
+from loyalty.application import memberships, stamps, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.earning import (
@@ -342,7 +342,10 @@ def _record_purchase(
     limited = _limited_rules(settings)
     # With limited rules the member's usage is read under the wallet lock, so it is taken first.
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
-    tier = tiers.current_tier(conn, ctx, member_id)
+    plans = memberships.active_plans(conn, ctx, member_id, now=earned_at)
+    tier = tiers.with_granted(
+        ctx, tiers.current_tier(conn, ctx, member_id), memberships.granted_tiers(ctx, plans)
+    )
     member_average = (
         _member_average(conn, ctx.program_id, member_id) if uses_member_average(settings) else None
     )
@@ -364,6 +367,7 @@ def _record_purchase(
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
         member_average_minor=member_average,
         member_tier=tier,
+        member_plans=plans,
     )
     event_id = new_id("evt")
     entry_id: str | None = None
@@ -392,6 +396,7 @@ def _record_purchase(
                 "rules": earning.rules,
                 # What a return needs to recalculate the rest of the basket as it was.
                 "tier": tier,
+                "plans": sorted(plans),
                 "member_average_minor": member_average,
                 "member_discount_minor": event.member_discount_minor,
             },
@@ -848,6 +853,7 @@ def _points_kept(
         formula_results=outcomes.formulas,
         member_average_minor=details.get("member_average_minor"),
         member_tier=details["tier"],
+        member_plans=frozenset(details.get("plans", [])),
     )
     again = {r.rule_id: r.points for r in evaluation.results}
     rules = [
@@ -927,7 +933,10 @@ def _record_action(
     earned_at = min(event.occurred_at.astimezone(UTC), now)
     limited = _limited_rules(settings)
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
-    tier = tiers.current_tier(conn, ctx, member_id)
+    plans = memberships.active_plans(conn, ctx, member_id, now=earned_at)
+    tier = tiers.with_granted(
+        ctx, tiers.current_tier(conn, ctx, member_id), memberships.granted_tiers(ctx, plans)
+    )
     outcomes = _expressions(
         conn,
         ctx,
@@ -946,6 +955,7 @@ def _record_action(
         formula_results=outcomes.formulas,
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
         member_tier=tier,
+        member_plans=plans,
     )
     points, rules = evaluation.points, rule_totals(evaluation)
     event_id = new_id("evt")

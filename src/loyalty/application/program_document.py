@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from loyalty.domain.discounts import DiscountPolicy, SpendBracket
+from loyalty.domain.memberships import Plan, PlanPeriod
 from loyalty.domain.points import Rounding
 from loyalty.domain.program import (
     EarnRate,
@@ -121,6 +122,7 @@ EFFECT_POINTS_MAX = 1_000_000
 FACTOR_PERCENT_MAX = 10_000
 EXPRESSION_LENGTH_MAX = 2_048
 TIERS_MAX_IN_RULE = 20
+PLANS_MAX_IN_RULE = 10
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -178,6 +180,7 @@ class ConditionsDocument(_Strict):
     expression: Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)] | None = None
     above_average_percent: Annotated[StrictInt, Field(ge=0, le=1000)] | None = None
     tiers: Annotated[list[Slug], Field(min_length=1, max_length=TIERS_MAX_IN_RULE)] | None = None
+    plans: Annotated[list[Slug], Field(min_length=1, max_length=PLANS_MAX_IN_RULE)] | None = None
 
 
 class EffectDocument(_Strict):
@@ -444,6 +447,26 @@ class StampCardDocument(_Strict):
     )
 
 
+PLANS_MAX = 10
+
+
+class PlanDocument(_Strict):
+    """A paid membership plan: the fee the merchant's payment system collects per period,
+    an optional trial, and what it grants (a tier, perks, and the plan's own rules through
+    ``conditions.plans``)."""
+
+    id: Slug
+    name: Label
+    fee_minor: Annotated[StrictInt, Field(ge=0, le=10**9)]
+    period: Literal["month", "year"]
+    trial_days: Annotated[StrictInt, Field(ge=0, le=365)] = 0
+    grants_tier: Slug | None = Field(
+        default=None,
+        description="While the membership grants benefits, the member has at least this tier.",
+    )
+    perks: Annotated[list[Label], Field(max_length=PERKS_MAX)] = Field(default_factory=list)
+
+
 class ProgramDocument(_Strict):
     """A program definition, version 1 of the schema."""
 
@@ -459,6 +482,7 @@ class ProgramDocument(_Strict):
         default_factory=list
     )
     discounts: DiscountsDocument | None = None
+    plans: Annotated[list[PlanDocument], Field(max_length=PLANS_MAX)] = Field(default_factory=list)
 
     @field_validator("stamp_cards")
     @classmethod
@@ -471,12 +495,24 @@ class ProgramDocument(_Strict):
     @model_validator(mode="after")
     def _rules_name_known_tiers(self) -> ProgramDocument:
         known = {level.id for level in self.tiers.levels} if self.tiers else set()
+        plans = {plan.id for plan in self.plans}
+        if len(plans) != len(self.plans):
+            raise ValueError("plan ids must be unique")
         for rule in self.rules:
             for tier in rule.conditions.tiers or []:
                 if tier not in known:
                     raise ValueError(
                         f"rule {rule.id!r} names tier {tier!r}, which is not in 'tiers.levels'"
                     )
+            for plan in rule.conditions.plans or []:
+                if plan not in plans:
+                    raise ValueError(f"rule {rule.id!r} names plan {plan!r}, not in 'plans'")
+        for plan_doc in self.plans:
+            if plan_doc.grants_tier is not None and plan_doc.grants_tier not in known:
+                raise ValueError(
+                    f"plan {plan_doc.id!r} grants tier {plan_doc.grants_tier!r}, which is not "
+                    "in 'tiers.levels'"
+                )
         return self
 
     @field_validator("rules")
@@ -538,6 +574,7 @@ def rule_from_document(doc: RuleDocument) -> Rule:
             has_expression=c.expression is not None,
             above_average_percent=c.above_average_percent,
             tiers=frozenset(c.tiers) if c.tiers is not None else None,
+            plans=frozenset(c.plans) if c.plans is not None else None,
         ),
         effect=Effect(
             kind=EffectKind(e.type),
@@ -661,6 +698,18 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         ),
         tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
         discounts=discount_policy(document.discounts),
+        plans=tuple(
+            Plan(
+                plan_id=plan.id,
+                name=plan.name,
+                fee_minor=plan.fee_minor,
+                period=PlanPeriod(plan.period),
+                trial_days=plan.trial_days,
+                grants_tier=plan.grants_tier,
+                perks=tuple(plan.perks),
+            )
+            for plan in document.plans
+        ),
         stamp_cards=tuple(
             StampCard(
                 card_id=card.id,

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.ids import new_id
-from loyalty.application import tiers
+from loyalty.application import memberships, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import MemberRef, PurchaseEvent
 from loyalty.application.events import record_purchase_in
@@ -59,7 +59,7 @@ def quote_purchase(
                 now=now,
             )
             event = cart.model_copy(update={"member": MemberRef(external_id=external_id)})
-        offered = None if guest else _discounts(conn, ctx, event)
+        offered = None if guest else _discounts(conn, ctx, event, now=now)
         body = event.model_dump(mode="json", exclude_none=True)
         result = record_purchase_in(conn, ctx, event, body, now=now, actor=principal.key_id)
         raise _RollBack({**_quote_view(result, guest=guest), "discounts": offered})
@@ -71,7 +71,9 @@ def quote_purchase(
     raise AssertionError("a quote always rolls back")
 
 
-def _discounts(conn: Connection, ctx: ProgramContext, cart: PurchaseEvent) -> dict[str, Any]:
+def _discounts(
+    conn: Connection, ctx: ProgramContext, cart: PurchaseEvent, *, now: datetime
+) -> dict[str, Any]:
     """The member discount lines a checkout should apply to this cart, by the member's spend
     so far and tier (before this cart)."""
     settings = ctx.settings
@@ -80,7 +82,10 @@ def _discounts(conn: Connection, ctx: ProgramContext, cart: PurchaseEvent) -> di
     tier_percent = 0
     if member is not None:
         spend = tiers.lifetime_spend(conn, ctx.program_id, member.id)
-        tier_id = tiers.current_tier(conn, ctx, member.id)
+        plans = memberships.active_plans(conn, ctx, member.id, now=now)
+        tier_id = tiers.with_granted(
+            ctx, tiers.current_tier(conn, ctx, member.id), memberships.granted_tiers(ctx, plans)
+        )
         if tier_id is not None and settings.tier_set is not None:
             tier_percent = tier_by_id(settings.tier_set, tier_id).discount_percent
     lines = [

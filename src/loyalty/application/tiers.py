@@ -140,6 +140,15 @@ def current_tier(conn: Connection, ctx: ProgramContext, member_id: str) -> str |
     return str(row.tier)
 
 
+def with_granted(ctx: ProgramContext, tier: str | None, granted: list[str]) -> str | None:
+    """The higher of the member's own tier and the tiers their memberships grant."""
+    tier_set = ctx.settings.tier_set
+    if tier_set is None or tier is None:
+        return tier
+    candidates = [tier, *(t for t in granted if t in tier_set.index)]
+    return max(candidates, key=tier_set.level)
+
+
 def _set_tier(
     conn: Connection,
     ctx: ProgramContext,

@@ -47,6 +47,16 @@ class TiersNotConfigured(NotFound):
         )
 
 
+class MembershipNotFound(NotFound):
+    code = "membership_not_found"
+
+    def __init__(self, membership_id: str) -> None:
+        super().__init__(
+            f"Membership {membership_id!r} does not exist in this program.",
+            membership_id=membership_id,
+        )
+
+
 class OrderNotFound(NotFound):
     code = "order_not_found"
 
@@ -75,6 +85,17 @@ class ApiKeyNotFound(NotFound):
 
 class Conflict(DomainError):
     code = "conflict"
+
+
+class MembershipExists(Conflict):
+    code = "membership_exists"
+
+    def __init__(self, plan: str) -> None:
+        super().__init__(
+            f"The member already has a membership of plan {plan!r} that is in force; renew it "
+            "with a payment instead.",
+            plan=plan,
+        )
 
 
 class MemberAlreadyExists(Conflict):
@@ -140,6 +161,40 @@ class UnknownTier(Unprocessable):
             f"Tier {tier!r} is not one of the program's tiers ({', '.join(known)}).",
             tier=tier,
             known_tiers=known,
+        )
+
+
+class UnknownPlan(Unprocessable):
+    code = "unknown_plan"
+
+    def __init__(self, plan: str, *, known: list[str]) -> None:
+        super().__init__(
+            f"Plan {plan!r} is not one of the program's plans ({', '.join(known) or 'none'}).",
+            plan=plan,
+            known_plans=known,
+        )
+
+
+class PaymentRequired(Unprocessable):
+    code = "payment_required"
+
+    def __init__(self, plan: str, *, fee_minor: int) -> None:
+        super().__init__(
+            f"Plan {plan!r} starts with a paid period: send the fee's 'payment_reference'.",
+            plan=plan,
+            fee_minor=fee_minor,
+        )
+
+
+class FeeMismatch(Unprocessable):
+    code = "fee_mismatch"
+
+    def __init__(self, plan: str, *, fee_minor: int, amount_minor: int) -> None:
+        super().__init__(
+            f"Plan {plan!r} costs {fee_minor} a period; the payment says {amount_minor}.",
+            plan=plan,
+            fee_minor=fee_minor,
+            amount_minor=amount_minor,
         )
 
 

@@ -14,6 +14,7 @@ from loyalty.domain.points import Rounding, divide
 
 if TYPE_CHECKING:
     from loyalty.domain.discounts import DiscountPolicy
+    from loyalty.domain.memberships import Plan
     from loyalty.domain.rules import Rule
     from loyalty.domain.stamps import StampCard
     from loyalty.domain.tiers import TierSet
@@ -117,6 +118,7 @@ class ProgramSettings:
     tier_set: TierSet | None = None
     stamp_cards: tuple[StampCard, ...] = ()
     discounts: DiscountPolicy = field(default_factory=lambda: _no_discounts())
+    plans: tuple[Plan, ...] = ()
 
 
 def _no_discounts() -> DiscountPolicy:

@@ -86,6 +86,8 @@ class Conditions:
     (spend 10% more than usual: 10). A member without past orders does not qualify."""
     tiers: frozenset[str] | None = None
     """The member's current tier is one of these."""
+    plans: frozenset[str] | None = None
+    """The member has a membership of one of these plans that grants benefits now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,8 @@ class OrderFacts:
     """The member's average order base before this one (None: no past orders)."""
     member_tier: str | None = None
     """The member's tier before this event (None: the program has no tiers)."""
+    member_plans: frozenset[str] = frozenset()
+    """Plans whose membership grants the member benefits now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +238,8 @@ def order_conditions_hold(
         if average is None or order.base_minor * 100 < average * (100 + c.above_average_percent):
             return False
     if c.tiers is not None and order.member_tier not in c.tiers:
+        return False
+    if c.plans is not None and not (c.plans & order.member_plans):
         return False
     for key, wanted in c.member_attributes.items():
         if member_attributes.get(key) != wanted:
@@ -410,11 +416,14 @@ def evaluate_action(
     trigger: Trigger = Trigger.ACTION,
     formula_results: Mapping[str, int] | None = None,
     member_tier: str | None = None,
+    member_plans: frozenset[str] = frozenset(),
 ) -> RuleEvaluation:
     """Fixed points for a custom action (a review, a referral, a profile completed...) or, with
     ``trigger=Trigger.ENROLLMENT`` or ``Trigger.RETURN``, for joining the program or for a
     return."""
-    order = OrderFacts(occurred_at, 0, None, None, member_tier=member_tier)
+    order = OrderFacts(
+        occurred_at, 0, None, None, member_tier=member_tier, member_plans=member_plans
+    )
     results: list[tuple[Rule, RuleResult]] = []
     for rule in sorted(rules, key=lambda r: -r.priority):
         if rule.trigger is not trigger or (trigger is Trigger.ACTION and rule.action != action):

@@ -434,4 +434,37 @@ stamp_events = Table(
 """Append-only: stamps given by a purchase (positive) or taken back by its return
 (negative)."""
 
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("member_id", ID, nullable=False),
+    Column("plan_id", String(64), nullable=False),
+    Column("started_at", TS, nullable=False),
+    Column("period_start", TS, nullable=False),
+    Column("period_end", TS, nullable=False),
+    Column("in_trial", Boolean, nullable=False),
+    Column("cancelled_at", TS, nullable=True),
+    Column("updated_at", TS, nullable=False),
+    Index("ix_memberships_member", "program_id", "member_id"),
+)
+"""A member's paid membership of a plan. Its status follows from the dates: benefits hold
+until ``period_end``; after it, a cancelled membership has ended and an unpaid one lapsed."""
+
+membership_payments = Table(
+    "membership_payments",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("membership_id", ID, ForeignKey("memberships.id"), nullable=False),
+    Column("program_id", ID, nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("reference", String(128), nullable=False),
+    Column("period_start", TS, nullable=False),
+    Column("period_end", TS, nullable=False),
+    Column("paid_at", TS, nullable=False),
+    Index("ix_membership_payments_membership", "membership_id"),
+)
+"""Append-only: each fee payment the merchant's system reported, and the period it paid."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

@@ -535,3 +535,26 @@ class StampCardsOut(_Body):
     member_id: str
     cards: list[StampCardView]
     visits: Visits
+
+
+class MembershipOut(_Body):
+    id: str
+    member_id: str
+    plan: str
+    status: Literal["trial", "active", "cancelled", "ended", "lapsed"]
+    benefits: bool
+    """Whether the membership grants its benefits now (trial, active, or cancelled but
+    still in its paid period)."""
+    started_at: str
+    period_start: str
+    period_end: str
+    in_trial: bool
+    cancelled_at: str | None
+    fee_minor: int | None
+    grants_tier: str | None
+    perks: list[str]
+
+
+class MembershipList(_Body):
+    member_id: str
+    items: list[MembershipOut]

@@ -18,6 +18,7 @@ from loyalty.application import (
     drafts,
     events,
     members,
+    memberships,
     programs,
     redemptions,
     stamps,
@@ -39,6 +40,8 @@ from loyalty.entrypoints.api.schemas import (
     CancelRedemption,
     CreateApiKey,
     EnrollMember,
+    JoinPlan,
+    MembershipPayment,
     QuoteRequest,
     RecalculateTiers,
     RedeemPoints,
@@ -549,6 +552,94 @@ def get_member_tier(
     and what keeping this one needs by the review (a progress bar's data), the tier the
     member would get at the review if nothing more happened, and the last tier changes."""
     return tiers.get_member_tier(engine, principal, program_id, member, now=utc_now())
+
+
+@router.post(
+    "/programs/{program_id}/members/{member:path}/memberships",
+    status_code=201,
+    tags=["memberships"],
+    responses=bodies.documented(201, bodies.MembershipOut, "The membership."),
+)
+def join_plan(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: JoinPlan,
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Start a paid membership: a trial when the plan has one and the member never had it,
+    else a first paid period (`payment_reference`: your payment system's record of the
+    fee). `Idempotency-Key` is required."""
+    return respond(
+        memberships.join(
+            engine,
+            principal,
+            program_id,
+            member,
+            plan_id=body.plan,
+            payment_reference=body.payment_reference,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
+
+
+@router.get(
+    "/programs/{program_id}/members/{member:path}/memberships",
+    tags=["memberships"],
+    responses=bodies.documented(200, bodies.MembershipList, "The member's memberships."),
+)
+def list_memberships(
+    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """Every membership of the member, with its status now."""
+    return memberships.list_memberships(engine, principal, program_id, member, now=utc_now())
+
+
+@router.post(
+    "/programs/{program_id}/memberships/{membership_id}/payments",
+    tags=["memberships"],
+    responses=bodies.documented(200, bodies.MembershipOut, "The membership, renewed."),
+)
+def pay_membership(
+    program_id: ProgramId,
+    membership_id: Annotated[str, Path(min_length=1, max_length=32)],
+    body: MembershipPayment,
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Record a renewal fee your payment system collected: the next period starts where the
+    paid one ends (or now, after a lapse or a trial). The amount must be the plan's fee.
+    `Idempotency-Key` is required."""
+    return respond(
+        memberships.record_payment(
+            engine,
+            principal,
+            program_id,
+            membership_id,
+            amount_minor=body.amount_minor,
+            reference=body.reference,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
+
+
+@router.post(
+    "/programs/{program_id}/memberships/{membership_id}/cancel",
+    tags=["memberships"],
+    responses=bodies.documented(200, bodies.MembershipOut, "The membership."),
+)
+def cancel_membership(
+    program_id: ProgramId,
+    membership_id: Annotated[str, Path(min_length=1, max_length=32)],
+    principal: Auth,
+    engine: EngineDep,
+) -> dict[str, Any]:
+    """Cancel at the end of the current period; benefits last until then."""
+    return memberships.cancel(engine, principal, program_id, membership_id, now=utc_now())
 
 
 @router.get(

@@ -155,3 +155,16 @@ class RecalculateTiers(_Strict):
     apply: bool = Field(
         default=False, description="false: only show what would change. true: make the moves."
     )
+
+
+class JoinPlan(_Strict):
+    plan: Annotated[str, Field(min_length=1, max_length=64)]
+    payment_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None,
+        description="The merchant's record of the first fee (not needed for a trial).",
+    )
+
+
+class MembershipPayment(_Strict):
+    amount_minor: Annotated[StrictInt, Field(ge=0, le=10**9)]
+    reference: Annotated[str, Field(min_length=1, max_length=128)]
