@@ -312,6 +312,7 @@ def test_openapi_lists_the_v1_routes_and_docs_are_served(api):
         "/v1/programs/{program_id}/expiring-points": {"get"},
         "/v1/programs/{program_id}/members/{member}": {"get", "patch"},
         "/v1/programs/{program_id}/events": {"post"},
+        "/v1/programs/{program_id}/events:batch": {"post"},
         "/v1/programs/{program_id}/quote": {"post"},
         "/v1/programs/{program_id}/backtests": {"post"},
         "/v1/programs/{program_id}/members/{member}/balance": {"get"},

@@ -155,6 +155,21 @@ def request_kwargs(method: str, path: str) -> dict[str, Any]:
                 "total_minor": 1000,
             }
         }
+    if method == "POST" and tail == "events:batch":
+        return {
+            "json": {
+                "events": [
+                    {
+                        "type": "purchase",
+                        "id": f"B-{unique}",
+                        "member": {"external_id": "C1"},
+                        "occurred_at": NOW.isoformat(),
+                        "currency": "EUR",
+                        "total_minor": 1000,
+                    }
+                ]
+            }
+        }
     if method == "POST" and tail == "quote":
         return {"json": {"currency": "EUR", "lines": [{"unit_price_minor": 100}]}}
     if method == "POST" and tail == "backtests":

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Connection, Engine
 
 from loyalty.adapters.db.engine import run_transaction
-from loyalty.application.access import Principal
+from loyalty.application.access import Principal, Scope
+from loyalty.application.event_documents import Event
 from loyalty.application.events import AnyEvent, record_event
-from loyalty.application.limits import IMPORT_BATCH_MAX
+from loyalty.application.limits import BATCH_EVENTS_MAX, IMPORT_BATCH_MAX
+from loyalty.application.programs import load_program
 from loyalty.domain.errors import DomainError
 
 
@@ -59,3 +62,49 @@ def record_events_batch(
         return results
 
     return run_transaction(engine, work)
+
+
+_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """An event of a batch that doesn't match the schema: its validation errors."""
+
+    errors: list[dict[str, Any]]
+
+
+def submit_batch(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    raw: list[Any],
+    *,
+    now: datetime,
+) -> list[BatchItem | Invalid]:
+    """Up to ``BATCH_EVENTS_MAX`` events in one transaction: each is validated on its own,
+    recorded in its own savepoint and idempotent on its own id, and reported in order. A
+    program the key can't use refuses the whole batch."""
+    assert len(raw) <= BATCH_EVENTS_MAX
+    with engine.connect() as conn:
+        load_program(conn, principal, program_id, Scope.WRITE)
+    parsed: list[AnyEvent | Invalid] = []
+    for item in raw:
+        try:
+            parsed.append(_EVENT.validate_python(item))
+        except ValidationError as exc:
+            parsed.append(
+                Invalid(
+                    [
+                        {
+                            "field": ".".join(str(p) for p in err["loc"]),
+                            "message": err["msg"],
+                            "type": err["type"],
+                        }
+                        for err in exc.errors()[:20]
+                    ]
+                )
+            )
+    valid = [event for event in parsed if not isinstance(event, Invalid)]
+    recorded = iter(record_events_batch(engine, principal, program_id, valid, now=now))
+    return [item if isinstance(item, Invalid) else next(recorded) for item in parsed]

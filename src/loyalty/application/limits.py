@@ -22,6 +22,8 @@ PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 IMPORT_BATCH_DEFAULT = 500
 IMPORT_BATCH_MAX = 5_000
+BATCH_EVENTS_MAX = 1_000
+"""Events in one ``POST .../events:batch`` (the body limit applies too)."""
 
 
 def attributes_size(value: dict[str, Any]) -> int:

@@ -558,3 +558,22 @@ class MembershipOut(_Body):
 class MembershipList(_Body):
     member_id: str
     items: list[MembershipOut]
+
+
+class BatchResult(_Body):
+    index: int
+    status: int
+    """What ``POST .../events`` would have answered for this event alone: 201, 200 for a
+    replay of an event already recorded, or the problem's status."""
+    replayed: bool
+    body: dict[str, Any] | None
+    """The event's answer (as from ``POST .../events``) when it was recorded or replayed."""
+    problem: dict[str, Any] | None
+    """Why it was refused (``code``, ``detail`` and the code's members), else null."""
+
+
+class BatchOut(_Body):
+    accepted: int
+    replayed: int
+    rejected: int
+    results: list[BatchResult]

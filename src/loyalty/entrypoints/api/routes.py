@@ -15,6 +15,7 @@ from loyalty.adapters.clock import utc_now
 from loyalty.application import (
     access,
     balances,
+    batch,
     drafts,
     events,
     members,
@@ -32,7 +33,7 @@ from loyalty.application.idempotency import IDEMPOTENCY_KEY_LENGTH_MAX, Outcome
 from loyalty.application.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from loyalty.application.program_document import ProgramDocument
 from loyalty.entrypoints.api import responses as bodies
-from loyalty.entrypoints.api.errors import ApiProblem
+from loyalty.entrypoints.api.errors import ApiProblem, status_for
 from loyalty.entrypoints.api.schemas import (
     AdjustPoints,
     AssignTier,
@@ -40,6 +41,7 @@ from loyalty.entrypoints.api.schemas import (
     CancelRedemption,
     CreateApiKey,
     EnrollMember,
+    EventBatch,
     JoinPlan,
     MembershipPayment,
     QuoteRequest,
@@ -379,6 +381,59 @@ def post_event(
     key: the same id with the same body replays the first response (`Idempotent-Replayed`),
     with a different body is `409 idempotency_conflict`."""
     return respond(events.submit_event(engine, principal, program_id, event, now=utc_now()))
+
+
+@router.post(
+    "/programs/{program_id}/events:batch",
+    tags=["events"],
+    responses=bodies.documented(200, bodies.BatchOut, "One result per event, in order."),
+)
+def post_event_batch(
+    program_id: ProgramId, body: EventBatch, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """Record up to 1,000 events in one transaction (a till catching up after being offline,
+    an import): each is validated on its own, idempotent on its own id, recorded in its own
+    savepoint, and answered on its own, in order. A bad event is reported and the others go
+    on; the batch answers `200` unless the whole request is refused."""
+    results = batch.submit_batch(engine, principal, program_id, body.events, now=utc_now())
+    out = []
+    for index, item in enumerate(results):
+        if isinstance(item, batch.Invalid):
+            problem = {
+                "code": "validation_error",
+                "detail": f"{len(item.errors)} field(s) are invalid.",
+                "errors": item.errors,
+            }
+            out.append(_batch_result(index, 422, None, problem))
+        elif item.accepted:
+            out.append(
+                _batch_result(index, 200 if item.replayed else 201, item.body, None, item.replayed)
+            )
+        else:
+            assert item.error is not None
+            out.append(_batch_result(index, status_for(item.error), None, item.body))
+    return {
+        "accepted": sum(1 for r in out if r["status"] in (200, 201)),
+        "replayed": sum(1 for r in out if r["replayed"]),
+        "rejected": sum(1 for r in out if r["status"] >= 300),
+        "results": out,
+    }
+
+
+def _batch_result(
+    index: int,
+    status: int,
+    body: dict[str, Any] | None,
+    problem: dict[str, Any] | None,
+    replayed: bool = False,
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "status": status,
+        "replayed": replayed,
+        "body": body,
+        "problem": problem,
+    }
 
 
 @router.post(

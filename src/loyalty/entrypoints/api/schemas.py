@@ -20,6 +20,7 @@ from loyalty.application.event_documents import LineItem, MemberRef
 from loyalty.application.limits import (
     ATTRIBUTES_BYTES_MAX,
     ATTRIBUTES_KEYS_MAX,
+    BATCH_EVENTS_MAX,
     LINES_PER_EVENT_MAX,
     MONEY_MINOR_MAX,
     POINTS_PER_REQUEST_MAX,
@@ -168,3 +169,12 @@ class JoinPlan(_Strict):
 class MembershipPayment(_Strict):
     amount_minor: Annotated[StrictInt, Field(ge=0, le=10**9)]
     reference: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class EventBatch(_Strict):
+    events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=BATCH_EVENTS_MAX)] = (
+        Field(
+            description="Up to 1,000 events, each exactly as `POST .../events` takes it; each is "
+            "validated, recorded and answered on its own."
+        )
+    )
