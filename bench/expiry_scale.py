@@ -22,15 +22,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine
 
-from bench.harness import bench_program, scratch_database, setting_line
+from bench.harness import (
+    SEED_MEMBERS,
+    StatementTimes,
+    bench_program,
+    scratch_database,
+    seed_set_based,
+    setting_line,
+)
 from loyalty.adapters.db.engine import make_engine
 from loyalty.application.audit import audit_ledger
 from loyalty.application.expiry import EXPIRY_BATCH_DEFAULT, expire_due_lots
@@ -45,16 +48,7 @@ PROGRAM = {
 
 # Ids are the engine's shape (prefix, underscore, 26 characters) and sort in seed order.
 _SEED = [
-    (
-        "members",
-        """
-        INSERT INTO members (id, program_id, external_id, attributes, enrolled_at, updated_at,
-                             enrollment_source)
-        SELECT 'mbr_' || lpad(m::text, 26, '0'), CAST(:program_id AS text), 'seed-' || m,
-               '{}'::json, :t0, :t0, 'api'
-        FROM generate_series(1, :members) AS m
-        """,
-    ),
+    SEED_MEMBERS,
     (
         "journal_entries",
         """
@@ -115,60 +109,12 @@ def _seed(engine: Engine, program_id: str, *, lots: int, per_member: int, t0: da
         "per_member": per_member,
         "members": -(-lots // per_member),
         "t0": t0,
+        "enrolled_at": t0,
         # Written as parameters: a colon inside the SQL text would read as a bind parameter.
         "member_suffix": ":points",
         "issued_suffix": ":points:issued",
     }
-    started = time.perf_counter()
-    for table, sql in _SEED:
-        t = time.perf_counter()
-        with engine.begin() as conn:
-            conn.execute(text(sql), params)
-        print(f"  seed {table:16} {time.perf_counter() - t:7.1f} s", flush=True)
-    t = time.perf_counter()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in _ANALYSE:
-            conn.execute(text(f"VACUUM ANALYZE {table}"))
-    print(f"  vacuum analyze         {time.perf_counter() - t:7.1f} s", flush=True)
-    print(f"  seed total             {time.perf_counter() - started:7.1f} s", flush=True)
-
-
-class StatementTimes:
-    """Wall time per SQL statement (by its first words), for every statement an engine sends
-    while active."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-
-    @contextmanager
-    def watching(self, engine: Engine) -> Iterator[None]:
-        def before(
-            conn: Any, _cur: Any, _stmt: str, _params: Any, context: Any, _many: Any
-        ) -> None:
-            conn.info.setdefault("bench_started", []).append(time.perf_counter())
-
-        def after(conn: Any, _cur: Any, statement: str, _params: Any, _ctx: Any, _m: Any) -> None:
-            key = " ".join(statement.split())[:90]
-            self.seconds[key] += time.perf_counter() - conn.info["bench_started"].pop()
-            self.calls[key] += 1
-
-        event.listen(engine, "before_cursor_execute", before)
-        event.listen(engine, "after_cursor_execute", after)
-        try:
-            yield
-        finally:
-            event.remove(engine, "before_cursor_execute", before)
-            event.remove(engine, "after_cursor_execute", after)
-
-    def print(self, total_s: float) -> None:
-        in_sql = sum(self.seconds.values())
-        print(
-            f"  time in SQL statements {in_sql:.1f} s of {total_s:.1f} s"
-            f" ({100 * in_sql / total_s:.0f}%); by statement:"
-        )
-        for key, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])[:8]:
-            print(f"    {seconds:8.1f} s  {self.calls[key]:6} calls  {key}")
+    seed_set_based(engine, _SEED, params, analyse=_ANALYSE)
 
 
 def _run_job(engine: Engine, *, now: datetime, batch_size: int, label: str) -> None:

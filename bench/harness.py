@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from sqlalchemy import Engine, event, text
 
 from loyalty.adapters.db.engine import make_engine
 from loyalty.adapters.db.schema import migrate
@@ -156,3 +158,79 @@ def bench_program(url: str, document: Mapping[str, Any]) -> tuple[str, str]:
     program_id = str(programs.create_program(engine, principal, doc, now=now).body["id"])
     engine.dispose()
     return issued.token, program_id
+
+
+SEED_MEMBERS = (
+    "members",
+    """
+    INSERT INTO members (id, program_id, external_id, attributes, enrolled_at, updated_at,
+                         enrollment_source)
+    SELECT 'mbr_' || lpad(m::text, 26, '0'), CAST(:program_id AS text), 'seed-' || m,
+           '{}'::json, :enrolled_at, :enrolled_at, 'api'
+    FROM generate_series(1, :members) AS m
+    """,
+)
+"""Members ``mbr_00..01`` to ``mbr_..N`` (ids in the engine's shape, sorting in seed order), for
+:func:`seed_set_based`; parameters ``program_id``, ``members`` and ``enrolled_at``."""
+
+
+def seed_set_based(
+    engine: Engine,
+    steps: Sequence[tuple[str, str]],
+    params: Mapping[str, Any],
+    *,
+    analyse: Sequence[str],
+) -> None:
+    """Run each ``(table, INSERT ... SELECT)`` step in its own transaction, then vacuum and
+    analyse ``analyse`` as autovacuum would have done on a live database; prints each step's
+    time."""
+    started = time.perf_counter()
+    for table, sql in steps:
+        t = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+        print(f"  seed {table:16} {time.perf_counter() - t:7.1f} s", flush=True)
+    t = time.perf_counter()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in analyse:
+            conn.execute(text(f"VACUUM ANALYZE {table}"))
+    print(f"  vacuum analyze         {time.perf_counter() - t:7.1f} s", flush=True)
+    print(f"  seed total             {time.perf_counter() - started:7.1f} s", flush=True)
+
+
+class StatementTimes:
+    """Wall time per SQL statement (by its first words), for every statement an engine sends
+    while active."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def watching(self, engine: Engine) -> Iterator[None]:
+        def before(
+            conn: Any, _cur: Any, _stmt: str, _params: Any, context: Any, _many: Any
+        ) -> None:
+            conn.info.setdefault("bench_started", []).append(time.perf_counter())
+
+        def after(conn: Any, _cur: Any, statement: str, _params: Any, _ctx: Any, _m: Any) -> None:
+            key = " ".join(statement.split())[:90]
+            self.seconds[key] += time.perf_counter() - conn.info["bench_started"].pop()
+            self.calls[key] += 1
+
+        event.listen(engine, "before_cursor_execute", before)
+        event.listen(engine, "after_cursor_execute", after)
+        try:
+            yield
+        finally:
+            event.remove(engine, "before_cursor_execute", before)
+            event.remove(engine, "after_cursor_execute", after)
+
+    def print(self, total_s: float) -> None:
+        in_sql = sum(self.seconds.values())
+        print(
+            f"  time in SQL statements {in_sql:.1f} s of {total_s:.1f} s"
+            f" ({100 * in_sql / total_s:.0f}%); by statement:"
+        )
+        for key, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"    {seconds:8.1f} s  {self.calls[key]:6} calls  {key}")
