@@ -102,6 +102,15 @@ def resolve_member(conn: Connection, program_id: str, member_ref: str) -> Row[An
     return row
 
 
+_EXISTING_EXTERNAL = select(members.c.id).where(
+    and_(
+        members.c.program_id == bindparam("program_id"),
+        members.c.external_id == bindparam("external_id"),
+    )
+)
+_INSERT_MEMBER = insert(members)
+
+
 def insert_member(
     conn: Connection,
     *,
@@ -112,31 +121,32 @@ def insert_member(
     now: datetime,
 ) -> str:
     existing = conn.execute(
-        select(members.c.id).where(
-            and_(members.c.program_id == program_id, members.c.external_id == external_id)
-        )
+        _EXISTING_EXTERNAL, {"program_id": program_id, "external_id": external_id}
     ).first()
     if existing is not None:
         raise MemberAlreadyExists(external_id, existing.id)
     member_id = new_id("mbr")
+    # A prebuilt statement with a parameter dict: building ``insert().values(...)`` on every
+    # enrolment cost more than running it (auto-enrolment happens on the earn path).
     conn.execute(
-        insert(members).values(
-            id=member_id,
-            program_id=program_id,
-            external_id=external_id,
-            email=normalise_email(profile.email),
-            phone=profile.phone,
-            first_name=profile.first_name,
-            last_name=profile.last_name,
-            birth_date=profile.birth_date,
-            gender=profile.gender,
-            locale=profile.locale,
-            marketing_consent=profile.marketing_consent,
-            attributes=profile.attributes,
-            enrolled_at=now,
-            updated_at=now,
-            enrollment_source=source,
-        )
+        _INSERT_MEMBER,
+        {
+            "id": member_id,
+            "program_id": program_id,
+            "external_id": external_id,
+            "email": normalise_email(profile.email),
+            "phone": profile.phone,
+            "first_name": profile.first_name,
+            "last_name": profile.last_name,
+            "birth_date": profile.birth_date,
+            "gender": profile.gender,
+            "locale": profile.locale,
+            "marketing_consent": profile.marketing_consent,
+            "attributes": profile.attributes,
+            "enrolled_at": now,
+            "updated_at": now,
+            "enrollment_source": source,
+        },
     )
     conn.execute(
         insert(wallets).values(
