@@ -299,3 +299,59 @@ def test_concurrent_purchases_crossing_a_threshold_upgrade_exactly_once(api):
     # 8 x 30 EUR = 240 EUR: Silver (100 EUR) is reached once, by whichever purchase crossed it.
     assert sorted(ups) == [("silver", 1)]
     assert _tier(api, program, "ext:C1")["metric_value"] == 24_000
+
+
+def test_tier_upgrades_racing_with_returns_keep_the_metric_and_the_ledger_exact(api):
+    program = _program(api)
+    api.enroll(program, "C1")
+    for n in range(6):
+        assert api.purchase(program, f"P{n}", "C1", [{"unit_price_minor": 1500}]).status_code == 201
+    errors: list[str] = []
+    earned: list[int] = []
+
+    def buy(n: int) -> None:
+        r = api.purchase(program, f"N{n}", "C1", [{"unit_price_minor": 1500}])
+        if r.status_code != 201:
+            errors.append(r.text)
+        else:
+            earned.append(r.json()["points_earned"])
+
+    def give_back(n: int) -> None:
+        r = api.request(
+            "POST",
+            f"/v1/programs/{program}/events",
+            json={
+                "type": "return",
+                "id": f"R{n}",
+                "order_id": f"P{n}",
+                "occurred_at": datetime.now(UTC).isoformat(),
+            },
+        )
+        if r.status_code != 201:
+            errors.append(r.text)
+
+    threads = [threading.Thread(target=buy, args=(n,)) for n in range(6)]
+    threads += [threading.Thread(target=give_back, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    view = _tier(api, program, "ext:C1")
+    # 6 purchases kept, 6 returned whole: 90 EUR of spend, in whatever order they ran. The
+    # threshold (100 EUR) may have been crossed on the way and is kept until the review.
+    assert view["metric_value"] == 9_000
+    # The returns took back exactly the 6 x 15 points; the new purchases keep what they
+    # earned, at Bronze (15) or, once the race had reached Silver, with its multiplier (22).
+    assert set(earned) <= {15, 22}
+    assert api.balance(program, "ext:C1")["balance"] == sum(earned)
+    assert (view["tier"]["id"] == "silver") == (22 in earned or ups_after(api) == 1)
+    assert ups_after(api) <= 1
+    from loyalty.application.audit import audit_ledger
+
+    assert audit_ledger(api.engine) == []
+
+
+def ups_after(api):
+    with api.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(tier_changes)).scalar_one()
