@@ -532,14 +532,6 @@ READS = {
 }
 """Reads a till or an app makes, asked while the database is stopped."""
 
-BUG_READ_OUTSIDE_RUN_TRANSACTION = (
-    "ENGINE BUG (reported; src/ is owned elsewhere): with the database down this read answers "
-    "500 internal_error, not 503 storage_unavailable, because tiers.get_member_tier/_context, "
-    "memberships.list_memberships and stamps.member_stamp_cards read through engine.connect() "
-    "instead of run_transaction, so the OperationalError never becomes StorageUnavailable"
-)
-READS_WITH_BUG = {"tier", "memberships", "stamp_cards"}
-
 
 @pytest.fixture(scope="module")
 def reads_while_down(own_cluster, tmp_path_factory) -> Iterator[dict[str, httpx.Response | str]]:
@@ -575,15 +567,7 @@ def reads_while_down(own_cluster, tmp_path_factory) -> Iterator[dict[str, httpx.
         yield answers
 
 
-@pytest.mark.parametrize(
-    "read",
-    [
-        pytest.param(name, marks=pytest.mark.skip(reason=BUG_READ_OUTSIDE_RUN_TRANSACTION))
-        if name in READS_WITH_BUG
-        else name
-        for name in READS
-    ],
-)
+@pytest.mark.parametrize("read", list(READS))
 def test_reads_while_database_down_answer_503(reads_while_down, read):
     r = reads_while_down[read]
     assert isinstance(r, httpx.Response), f"no answer: {r}"

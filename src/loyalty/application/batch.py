@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Connection, Engine
 
-from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import Event
 from loyalty.application.events import AnyEvent, record_event
@@ -86,7 +86,7 @@ def submit_batch(
     recorded in its own savepoint and idempotent on its own id, and reported in order. A
     program the key can't use refuses the whole batch."""
     assert len(raw) <= BATCH_EVENTS_MAX
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         load_program(conn, principal, program_id, Scope.WRITE)
     parsed: list[AnyEvent | Invalid] = []
     for item in raw:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
-from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import membership_payments, memberships
 from loyalty.adapters.ids import new_id
@@ -302,7 +302,7 @@ def cancel(
 def list_memberships(
     engine: Engine, principal: Principal, program_id: str, member_ref: str, *, now: datetime
 ) -> dict[str, Any]:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         ctx = load_program(conn, principal, program_id, Scope.READ)
         member = find_member(conn, program_id, member_ref)
         if member is None:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
+from loyalty.adapters.db.engine import reading
 from loyalty.adapters.db.ledger_store import member_lots
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import member_activity, stamp_cards, stamp_events
@@ -301,7 +302,7 @@ def member_stamp_cards(
 ) -> dict[str, Any]:
     """The member's cards (stamps on the current card, cards completed, rewards issued) and
     their visit counts: distinct local days with a purchase, and purchases."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         ctx = load_program(conn, principal, program_id, Scope.READ)
         member = find_member(conn, program_id, member_ref)
         if member is None:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import member_activity, member_tiers, members, tier_changes
 from loyalty.adapters.ids import new_id
@@ -301,7 +301,7 @@ def _tier_view(tier_set: TierSet, tier: Tier) -> dict[str, Any]:
 
 
 def _context(engine: Engine, principal: Principal, program_id: str, scope: Scope) -> ProgramContext:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         ctx = load_program(conn, principal, program_id, scope)
     if ctx.settings.tier_set is None:
         raise TiersNotConfigured(program_id)
@@ -318,7 +318,7 @@ def get_member_tier(
     tier_set = ctx.settings.tier_set
     assert tier_set is not None
     zone = _zone(ctx)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         member = find_member(conn, program_id, member_ref)
         if member is None:
             raise MemberNotFound(member_ref)
@@ -704,12 +704,12 @@ def recalculate_tiers(
 
     if apply:
         return run_transaction(engine, work)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return work(conn)
 
 
 def review_all(engine: Engine, *, now: datetime) -> dict[str, dict[str, int]]:
     """Run the review for every program that has tiers; by program id."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         contexts = [ctx for ctx in all_programs(conn) if ctx.settings.tier_set is not None]
     return {ctx.program_id: review_tiers(engine, ctx, now=now) for ctx in contexts}

@@ -124,6 +124,19 @@ def connect(engine: Engine, *, write: bool) -> Iterator[Connection]:
             yield conn
 
 
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction for reads that don't go through ``run_transaction``: a
+    database that is unreachable surfaces as ``StorageUnavailable`` (503), never as a 500."""
+    try:
+        with connect(engine, write=False) as conn:
+            yield conn
+    except DBAPIError as exc:
+        if _is_retryable(exc) or _is_unavailable(exc):
+            raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
+        raise
+
+
 def run_transaction(engine: Engine, work: Callable[[Connection], T], *, write: bool = True) -> T:
     """Run ``work`` in one transaction, retrying on deadlock, serialization failure or a busy
     SQLite; a database that stays unreachable surfaces as ``StorageUnavailable``."""
