@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, select
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import journal_entries, lots, members, postings, wallets
@@ -40,23 +40,31 @@ _EXPIRING = (
 )
 
 
-_OVERDUE = select(func.coalesce(func.sum(lots.c.remaining), 0)).where(
+_HELD = select(
+    # One pass over the member's live lots for both figures (this runs on every event).
+    func.coalesce(
+        func.sum(case((lots.c.expires_at <= bindparam("now"), lots.c.remaining), else_=0)), 0
+    ).label("overdue"),
+    func.coalesce(
+        func.sum(
+            case(
+                (
+                    and_(
+                        lots.c.available_at > bindparam("now"),
+                        or_(lots.c.expires_at.is_(None), lots.c.expires_at > bindparam("now")),
+                    ),
+                    lots.c.remaining,
+                ),
+                else_=0,
+            )
+        ),
+        0,
+    ).label("pending"),
+).where(
     and_(
         lots.c.program_id == bindparam("program_id"),
         lots.c.member_id == bindparam("member_id"),
         lots.c.remaining > 0,
-        lots.c.expires_at <= bindparam("now"),
-    )
-)
-
-
-_PENDING = select(func.coalesce(func.sum(lots.c.remaining), 0)).where(
-    and_(
-        lots.c.program_id == bindparam("program_id"),
-        lots.c.member_id == bindparam("member_id"),
-        lots.c.remaining > 0,
-        lots.c.available_at > bindparam("now"),
-        or_(lots.c.expires_at.is_(None), lots.c.expires_at > bindparam("now")),
     )
 )
 
@@ -73,8 +81,8 @@ def balance_view(
     expiring = conn.execute(_EXPIRING, params).all()
     # Lots past their expiry that the expiry job has not reached yet are not spendable (the
     # next burn expires them first), so they are not shown as available.
-    overdue = int(conn.execute(_OVERDUE, {**params, "now": now}).scalar_one())
-    pending = int(conn.execute(_PENDING, {**params, "now": now}).scalar_one())
+    held = conn.execute(_HELD, {**params, "now": now}).one()
+    overdue, pending = int(held.overdue), int(held.pending)
     return {
         "member_id": member_id,
         "balance": wallet.balance,
