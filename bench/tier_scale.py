@@ -30,6 +30,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import resource
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -250,6 +251,9 @@ def run(*, members: int, per_member: int, profile: bool) -> None:
             with engine.connect() as conn:
                 changes = conn.execute(select(func.count()).select_from(tier_changes)).scalar_one()
             print(f"tier_changes rows at the end: {changes:,}")
+            # Linux reports kilobytes: how much the steps held in Python at once.
+            peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"peak memory of this process: {peak_mib:,.0f} MiB")
         finally:
             engine.dispose()
 
