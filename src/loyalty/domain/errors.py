@@ -57,6 +57,13 @@ class MembershipNotFound(NotFound):
         )
 
 
+class HoldNotFound(NotFound):
+    code = "hold_not_found"
+
+    def __init__(self, hold_id: str) -> None:
+        super().__init__(f"Hold {hold_id!r} does not exist in this program.", hold_id=hold_id)
+
+
 class OrderNotFound(NotFound):
     code = "order_not_found"
 
@@ -85,6 +92,29 @@ class ApiKeyNotFound(NotFound):
 
 class Conflict(DomainError):
     code = "conflict"
+
+
+class HoldNotOpen(Conflict):
+    code = "hold_not_open"
+
+    def __init__(self, hold_id: str, *, status: str) -> None:
+        super().__init__(
+            f"Hold {hold_id!r} is {status}; only a held hold can be captured or released.",
+            hold_id=hold_id,
+            hold_status=status,
+        )
+
+
+class HoldExpired(Conflict):
+    code = "hold_expired"
+
+    def __init__(self, hold_id: str, *, expires_at: str) -> None:
+        super().__init__(
+            f"Hold {hold_id!r} expired at {expires_at}; its points are being given back. "
+            "Reserve again.",
+            hold_id=hold_id,
+            expires_at=expires_at,
+        )
 
 
 class MembershipExists(Conflict):

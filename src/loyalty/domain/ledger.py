@@ -31,6 +31,13 @@ class EntryKind(StrEnum):
     ADJUST_CREDIT = "adjust_credit"
     ADJUST_DEBIT = "adjust_debit"
     EXPIRE = "expire"
+    HOLD = "hold"
+    """Points reserved at checkout: out of the member's lots into the program's held account."""
+    HOLD_CAPTURE = "hold_capture"
+    """Held points captured by a completed order: from held to redeemed."""
+    HOLD_RELEASE = "hold_release"
+    """Held points given back to the lots they came from (an abandoned order, an expired hold,
+    or what a capture did not take)."""
 
 
 class MovementKind(StrEnum):
@@ -42,6 +49,8 @@ class MovementKind(StrEnum):
     EXPIRE = "expire"
     ADJUST_DEBIT = "adjust_debit"
     DEBT_REPAYMENT = "debt_repayment"
+    HOLD = "hold"
+    HOLD_RELEASE = "hold_release"
 
 
 def member_account(member_id: str) -> str:
@@ -194,3 +203,19 @@ class JournalEntryDraft:
         if not self.postings:
             raise AssertionError("an entry has at least one posting")
         assert_balanced(self.postings)
+
+
+def plan_release(taken: Sequence[Lot], points: int) -> list[LotTake]:
+    """Which of the lots a hold took get ``points`` back: the latest-expiring first (the
+    captured part is then the points closest to expiry, as a redemption would have spent)."""
+    order = list(reversed(consumption_order(taken)))
+    takes: list[LotTake] = []
+    left = points
+    for lot in order:
+        if left == 0:
+            break
+        step = min(lot.remaining, left)
+        takes.append(LotTake(lot.lot_id, step))
+        left -= step
+    assert left == 0, "a release can't give back more than the hold took"
+    return takes

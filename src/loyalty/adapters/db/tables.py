@@ -467,4 +467,31 @@ membership_payments = Table(
 )
 """Append-only: each fee payment the merchant's system reported, and the period it paid."""
 
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("member_id", ID, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("order_reference", String(128), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("entry_id", ID, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Column("captured_points", BigInteger, nullable=True),
+    Column("settled_at", TS, nullable=True),
+    Column("capture_entry_id", ID, nullable=True),
+    Column("release_entry_id", ID, nullable=True),
+    CheckConstraint("points > 0", name="points_positive"),
+    CheckConstraint(
+        "captured_points IS NULL OR (captured_points >= 0 AND captured_points <= points)",
+        name="captured_within_hold",
+    ),
+    Index("ix_holds_open", "status", "expires_at"),
+    Index("ix_holds_member", "program_id", "member_id"),
+)
+"""Points reserved against an order at checkout (``held``), then ``captured`` (possibly for
+less), ``released``, or ``expired`` (released by the job after their time-to-live)."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

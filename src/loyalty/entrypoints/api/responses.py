@@ -577,3 +577,20 @@ class BatchOut(_Body):
     replayed: int
     rejected: int
     results: list[BatchResult]
+
+
+class HoldOut(_Body):
+    id: str
+    member_id: str
+    points: int
+    order_reference: str | None
+    status: Literal["held", "captured", "released", "expired"]
+    created_at: str
+    expires_at: str
+    captured_points: int | None
+    released_points: int | None
+    settled_at: str | None
+    entry_id: str
+    capture_entry_id: str | None
+    release_entry_id: str | None
+    balance: BalanceOut | None = None

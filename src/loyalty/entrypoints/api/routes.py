@@ -18,6 +18,7 @@ from loyalty.application import (
     batch,
     drafts,
     events,
+    holds,
     members,
     memberships,
     programs,
@@ -39,6 +40,7 @@ from loyalty.entrypoints.api.schemas import (
     AssignTier,
     BacktestRequest,
     CancelRedemption,
+    CapturePoints,
     CreateApiKey,
     EnrollMember,
     EventBatch,
@@ -47,6 +49,7 @@ from loyalty.entrypoints.api.schemas import (
     QuoteRequest,
     RecalculateTiers,
     RedeemPoints,
+    ReservePoints,
     UpdateMember,
 )
 
@@ -54,6 +57,7 @@ router = APIRouter(prefix="/v1")
 bearer = HTTPBearer(auto_error=False, description="An API key: `<key id>.<secret>`.")
 
 ProgramId = Annotated[str, Path(min_length=1, max_length=32)]
+HoldId = Annotated[str, Path(min_length=1, max_length=32)]
 MemberRefParam = Annotated[
     str,
     Path(
@@ -607,6 +611,92 @@ def get_member_tier(
     and what keeping this one needs by the review (a progress bar's data), the tier the
     member would get at the review if nothing more happened, and the last tier changes."""
     return tiers.get_member_tier(engine, principal, program_id, member, now=utc_now())
+
+
+@router.post(
+    "/programs/{program_id}/members/{member:path}/holds",
+    status_code=201,
+    tags=["checkout"],
+    responses=bodies.documented(201, bodies.HoldOut, "The hold."),
+)
+def reserve_points(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: ReservePoints,
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Reserve points against an order at checkout: they leave the member's spendable points
+    at once (earliest expiry first) for `ttl_seconds` (default 900, at most 86,400), until
+    captured or released. `Idempotency-Key` is required."""
+    return respond(
+        holds.reserve(
+            engine,
+            principal,
+            program_id,
+            member,
+            points=body.points,
+            order_reference=body.order_reference,
+            ttl_seconds=body.ttl_seconds,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
+
+
+@router.get(
+    "/programs/{program_id}/holds/{hold_id}",
+    tags=["checkout"],
+    responses=bodies.documented(200, bodies.HoldOut, "The hold."),
+)
+def get_hold(
+    program_id: ProgramId, hold_id: HoldId, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """A hold and its status: `held`, `captured`, `released` or `expired`."""
+    return holds.get_hold(engine, principal, program_id, hold_id)
+
+
+@router.post(
+    "/programs/{program_id}/holds/{hold_id}/capture",
+    tags=["checkout"],
+    responses=bodies.documented(200, bodies.HoldOut, "The captured hold."),
+)
+def capture_hold(
+    program_id: ProgramId,
+    hold_id: HoldId,
+    principal: Auth,
+    engine: EngineDep,
+    body: CapturePoints | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """The order completed: capture `points` of the hold (default all); the rest goes back to
+    the lots it came from. After the hold's time-to-live: `409 hold_expired`.
+    `Idempotency-Key` is required."""
+    return respond(
+        holds.capture(
+            engine,
+            principal,
+            program_id,
+            hold_id,
+            points=body.points if body else None,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
+
+
+@router.post(
+    "/programs/{program_id}/holds/{hold_id}/release",
+    tags=["checkout"],
+    responses=bodies.documented(200, bodies.HoldOut, "The released hold."),
+)
+def release_hold(
+    program_id: ProgramId, hold_id: HoldId, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """The order was abandoned: every held point goes back to the lot it came from, with its
+    expiry. Releasing again answers the same."""
+    return holds.release(engine, principal, program_id, hold_id, now=utc_now())
 
 
 @router.post(

@@ -178,3 +178,17 @@ class EventBatch(_Strict):
             "validated, recorded and answered on its own."
         )
     )
+
+
+class ReservePoints(_Strict):
+    points: Annotated[StrictInt, Field(ge=1, le=POINTS_PER_REQUEST_MAX)]
+    order_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86_400)] = Field(
+        default=900, description="How long the hold lasts before it is released by itself."
+    )
+
+
+class CapturePoints(_Strict):
+    points: Annotated[StrictInt, Field(ge=0, le=POINTS_PER_REQUEST_MAX)] | None = Field(
+        default=None, description="At most the hold's points (default: all of them)."
+    )

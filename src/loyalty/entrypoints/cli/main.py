@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from loyalty.adapters.clock import utc_now
 from loyalty.adapters.db.schema import current_revision, head_revision, migrate
 from loyalty.adapters.db.tables import programs as programs_table
-from loyalty.application import access, members, tiers
+from loyalty.application import access, holds, members, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.audit import audit_ledger
 from loyalty.application.batch import record_events_batch
@@ -356,6 +356,18 @@ def jobs_run_expire(
         f"Expired {report.lots_expired} lots ({report.points_expired} points) as of "
         f"{when.isoformat()}."
     )
+
+
+@jobs_run_app.command("release-holds")
+def jobs_run_release_holds(
+    now: Annotated[str | None, typer.Option(help="Run as of this ISO time (default: now).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Release every checkout hold past its time-to-live; safe to run twice or concurrently."""
+    engine = _engine(database_url)
+    when = _parse_when(now)
+    released = holds.release_expired(engine, now=when)
+    console.print(f"Released {released} expired holds as of {when.isoformat()}.")
 
 
 @jobs_run_app.command("tier-review")
