@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from loyalty.adapters.db.engine import reading, run_transaction
-from loyalty.adapters.db.locking import lock_wallet
+from loyalty.adapters.db.locking import lock_wallet, lock_wallets
 from loyalty.adapters.db.tables import member_activity, member_tiers, members, tier_changes
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
@@ -443,36 +443,78 @@ def assign_tier(
     return get_member_tier(engine, principal, program_id, member_id, now=now)
 
 
+_UPDATE_REVIEWED = (
+    update(member_tiers)
+    .where(
+        and_(
+            member_tiers.c.program_id == bindparam("m_program_id"),
+            member_tiers.c.member_id == bindparam("m_member_id"),
+            member_tiers.c.tier_set == bindparam("m_tier_set"),
+        )
+    )
+    .values(
+        tier=bindparam("tier"),
+        since=bindparam("since"),
+        review_at=bindparam("review_at"),
+        review_from=bindparam("review_from"),
+        manual=False,
+        reason=None,
+        updated_at=bindparam("updated_at"),
+    )
+)
+
+
 def _apply_reviews(
     conn: Connection, ctx: ProgramContext, rows: Iterable[Any], *, now: datetime
 ) -> Counter[tuple[str, str]]:
+    """Review a batch of due members, whose wallets the caller has locked (so an upgrade
+    can't change a tier under the review). One statement for the batch's updates, one for
+    its tier changes."""
     tier_set = ctx.settings.tier_set
     assert tier_set is not None
     zone = _zone(ctx)
     moves: Counter[tuple[str, str]] = Counter()
+    updates: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
     for row in rows:
         current = row.tier if row.tier in tier_set.index else tier_set.lowest.tier_id
         outcome = tier_set.after_review(current, int(row.metric))
         review_at, review_from = _schedule(
             tier_set, row.review_at, enrolled_at=row.enrolled_at, zone=zone
         )
-        _set_tier(
-            conn,
-            ctx,
-            row.member_id,
-            previous=row,
-            tier=outcome,
-            since=row.since if outcome.tier_id == current else now,
-            review_at=review_at,
-            review_from=review_from,
-            manual=False,
-            reason="review",
-            note=None,
-            metric=int(row.metric),
-            now=now,
-            actor="job:tier-review",
+        updates.append(
+            {
+                "m_program_id": ctx.program_id,
+                "m_member_id": row.member_id,
+                "m_tier_set": tier_set.set_id,
+                "tier": outcome.tier_id,
+                "since": row.since if outcome.tier_id == current else now,
+                "review_at": review_at,
+                "review_from": review_from,
+                "updated_at": now,
+            }
         )
+        if outcome.tier_id != row.tier:
+            changes.append(
+                {
+                    "id": new_id("tch"),
+                    "program_id": ctx.program_id,
+                    "member_id": row.member_id,
+                    "tier_set": tier_set.set_id,
+                    "from_tier": row.tier,
+                    "to_tier": outcome.tier_id,
+                    "reason": "review",
+                    "note": None,
+                    "metric": int(row.metric),
+                    "at": now,
+                    "actor": "job:tier-review",
+                }
+            )
         moves[(current, outcome.tier_id)] += 1
+    if updates:
+        conn.execute(_UPDATE_REVIEWED, updates)
+    if changes:
+        conn.execute(insert(tier_changes), changes)
     return moves
 
 
@@ -524,24 +566,45 @@ def review_tiers(engine: Engine, ctx: ProgramContext, *, now: datetime) -> dict[
         .limit(REVIEW_BATCH)
     )
     totals: Counter[str] = Counter()
-    while True:
+    # Each pass walks the due members in id order, a batch after the last member of the one
+    # before (so a batch reads what it reviews, not everything reviewed so far). A member
+    # whose review date is still past after a review (the job didn't run for a year or more)
+    # is caught up by the next pass.
+    reviewed_in_pass = 1
+    while reviewed_in_pass:
+        reviewed_in_pass = 0
+        after_member = ""
+        while True:
 
-        def batch(conn: Connection) -> Counter[tuple[str, str]]:
-            rows = conn.execute(due).all()
-            return _apply_reviews(conn, ctx, rows, now=now)
+            def batch(conn: Connection, start: str = after_member) -> tuple[Counter[Any], str]:
+                rows = conn.execute(due.where(t.member_id > start)).all()
+                if not rows:
+                    return Counter(), start
+                last = rows[-1].member_id
+                # Lock the batch's wallets (sorted), as an upgrade does before it reads a tier,
+                # then read the batch again: what is reviewed can't change underneath.
+                ids = [r.member_id for r in rows]
+                lock_wallets(conn, ctx.program_id, ids)
+                rows = conn.execute(due.where(t.member_id.in_(ids))).all()
+                return _apply_reviews(conn, ctx, rows, now=now), last
 
-        moves = run_transaction(engine, batch)
-        if not moves:
-            break
-        for (before, after), count in moves.items():
-            totals["reviewed"] += count
-            if tier_set.level(after) < tier_set.level(before):
-                totals["downgraded"] += count
-            elif before == after:
-                totals["kept"] += count
-            else:
-                totals["upgraded"] += count
+            moves, after_member = run_transaction(engine, batch)
+            if not moves:
+                break
+            reviewed_in_pass += sum(moves.values())
+            _tally(totals, tier_set, moves)
     return dict(totals)
+
+
+def _tally(totals: Counter[str], tier_set: TierSet, moves: Counter[tuple[str, str]]) -> None:
+    for (before, after), count in moves.items():
+        totals["reviewed"] += count
+        if tier_set.level(after) < tier_set.level(before):
+            totals["downgraded"] += count
+        elif before == after:
+            totals["kept"] += count
+        else:
+            totals["upgraded"] += count
 
 
 def _metrics_now(
