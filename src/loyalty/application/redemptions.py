@@ -25,7 +25,7 @@ from loyalty.application.expiry import extend_on_activity, lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import credit_points, debit_lots
 from loyalty.application.members import resolve_member
-from loyalty.application.programs import load_program
+from loyalty.application.programs import ProgramContext, load_program
 from loyalty.domain.errors import ExpiryInPast, RedemptionAlreadyCancelled, RedemptionNotFound
 from loyalty.domain.ledger import (
     EntryKind,
@@ -58,6 +58,70 @@ def _lots_view(conn: Connection, takes: list[LotTake]) -> list[dict[str, Any]]:
     ]
 
 
+def burn_points(
+    conn: Connection,
+    ctx: ProgramContext,
+    member_id: str,
+    *,
+    points: int,
+    reason: str | None,
+    reference: str | None,
+    actor: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Burn ``points`` in the caller's transaction: lock the wallet (expiring overdue lots
+    first), take earliest-expiring lots, record the redemption. Raises
+    ``InsufficientPoints``."""
+    program_id = ctx.program_id
+    wallet = lock_for_burn(conn, program_id, member_id, now=now)
+    lots = member_lots(conn, program_id, member_id, spendable_at=now)
+    takes = plan_redemption(lots, points=points, balance=_spendable(lots, wallet))
+    # A redemption is activity: under the inactivity policy, what is left lives on.
+    extend_on_activity(conn, ctx.settings, program_id, member_id, at=now, now=now)
+    redemption_id = new_id("red")
+    entry_id = debit_lots(
+        conn,
+        program_id=program_id,
+        member_id=member_id,
+        takes=takes,
+        points=points,
+        kind=EntryKind.REDEEM,
+        movement=MovementKind.REDEEM,
+        to_purpose="redeemed",
+        program_version=ctx.settings.version,
+        now=now,
+        reason=reason,
+        source_type="redemption",
+        source_id=redemption_id,
+        actor=actor,
+        details={"reference": reference} if reference else {},
+    )
+    conn.execute(
+        insert(redemptions).values(
+            id=redemption_id,
+            program_id=program_id,
+            member_id=member_id,
+            entry_id=entry_id,
+            points=points,
+            reason=reason,
+            reference=reference,
+            created_at=now,
+        )
+    )
+    return {
+        "id": redemption_id,
+        "member_id": member_id,
+        "points": points,
+        "reason": reason,
+        "reference": reference,
+        "status": "completed",
+        "entry_id": entry_id,
+        "created_at": now.isoformat(),
+        "lots": _lots_view(conn, takes),
+        "balance": balance_view(conn, program_id, member_id, now=now),
+    }
+
+
 def redeem_points(
     engine: Engine,
     principal: Principal,
@@ -78,53 +142,16 @@ def redeem_points(
         member = resolve_member(conn, program_id, member_ref)
 
         def effect() -> tuple[int, dict[str, Any]]:
-            wallet = lock_for_burn(conn, program_id, member.id, now=now)
-            lots = member_lots(conn, program_id, member.id, spendable_at=now)
-            takes = plan_redemption(lots, points=points, balance=_spendable(lots, wallet))
-            # A redemption is activity: under the inactivity policy, what is left lives on.
-            extend_on_activity(conn, ctx.settings, program_id, member.id, at=now, now=now)
-            redemption_id = new_id("red")
-            entry_id = debit_lots(
+            return 201, burn_points(
                 conn,
-                program_id=program_id,
-                member_id=member.id,
-                takes=takes,
+                ctx,
+                member.id,
                 points=points,
-                kind=EntryKind.REDEEM,
-                movement=MovementKind.REDEEM,
-                to_purpose="redeemed",
-                program_version=ctx.settings.version,
-                now=now,
                 reason=reason,
-                source_type="redemption",
-                source_id=redemption_id,
+                reference=reference,
                 actor=principal.key_id,
-                details={"reference": reference} if reference else {},
+                now=now,
             )
-            conn.execute(
-                insert(redemptions).values(
-                    id=redemption_id,
-                    program_id=program_id,
-                    member_id=member.id,
-                    entry_id=entry_id,
-                    points=points,
-                    reason=reason,
-                    reference=reference,
-                    created_at=now,
-                )
-            )
-            return 201, {
-                "id": redemption_id,
-                "member_id": member.id,
-                "points": points,
-                "reason": reason,
-                "reference": reference,
-                "status": "completed",
-                "entry_id": entry_id,
-                "created_at": now.isoformat(),
-                "lots": _lots_view(conn, takes),
-                "balance": balance_view(conn, program_id, member.id, now=now),
-            }
 
         return run_idempotent(
             conn,
@@ -138,6 +165,104 @@ def redeem_points(
         )
 
     return run_transaction(engine, work)
+
+
+def restore_redemption(
+    conn: Connection,
+    ctx: ProgramContext,
+    red: Any,
+    *,
+    reason: str | None,
+    actor: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Cancel redemption ``red`` (a row of ``redemptions``) in the caller's transaction: every
+    lot gets back what it gave, with its expiry, debt repaid first."""
+    program_id = ctx.program_id
+    redemption_id = red.id
+    wallet = lock_wallet(conn, program_id, red.member_id)
+    already = conn.execute(
+        select(redemption_cancellations.c.entry_id).where(
+            redemption_cancellations.c.redemption_id == redemption_id
+        )
+    ).first()
+    if already is not None:
+        raise RedemptionAlreadyCancelled(redemption_id)
+    taken = conn.execute(
+        select(lot_movements.c.lot_id, lot_movements.c.amount).where(
+            lot_movements.c.entry_id == red.entry_id
+        )
+    ).all()
+    restored = {r.lot_id: -int(r.amount) for r in taken}
+    # A member with a debt holds no points; restored points repay the debt first,
+    # earliest-expiring lot first, and the lot keeps only the rest.
+    repay_left = wallet.debt
+    repaid_by_lot: dict[str, int] = defaultdict(int)
+    if repay_left:
+        expiries = lot_expiries(conn, list(restored))
+
+        order = consumption_order(
+            Lot(lot_id, pts, now, expiries[lot_id]) for lot_id, pts in restored.items()
+        )
+        for lot in order:
+            step = min(lot.remaining, repay_left)
+            repaid_by_lot[lot.lot_id] += step
+            repay_left -= step
+    repaid = sum(repaid_by_lot.values())
+    entry_id = new_id("ent")
+    write_entry(
+        conn,
+        EntryRecord(
+            entry_id=entry_id,
+            program_id=program_id,
+            member_id=red.member_id,
+            kind=EntryKind.REDEEM_CANCEL,
+            program_version=ctx.settings.version,
+            created_at=now,
+            reason=reason,
+            source_type="redemption",
+            source_id=redemption_id,
+            reverses_entry_id=red.entry_id,
+            actor=actor,
+            details={"debt_repaid": repaid} if repaid else {},
+        ),
+        [
+            Posting(
+                program_account(program_id, "redeemed"),
+                member_account(red.member_id),
+                int(red.points),
+            )
+        ],
+        debt_delta={red.member_id: -repaid} if repaid else None,
+    )
+    move_lots(
+        conn,
+        entry_id=entry_id,
+        program_id=program_id,
+        member_id=red.member_id,
+        kind=MovementKind.REDEEM_CANCEL,
+        changes=[(lot_id, pts - repaid_by_lot[lot_id]) for lot_id, pts in restored.items()],
+    )
+    conn.execute(
+        insert(redemption_cancellations).values(
+            redemption_id=redemption_id,
+            program_id=program_id,
+            member_id=red.member_id,
+            entry_id=entry_id,
+            reason=reason,
+            cancelled_at=now,
+        )
+    )
+    return {
+        "id": redemption_id,
+        "member_id": red.member_id,
+        "points": int(red.points),
+        "status": "cancelled",
+        "cancel_entry_id": entry_id,
+        "cancelled_at": now.isoformat(),
+        "lots": _lots_view(conn, [LotTake(lot_id, pts) for lot_id, pts in restored.items()]),
+        "balance": balance_view(conn, program_id, red.member_id, now=now),
+    }
 
 
 def cancel_redemption(
@@ -165,91 +290,9 @@ def cancel_redemption(
             raise RedemptionNotFound(redemption_id)
 
         def effect() -> tuple[int, dict[str, Any]]:
-            wallet = lock_wallet(conn, program_id, red.member_id)
-            already = conn.execute(
-                select(redemption_cancellations.c.entry_id).where(
-                    redemption_cancellations.c.redemption_id == redemption_id
-                )
-            ).first()
-            if already is not None:
-                raise RedemptionAlreadyCancelled(redemption_id)
-            taken = conn.execute(
-                select(lot_movements.c.lot_id, lot_movements.c.amount).where(
-                    lot_movements.c.entry_id == red.entry_id
-                )
-            ).all()
-            restored = {r.lot_id: -int(r.amount) for r in taken}
-            # A member with a debt holds no points; restored points repay the debt first,
-            # earliest-expiring lot first, and the lot keeps only the rest.
-            repay_left = wallet.debt
-            repaid_by_lot: dict[str, int] = defaultdict(int)
-            if repay_left:
-                expiries = lot_expiries(conn, list(restored))
-
-                order = consumption_order(
-                    Lot(lot_id, pts, now, expiries[lot_id]) for lot_id, pts in restored.items()
-                )
-                for lot in order:
-                    step = min(lot.remaining, repay_left)
-                    repaid_by_lot[lot.lot_id] += step
-                    repay_left -= step
-            repaid = sum(repaid_by_lot.values())
-            entry_id = new_id("ent")
-            write_entry(
-                conn,
-                EntryRecord(
-                    entry_id=entry_id,
-                    program_id=program_id,
-                    member_id=red.member_id,
-                    kind=EntryKind.REDEEM_CANCEL,
-                    program_version=ctx.settings.version,
-                    created_at=now,
-                    reason=reason,
-                    source_type="redemption",
-                    source_id=redemption_id,
-                    reverses_entry_id=red.entry_id,
-                    actor=principal.key_id,
-                    details={"debt_repaid": repaid} if repaid else {},
-                ),
-                [
-                    Posting(
-                        program_account(program_id, "redeemed"),
-                        member_account(red.member_id),
-                        int(red.points),
-                    )
-                ],
-                debt_delta={red.member_id: -repaid} if repaid else None,
+            return 200, restore_redemption(
+                conn, ctx, red, reason=reason, actor=principal.key_id, now=now
             )
-            move_lots(
-                conn,
-                entry_id=entry_id,
-                program_id=program_id,
-                member_id=red.member_id,
-                kind=MovementKind.REDEEM_CANCEL,
-                changes=[(lot_id, pts - repaid_by_lot[lot_id]) for lot_id, pts in restored.items()],
-            )
-            conn.execute(
-                insert(redemption_cancellations).values(
-                    redemption_id=redemption_id,
-                    program_id=program_id,
-                    member_id=red.member_id,
-                    entry_id=entry_id,
-                    reason=reason,
-                    cancelled_at=now,
-                )
-            )
-            return 200, {
-                "id": redemption_id,
-                "member_id": red.member_id,
-                "points": int(red.points),
-                "status": "cancelled",
-                "cancel_entry_id": entry_id,
-                "cancelled_at": now.isoformat(),
-                "lots": _lots_view(
-                    conn, [LotTake(lot_id, pts) for lot_id, pts in restored.items()]
-                ),
-                "balance": balance_view(conn, program_id, red.member_id, now=now),
-            }
 
         return run_idempotent(
             conn,
