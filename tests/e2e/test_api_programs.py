@@ -34,6 +34,7 @@ NORMALISED = {
     "stamp_cards": [],
     "discounts": None,
     "plans": [],
+    "rewards": [],
 }
 
 
@@ -85,6 +86,7 @@ def test_create_fills_documented_defaults(api):
         "stamp_cards": [],
         "discounts": None,
         "plans": [],
+        "rewards": [],
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -119,6 +121,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         "stamp_cards": [],
         "discounts": None,
         "plans": [],
+        "rewards": [],
     }
 
     current = api.request("GET", f"/v1/programs/{program}").json()

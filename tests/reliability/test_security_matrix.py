@@ -27,6 +27,7 @@ from sqlalchemy import Engine, select
 from loyalty.adapters.db.tables import api_keys, metadata
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Scope, create_api_key
+from loyalty.domain.catalog import new_code
 from tests.conftest import NOW
 from tests.e2e.test_api_support import PROBLEM_JSON, new_key
 from tests.reliability.helpers import redeem_over_http, table_counts
@@ -35,6 +36,15 @@ API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 DOCUMENT: dict[str, Any] = {
     "name": "Matrix",
     "currency": "EUR",
+    "rewards": [
+        {
+            "id": "five-off",
+            "name": "5 off",
+            "type": "coupon_amount",
+            "cost_points": 1,
+            "value_minor": 500,
+        }
+    ],
     "plans": [
         {"id": "plus", "name": "Plus", "fee_minor": 999, "period": "month", "trial_days": 7},
         {"id": "annual", "name": "Annual", "fee_minor": 9900, "period": "year"},
@@ -88,6 +98,7 @@ class World:
     order: str
     membership: str
     hold: str
+    codes: list[str]
 
     def params(self) -> dict[str, str]:
         return {
@@ -98,6 +109,8 @@ class World:
             "key_id": self.spare_keys[0],
             "membership_id": self.membership,
             "hold_id": self.hold,
+            "reward_id": "five-off",
+            "code": self.codes[0],
             "version": "1",
         }
 
@@ -112,7 +125,7 @@ def _issue(api: Any, scopes: list[str], program_id: str | None = None) -> dict[s
 
 
 def make_world(api: Any) -> World:
-    program = api.create_program(plans=DOCUMENT["plans"])
+    program = api.create_program(plans=DOCUMENT["plans"], rewards=DOCUMENT["rewards"])
     member = api.enroll(program, "C1", email="c1@example.com")
     assert api.purchase(program, "O1", "C1", [{"unit_price_minor": 5000}]).status_code == 201
     redemption = redeem_over_http(api, program, member, 10)
@@ -136,8 +149,25 @@ def make_world(api: Any) -> World:
         headers={"Idempotency-Key": new_key()},
     )
     assert held.status_code == 201, held.text
+    codes = []
+    for _ in range(3):
+        issued = api.request(
+            "POST",
+            f"/v1/programs/{program}/members/{member}/rewards/five-off/redeem",
+            headers={"Idempotency-Key": new_key()},
+        )
+        assert issued.status_code == 201, issued.text
+        codes.append(issued.json()["code"])
     return World(
-        program, member, redemption, drafts, spare, "O1", joined.json()["id"], held.json()["id"]
+        program,
+        member,
+        redemption,
+        drafts,
+        spare,
+        "O1",
+        joined.json()["id"],
+        held.json()["id"],
+        codes,
     )
 
 
@@ -191,6 +221,12 @@ def request_kwargs(method: str, path: str) -> dict[str, Any]:
         return {"json": {"points": 1, "reason": "matrix"}, "headers": key}
     if method == "POST" and tail == "api-keys":
         return {"json": {"name": "k", "scopes": ["read"]}}
+    if method == "POST" and tail == "validate":
+        return {"json": {"currency": "EUR", "lines": [{"unit_price_minor": 1000}]}}
+    if method == "POST" and tail == "redeem":
+        return {"headers": key}
+    if method == "POST" and tail == "use":
+        return {"json": {}}
     if method == "POST" and tail == "holds":
         return {"json": {"points": 1}, "headers": key}
     if method == "POST" and tail == "capture":
@@ -255,6 +291,8 @@ def test_every_route_hides_another_tenants_and_another_programs_resources(api):
         "key_id": new_id("key"),
         "membership_id": new_id("msh"),
         "hold_id": new_id("hld"),
+        "reward_id": "five-off",
+        "code": new_code(),
         "version": "1",
     }
     checked = []
@@ -295,8 +333,9 @@ def test_inside_its_own_program_an_intruder_cannot_tell_our_ids_from_absent_ones
         "key_id": new_id("key"),
         "membership_id": new_id("msh"),
         "hold_id": new_id("hld"),
+        "code": new_code(),
     }
-    named = ("member", "redemption_id", "draft_id", "key_id", "membership_id", "hold_id")
+    named = ("member", "redemption_id", "draft_id", "key_id", "membership_id", "hold_id", "code")
     roles = {ours[k]: f"<{k}>" for k in named}
     roles.update({absent[k]: f"<{k}>" for k in named})
     before = table_counts(api.engine)
@@ -413,6 +452,8 @@ def test_a_key_with_exactly_the_documented_scope_is_let_through(api):
         params = world.params()
         if "{draft_id}" in path:
             params["draft_id"] = next(used_drafts)
+        if path.endswith("/coupons/{code}/cancel"):
+            params["code"] = world.codes[1]  # another coupon than the one /use uses
         token = tokens[documented[(method, path)]]
         r = api.request(method, fill(path, params), token=token, **request_kwargs(method, path))
         if path.endswith("/release") and r.status_code == 409:

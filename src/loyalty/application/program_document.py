@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from loyalty.domain.catalog import Reward, RewardType
 from loyalty.domain.discounts import DiscountPolicy, SpendBracket
 from loyalty.domain.memberships import Plan, PlanPeriod
 from loyalty.domain.points import Rounding
@@ -467,6 +468,50 @@ class PlanDocument(_Strict):
     perks: Annotated[list[Label], Field(max_length=PERKS_MAX)] = Field(default_factory=list)
 
 
+REWARDS_MAX = 200
+
+
+class RewardLimitDocument(_Strict):
+    max_count: Annotated[StrictInt, Field(ge=1, le=1_000_000)]
+    period: Literal["day", "week", "month", "year", "lifetime"] = "lifetime"
+
+
+class RewardDocument(_Strict):
+    """A reward members get for points: a coupon (an amount or a percentage off, with a
+    minimum order and the products it applies to), a free product, a gift card, or an
+    experience or physical reward the merchant fulfils."""
+
+    id: Slug
+    name: Label
+    description: Annotated[str, Field(max_length=1_000)] | None = None
+    image_url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
+    type: Literal["coupon_amount", "coupon_percent", "free_product", "gift_card", "experience"]
+    cost_points: Annotated[StrictInt, Field(ge=1, le=10**9)]
+    cost_by_tier: dict[Slug, Annotated[StrictInt, Field(ge=1, le=10**9)]] = Field(
+        default_factory=dict, description="A different cost for some tiers."
+    )
+    value_minor: Annotated[StrictInt, Field(ge=1, le=10**9)] | None = None
+    percent: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
+    min_order_minor: Annotated[StrictInt, Field(ge=0, le=10**13)] = 0
+    skus: Annotated[list[Label], Field(max_length=FILTER_VALUES_MAX)] = Field(default_factory=list)
+    stock: Annotated[StrictInt, Field(ge=0, le=10**9)] | None = None
+    limit_per_member: RewardLimitDocument | None = None
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
+    tiers: Annotated[list[Slug], Field(min_length=1, max_length=TIERS_MAX)] | None = None
+    valid_days: Annotated[StrictInt, Field(ge=1, le=3_650)] = 90
+
+    @model_validator(mode="after")
+    def _fields_match_type(self) -> RewardDocument:
+        if self.type in ("coupon_amount", "gift_card") and self.value_minor is None:
+            raise ValueError(f"a {self.type} reward needs 'value_minor'")
+        if self.type == "coupon_percent" and self.percent is None:
+            raise ValueError("a coupon_percent reward needs 'percent'")
+        if self.type == "free_product" and not self.skus:
+            raise ValueError("a free_product reward names its product in 'skus'")
+        return self
+
+
 class ProgramDocument(_Strict):
     """A program definition, version 1 of the schema."""
 
@@ -483,6 +528,9 @@ class ProgramDocument(_Strict):
     )
     discounts: DiscountsDocument | None = None
     plans: Annotated[list[PlanDocument], Field(max_length=PLANS_MAX)] = Field(default_factory=list)
+    rewards: Annotated[list[RewardDocument], Field(max_length=REWARDS_MAX)] = Field(
+        default_factory=list
+    )
 
     @field_validator("stamp_cards")
     @classmethod
@@ -507,6 +555,13 @@ class ProgramDocument(_Strict):
             for plan in rule.conditions.plans or []:
                 if plan not in plans:
                     raise ValueError(f"rule {rule.id!r} names plan {plan!r}, not in 'plans'")
+        reward_ids = [reward.id for reward in self.rewards]
+        if len(reward_ids) != len(set(reward_ids)):
+            raise ValueError("reward ids must be unique")
+        for reward in self.rewards:
+            for tier in [*(reward.tiers or []), *reward.cost_by_tier]:
+                if tier not in known:
+                    raise ValueError(f"reward {reward.id!r} names tier {tier!r}, not in 'tiers'")
         for plan_doc in self.plans:
             if plan_doc.grants_tier is not None and plan_doc.grants_tier not in known:
                 raise ValueError(
@@ -698,6 +753,31 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         ),
         tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
         discounts=discount_policy(document.discounts),
+        rewards=tuple(
+            Reward(
+                reward_id=r.id,
+                name=r.name,
+                type=RewardType(r.type),
+                cost_points=r.cost_points,
+                description=r.description,
+                image_url=r.image_url,
+                cost_by_tier=dict(r.cost_by_tier),
+                value_minor=r.value_minor or 0,
+                percent=r.percent or 0,
+                min_order_minor=r.min_order_minor,
+                skus=frozenset(r.skus),
+                stock=r.stock,
+                limit_count=r.limit_per_member.max_count if r.limit_per_member else None,
+                limit_period=Period(r.limit_per_member.period)
+                if r.limit_per_member
+                else Period.LIFETIME,
+                starts_at=r.starts_at,
+                ends_at=r.ends_at,
+                tiers=frozenset(r.tiers) if r.tiers is not None else None,
+                valid_days=r.valid_days,
+            )
+            for r in document.rewards
+        ),
         plans=tuple(
             Plan(
                 plan_id=plan.id,

@@ -64,6 +64,22 @@ class HoldNotFound(NotFound):
         super().__init__(f"Hold {hold_id!r} does not exist in this program.", hold_id=hold_id)
 
 
+class UnknownReward(NotFound):
+    code = "reward_not_found"
+
+    def __init__(self, reward_id: str) -> None:
+        super().__init__(
+            f"Reward {reward_id!r} is not in this program's catalog.", reward=reward_id
+        )
+
+
+class CouponNotFound(NotFound):
+    code = "coupon_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("No coupon with this code in this program.")
+
+
 class OrderNotFound(NotFound):
     code = "order_not_found"
 
@@ -114,6 +130,17 @@ class HoldExpired(Conflict):
             "Reserve again.",
             hold_id=hold_id,
             expires_at=expires_at,
+        )
+
+
+class CouponNotUsable(Conflict):
+    code = "coupon_not_usable"
+
+    def __init__(self, *, status: str, used_at: Any) -> None:
+        super().__init__(
+            f"This coupon is {status}; it can't be used or cancelled.",
+            coupon_status=status,
+            used_at=used_at.isoformat() if used_at else None,
         )
 
 
@@ -191,6 +218,29 @@ class UnknownTier(Unprocessable):
             f"Tier {tier!r} is not one of the program's tiers ({', '.join(known)}).",
             tier=tier,
             known_tiers=known,
+        )
+
+
+class CouponCodeInvalid(Unprocessable):
+    code = "coupon_code_invalid"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This is not a valid coupon code: a character is mistyped or missing (codes look "
+            "like 7K2M-Q9XD-4TPW-R)."
+        )
+
+
+class RewardNotAvailable(Unprocessable):
+    code = "reward_not_available"
+
+    def __init__(self, reward_id: str, *, reasons: list[dict[str, Any]]) -> None:
+        super().__init__(
+            f"Reward {reward_id!r} can't be redeemed now: "
+            + ", ".join(r["code"] for r in reasons)
+            + ".",
+            reward=reward_id,
+            reasons=reasons,
         )
 
 

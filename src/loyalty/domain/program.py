@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from loyalty.domain.points import Rounding, divide
 
 if TYPE_CHECKING:
+    from loyalty.domain.catalog import Reward
     from loyalty.domain.discounts import DiscountPolicy
     from loyalty.domain.memberships import Plan
     from loyalty.domain.rules import Rule
@@ -119,6 +120,7 @@ class ProgramSettings:
     stamp_cards: tuple[StampCard, ...] = ()
     discounts: DiscountPolicy = field(default_factory=lambda: _no_discounts())
     plans: tuple[Plan, ...] = ()
+    rewards: tuple[Reward, ...] = ()
 
 
 def _no_discounts() -> DiscountPolicy:

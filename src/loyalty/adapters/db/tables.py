@@ -494,4 +494,37 @@ holds = Table(
 """Points reserved against an order at checkout (``held``), then ``captured`` (possibly for
 less), ``released``, or ``expired`` (released by the job after their time-to-live)."""
 
+reward_stock = Table(
+    "reward_stock",
+    metadata,
+    Column("program_id", ID, primary_key=True),
+    Column("reward_id", String(64), primary_key=True),
+    Column("stock", BigInteger, nullable=True),
+    Column("issued", BigInteger, nullable=False),
+    CheckConstraint("stock IS NULL OR issued <= stock", name="never_oversold"),
+)
+"""Per reward: how many were issued (net of cancellations), locked by each redemption; the
+database refuses to issue past the stock."""
+
+reward_issues = Table(
+    "reward_issues",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("member_id", ID, nullable=False),
+    Column("reward_id", String(64), nullable=False),
+    Column("redemption_id", ID, nullable=False),
+    Column("code_hash", String(64), nullable=True, unique=True),
+    Column("code_hint", String(8), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=True),
+    Column("used_at", TS, nullable=True),
+    Column("used_reference", String(128), nullable=True),
+    Column("cancelled_at", TS, nullable=True),
+    Index("ix_reward_issues_member", "program_id", "member_id", "reward_id", "created_at"),
+)
+"""A reward issued to a member for points: its coupon code (hashed; shown once), and its
+lifecycle: ``issued`` -> ``used`` once, or ``cancelled`` (points back) or ``expired``."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

@@ -594,3 +594,56 @@ class HoldOut(_Body):
     capture_entry_id: str | None
     release_entry_id: str | None
     balance: BalanceOut | None = None
+
+
+class RewardView(_Body):
+    id: str
+    name: str
+    description: str | None
+    image_url: str | None
+    type: str
+    cost_points: int
+    value_minor: int | None
+    percent: int | None
+    min_order_minor: int
+    skus: list[str]
+
+
+class MemberReward(RewardView):
+    available: bool
+    reasons: list[dict[str, Any]]
+    """Why not, when not: ``points_short`` (with ``points_short``), ``tier_too_low``,
+    ``out_of_stock``, ``limit_reached``, ``not_available_now``."""
+
+
+class MemberRewards(_Body):
+    member_id: str
+    available_points: int
+    items: list[MemberReward]
+
+
+class RewardIssue(_Body):
+    id: str
+    member_id: str
+    reward: str
+    redemption_id: str
+    status: str
+    code: str | None
+    """A coupon's code: in full only in the answer that issued it."""
+    code_hint: str | None
+    created_at: str
+    expires_at: str | None
+    used_at: str | None
+    used_reference: str | None
+    cancelled_at: str | None
+    points: int | None = None
+    points_returned: int | None = None
+    balance: BalanceOut | None = None
+
+
+class CouponCheck(_Body):
+    valid: bool
+    reasons: list[dict[str, Any]]
+    discount_minor: int
+    coupon: RewardIssue
+    reward: RewardView

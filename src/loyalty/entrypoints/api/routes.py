@@ -16,6 +16,7 @@ from loyalty.application import (
     access,
     balances,
     batch,
+    catalog,
     drafts,
     events,
     holds,
@@ -41,6 +42,7 @@ from loyalty.entrypoints.api.schemas import (
     BacktestRequest,
     CancelRedemption,
     CapturePoints,
+    CouponCart,
     CreateApiKey,
     EnrollMember,
     EventBatch,
@@ -51,6 +53,7 @@ from loyalty.entrypoints.api.schemas import (
     RedeemPoints,
     ReservePoints,
     UpdateMember,
+    UseCoupon,
 )
 
 router = APIRouter(prefix="/v1")
@@ -611,6 +614,112 @@ def get_member_tier(
     and what keeping this one needs by the review (a progress bar's data), the tier the
     member would get at the review if nothing more happened, and the last tier changes."""
     return tiers.get_member_tier(engine, principal, program_id, member, now=utc_now())
+
+
+@router.get(
+    "/programs/{program_id}/members/{member:path}/rewards",
+    tags=["rewards"],
+    responses=bodies.documented(200, bodies.MemberRewards, "The catalog, for this member."),
+)
+def list_member_rewards(
+    program_id: ProgramId, member: MemberRefParam, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """What this member can get now, and for what they can't yet, why: points short by N,
+    tier too low, out of stock, limit reached, outside its dates."""
+    return catalog.member_rewards(engine, principal, program_id, member, now=utc_now())
+
+
+@router.post(
+    "/programs/{program_id}/members/{member:path}/rewards/{reward_id}/redeem",
+    status_code=201,
+    tags=["rewards"],
+    responses=bodies.documented(201, bodies.RewardIssue, "The reward, issued."),
+)
+def redeem_reward(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    reward_id: Annotated[str, Path(min_length=1, max_length=64)],
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Burn the reward's cost and issue it in one transaction; a coupon's code is in this
+    answer only. `Idempotency-Key` is required. `422 reward_not_available` says why not."""
+    return respond(
+        catalog.redeem_reward(
+            engine,
+            principal,
+            program_id,
+            member,
+            reward_id,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
+
+
+CouponCode = Annotated[str, Path(min_length=1, max_length=32)]
+
+
+@router.post(
+    "/programs/{program_id}/coupons/{code}/validate",
+    tags=["rewards"],
+    responses=bodies.documented(200, bodies.CouponCheck, "Whether it applies, and how much."),
+)
+def validate_coupon(
+    program_id: ProgramId, code: CouponCode, body: CouponCart, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """Whether a code applies to a cart and what it takes off, without using it."""
+    lines = [
+        (li.sku, li.quantity * li.unit_price_minor - li.discount_minor, li.quantity)
+        for li in body.lines
+    ]
+    total = body.total_minor if body.total_minor is not None else sum(b for _, b, _ in lines)
+    return catalog.validate_coupon(
+        engine,
+        principal,
+        program_id,
+        code,
+        currency=body.currency,
+        lines=lines,
+        total_minor=total,
+        now=utc_now(),
+    )
+
+
+@router.post(
+    "/programs/{program_id}/coupons/{code}/use",
+    tags=["rewards"],
+    responses=bodies.documented(200, bodies.RewardIssue, "The coupon, used."),
+)
+def use_coupon(
+    program_id: ProgramId,
+    code: CouponCode,
+    principal: Auth,
+    engine: EngineDep,
+    body: UseCoupon | None = None,
+) -> dict[str, Any]:
+    """Use a coupon, once (atomically): a second use is `409 coupon_not_usable`."""
+    return catalog.use_coupon(
+        engine,
+        principal,
+        program_id,
+        code,
+        order_reference=body.order_reference if body else None,
+        now=utc_now(),
+    )
+
+
+@router.post(
+    "/programs/{program_id}/coupons/{code}/cancel",
+    tags=["rewards"],
+    responses=bodies.documented(200, bodies.RewardIssue, "The coupon, cancelled."),
+)
+def cancel_coupon(
+    program_id: ProgramId, code: CouponCode, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """Cancel an unused coupon: its points go back with their original expiry."""
+    return catalog.cancel_coupon(engine, principal, program_id, code, now=utc_now())
 
 
 @router.post(

@@ -192,3 +192,15 @@ class CapturePoints(_Strict):
     points: Annotated[StrictInt, Field(ge=0, le=POINTS_PER_REQUEST_MAX)] | None = Field(
         default=None, description="At most the hold's points (default: all of them)."
     )
+
+
+class CouponCart(_Strict):
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    lines: Annotated[list[LineItem], Field(max_length=LINES_PER_EVENT_MAX)] = Field(
+        default_factory=list
+    )
+    total_minor: Annotated[StrictInt, Field(ge=0, le=10**13)] | None = None
+
+
+class UseCoupon(_Strict):
+    order_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = None

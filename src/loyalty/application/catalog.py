@@ -1,0 +1,379 @@
+"""The reward catalog and coupons: what a member can get now (and why not), redeeming a
+reward (points burnt and the reward issued in one transaction, stock and per-member limits
+held under concurrent redemptions), and a coupon's life: validated by a checkout without
+being used, used once, or cancelled with its points back."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+
+from loyalty.adapters.db.engine import reading, run_transaction
+from loyalty.adapters.db.locking import lock_wallet
+from loyalty.adapters.db.tables import redemptions, reward_issues, reward_stock
+from loyalty.adapters.ids import new_id
+from loyalty.application import memberships, tiers
+from loyalty.application.access import Principal, Scope
+from loyalty.application.balances import balance_view
+from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
+from loyalty.application.members import find_member, resolve_member
+from loyalty.application.programs import ProgramContext, load_program
+from loyalty.application.redemptions import burn_points, restore_redemption
+from loyalty.domain.catalog import (
+    Reward,
+    RewardType,
+    code_hash,
+    discount_for,
+    new_code,
+    normalise_code,
+    why_not,
+)
+from loyalty.domain.errors import (
+    CouponCodeInvalid,
+    CouponNotFound,
+    CouponNotUsable,
+    MemberNotFound,
+    RewardNotAvailable,
+    UnknownReward,
+)
+from loyalty.domain.rules import period_start
+
+COUPON_TYPES = (RewardType.COUPON_AMOUNT, RewardType.COUPON_PERCENT, RewardType.FREE_PRODUCT)
+
+
+def _reward(ctx: ProgramContext, reward_id: str) -> Reward:
+    for reward in ctx.settings.rewards:
+        if reward.reward_id == reward_id:
+            return reward
+    raise UnknownReward(reward_id)
+
+
+def _tier(conn: Connection, ctx: ProgramContext, member_id: str, now: datetime) -> str | None:
+    plans = memberships.active_plans(conn, ctx, member_id, now=now)
+    return tiers.with_granted(
+        ctx, tiers.current_tier(conn, ctx, member_id), memberships.granted_tiers(ctx, plans)
+    )
+
+
+def _issued_total(conn: Connection, ctx: ProgramContext, reward_id: str) -> int:
+    row = conn.execute(
+        select(reward_stock.c.issued).where(
+            and_(reward_stock.c.program_id == ctx.program_id, reward_stock.c.reward_id == reward_id)
+        )
+    ).first()
+    return int(row.issued) if row else 0
+
+
+def _issued_to_member(
+    conn: Connection, ctx: ProgramContext, reward: Reward, member_id: str, now: datetime
+) -> int:
+    since = period_start(reward.limit_period, now, ZoneInfo(ctx.settings.time_zone))
+    i = reward_issues.c
+    where = [
+        i.program_id == ctx.program_id,
+        i.member_id == member_id,
+        i.reward_id == reward.reward_id,
+        i.status != "cancelled",
+    ]
+    if since is not None:
+        where.append(i.created_at >= since)
+    return int(conn.execute(select(func.count()).where(and_(*where))).scalar_one())
+
+
+def _reward_view(reward: Reward, tier: str | None) -> dict[str, Any]:
+    return {
+        "id": reward.reward_id,
+        "name": reward.name,
+        "description": reward.description,
+        "image_url": reward.image_url,
+        "type": reward.type.value,
+        "cost_points": reward.cost_for(tier),
+        "value_minor": reward.value_minor or None,
+        "percent": reward.percent or None,
+        "min_order_minor": reward.min_order_minor,
+        "skus": sorted(reward.skus),
+    }
+
+
+def member_rewards(
+    engine: Engine, principal: Principal, program_id: str, member_ref: str, *, now: datetime
+) -> dict[str, Any]:
+    """Every reward of the catalog for this member: ``available``, or the reasons it isn't
+    (``points_short`` by N, ``tier_too_low``, ``out_of_stock``, ``limit_reached``,
+    ``not_available_now``)."""
+    with reading(engine) as conn:
+        ctx = load_program(conn, principal, program_id, Scope.READ)
+        member = find_member(conn, program_id, member_ref)
+        if member is None:
+            raise MemberNotFound(member_ref)
+        tier = _tier(conn, ctx, member.id, now)
+        available_points = balance_view(conn, program_id, member.id, now=now)["available"]
+        items = []
+        for reward in ctx.settings.rewards:
+            reasons = why_not(
+                reward,
+                available_points=available_points,
+                tier=tier,
+                issued_total=_issued_total(conn, ctx, reward.reward_id),
+                issued_to_member_in_period=_issued_to_member(conn, ctx, reward, member.id, now),
+                now=now,
+            )
+            items.append(
+                {**_reward_view(reward, tier), "available": not reasons, "reasons": reasons}
+            )
+    return {"member_id": member.id, "available_points": available_points, "items": items}
+
+
+def _issue_view(row: Any, *, code: str | None = None) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "member_id": row.member_id,
+        "reward": row.reward_id,
+        "redemption_id": row.redemption_id,
+        "status": row.status,
+        "code": code,
+        "code_hint": row.code_hint,
+        "created_at": row.created_at.isoformat(),
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "used_at": row.used_at.isoformat() if row.used_at else None,
+        "used_reference": row.used_reference,
+        "cancelled_at": row.cancelled_at.isoformat() if row.cancelled_at else None,
+    }
+
+
+def redeem_reward(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    member_ref: str,
+    reward_id: str,
+    *,
+    idempotency_key: str,
+    now: datetime,
+) -> Outcome:
+    """Burn the reward's cost (lots, earliest expiry first) and issue it, in one
+    transaction. A coupon gets a fresh code, shown in full in this answer only (a replay of
+    the same key shows only its last characters). Locks: the member's wallet, then the
+    reward's stock row, so stock and per-member limits hold under concurrent redemptions."""
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
+        member = resolve_member(conn, program_id, member_ref)
+        reward = _reward(ctx, reward_id)
+        shown: dict[str, str] = {}
+
+        def effect() -> tuple[int, dict[str, Any]]:
+            lock_wallet(conn, program_id, member.id)
+            s = reward_stock.c
+            stock = conn.execute(
+                select(s.issued)
+                .where(and_(s.program_id == program_id, s.reward_id == reward_id))
+                .with_for_update()
+            ).first()
+            if stock is None:
+                conn.execute(
+                    insert(reward_stock),
+                    {
+                        "program_id": program_id,
+                        "reward_id": reward_id,
+                        "stock": reward.stock,
+                        "issued": 0,
+                    },
+                )
+            tier = _tier(conn, ctx, member.id, now)
+            reasons = why_not(
+                reward,
+                available_points=balance_view(conn, program_id, member.id, now=now)["available"],
+                tier=tier,
+                issued_total=int(stock.issued) if stock else 0,
+                issued_to_member_in_period=_issued_to_member(conn, ctx, reward, member.id, now),
+                now=now,
+            )
+            if reasons:
+                raise RewardNotAvailable(reward_id, reasons=reasons)
+            conn.execute(
+                update(reward_stock)
+                .where(and_(s.program_id == program_id, s.reward_id == reward_id))
+                .values(issued=s.issued + 1, stock=reward.stock)
+            )
+            burnt = burn_points(
+                conn,
+                ctx,
+                member.id,
+                points=reward.cost_for(tier),
+                reason=f"reward {reward_id}",
+                reference=None,
+                actor=principal.key_id,
+                now=now,
+            )
+            code = new_code() if reward.type in COUPON_TYPES else None
+            issue_id = new_id("rwi")
+            conn.execute(
+                insert(reward_issues),
+                {
+                    "id": issue_id,
+                    "program_id": program_id,
+                    "member_id": member.id,
+                    "reward_id": reward_id,
+                    "redemption_id": burnt["id"],
+                    "code_hash": code_hash(normalise_code(code) or "") if code else None,
+                    "code_hint": code[-6:] if code else None,
+                    "status": "issued",
+                    "created_at": now,
+                    "expires_at": now + timedelta(days=reward.valid_days) if code else None,
+                },
+            )
+            if code:
+                shown["code"] = code
+            row = conn.execute(select(reward_issues).where(reward_issues.c.id == issue_id)).one()
+            # What is stored for a replay holds no code: a code is shown once.
+            return 201, {
+                **_issue_view(row),
+                "points": reward.cost_for(tier),
+                "balance": burnt["balance"],
+            }
+
+        outcome = run_idempotent(
+            conn,
+            tenant_id=principal.tenant_id,
+            scope=program_id,
+            key=f"reward:{idempotency_key}",
+            client_key=idempotency_key,
+            request_fingerprint=fingerprint(member.id, reward_id),
+            now=now,
+            work=effect,
+        )
+        if shown and not outcome.replayed:
+            outcome = Outcome(outcome.status_code, {**outcome.body, **shown}, replayed=False)
+        return outcome
+
+    return run_transaction(engine, work)
+
+
+def _find_coupon(conn: Connection, program_id: str, code: str, *, lock: bool = False) -> Any:
+    normalised = normalise_code(code)
+    if normalised is None:
+        raise CouponCodeInvalid()
+    stmt = select(reward_issues).where(
+        and_(
+            reward_issues.c.program_id == program_id,
+            reward_issues.c.code_hash == code_hash(normalised),
+        )
+    )
+    row = conn.execute(stmt.with_for_update() if lock else stmt).first()
+    if row is None:
+        raise CouponNotFound()
+    return row
+
+
+def _status_now(row: Any, now: datetime) -> str:
+    if row.status == "issued" and row.expires_at is not None and now >= row.expires_at:
+        return "expired"
+    return str(row.status)
+
+
+def validate_coupon(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    code: str,
+    *,
+    currency: str,
+    lines: list[tuple[str | None, int, int]],
+    total_minor: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """Whether a code applies to a cart and what it takes off, without using it."""
+    with reading(engine) as conn:
+        ctx = load_program(conn, principal, program_id, Scope.READ)
+        row = _find_coupon(conn, program_id, code)
+        reward = _reward(ctx, row.reward_id)
+        status = _status_now(row, now)
+        discount = (
+            discount_for(reward, lines, total_minor) if currency == ctx.settings.currency else 0
+        )
+        reasons: list[dict[str, Any]] = []
+        if status != "issued":
+            reasons.append({"code": f"coupon_{status}"})
+        if currency != ctx.settings.currency:
+            reasons.append({"code": "currency_mismatch", "expected": ctx.settings.currency})
+        elif total_minor < reward.min_order_minor:
+            reasons.append({"code": "below_minimum", "min_order_minor": reward.min_order_minor})
+        elif discount == 0:
+            reasons.append({"code": "no_applicable_lines", "skus": sorted(reward.skus)})
+        return {
+            "valid": not reasons,
+            "reasons": reasons,
+            "discount_minor": discount if not reasons else 0,
+            "coupon": _issue_view(row) | {"status": status},
+            "reward": _reward_view(reward, None),
+        }
+
+
+def use_coupon(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    code: str,
+    *,
+    order_reference: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """Use a coupon, once: the row is locked and moved from ``issued`` to ``used`` in one
+    step, so two tills racing with the same code can't both have it."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.WRITE)
+        row = _find_coupon(conn, program_id, code, lock=True)
+        status = _status_now(row, now)
+        if status != "issued":
+            raise CouponNotUsable(status=status, used_at=row.used_at)
+        conn.execute(
+            update(reward_issues)
+            .where(and_(reward_issues.c.id == row.id, reward_issues.c.status == "issued"))
+            .values(status="used", used_at=now, used_reference=order_reference)
+        )
+        return _issue_view(
+            conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one()
+        )
+
+    return run_transaction(engine, work)
+
+
+def cancel_coupon(
+    engine: Engine, principal: Principal, program_id: str, code: str, *, now: datetime
+) -> dict[str, Any]:
+    """Cancel an unused coupon: its points go back to the lots they came from, with their
+    original expiry, and the stock it took is free again."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
+        first = _find_coupon(conn, program_id, code)
+        lock_wallet(conn, program_id, first.member_id)
+        row = _find_coupon(conn, program_id, code, lock=True)
+        if row.status != "issued":
+            raise CouponNotUsable(status=row.status, used_at=row.used_at)
+        red = conn.execute(select(redemptions).where(redemptions.c.id == row.redemption_id)).one()
+        restored = restore_redemption(
+            conn, ctx, red, reason="coupon cancelled", actor=principal.key_id, now=now
+        )
+        s = reward_stock.c
+        conn.execute(
+            update(reward_stock)
+            .where(and_(s.program_id == program_id, s.reward_id == row.reward_id))
+            .values(issued=s.issued - 1)
+        )
+        conn.execute(
+            update(reward_issues)
+            .where(reward_issues.c.id == row.id)
+            .values(status="cancelled", cancelled_at=now)
+        )
+        view = _issue_view(
+            conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one()
+        )
+        return {**view, "points_returned": restored["points"], "balance": restored["balance"]}
+
+    return run_transaction(engine, work)

@@ -1,0 +1,175 @@
+"""The reward catalog and coupons: what a member can get and why not, a redemption that
+burns and issues in one transaction, codes that catch typos and work once, cancellations
+that give points back, and stock that is never oversold."""
+
+from __future__ import annotations
+
+import threading
+
+from loyalty.application.audit import audit_ledger
+from loyalty.domain.catalog import new_code, normalise_code
+from tests.e2e.test_api_support import assert_problem
+
+REWARDS = [
+    {
+        "id": "five-off",
+        "name": "EUR 5 off an order of EUR 20",
+        "type": "coupon_amount",
+        "cost_points": 100,
+        "value_minor": 500,
+        "min_order_minor": 2000,
+        "limit_per_member": {"max_count": 2, "period": "month"},
+    },
+    {
+        "id": "free-coffee",
+        "name": "A free coffee",
+        "type": "free_product",
+        "cost_points": 40,
+        "skus": ["COFFEE"],
+        "stock": 10,
+    },
+    {
+        "id": "vip-tour",
+        "name": "A roastery tour",
+        "type": "experience",
+        "cost_points": 30,
+        "tiers": ["gold"],
+    },
+]
+TIERS = {
+    "metric": "spend",
+    "levels": [
+        {"id": "base", "name": "Base", "threshold": 0},
+        {"id": "gold", "name": "Gold", "threshold": 1_000_000},
+    ],
+}
+
+
+def _program(api, points, rewards=REWARDS):
+    program = api.create_program(
+        rewards=rewards, tiers=TIERS, enrollment={"auto_enroll_on_purchase": True}
+    )
+    r = api.purchase(program, "O1", "C1", [{"unit_price_minor": points * 100}])
+    assert r.status_code == 201, r.text
+    return program
+
+
+def _redeem(api, program, reward, key, member="ext:C1"):
+    return api.request(
+        "POST",
+        f"/v1/programs/{program}/members/{member}/rewards/{reward}/redeem",
+        headers={"Idempotency-Key": key},
+    )
+
+
+def test_the_catalog_says_what_a_member_can_get_and_why_not(api):
+    program = _program(api, 60)
+    items = {
+        i["id"]: i
+        for i in api.request("GET", f"/v1/programs/{program}/members/ext:C1/rewards").json()[
+            "items"
+        ]
+    }
+    assert items["free-coffee"]["available"] is True
+    assert items["five-off"]["reasons"] == [{"code": "points_short", "points_short": 40}]
+    assert [r["code"] for r in items["vip-tour"]["reasons"]] == ["tier_too_low"]
+
+
+def test_a_coupon_is_issued_once_validated_used_once_and_typos_are_caught(api):
+    program = _program(api, 250)
+    r = _redeem(api, program, "five-off", "k1")
+    assert r.status_code == 201, r.text
+    issued = r.json()
+    code = issued["code"]
+    assert normalise_code(code) is not None
+    assert (issued["status"], issued["points"], issued["balance"]["balance"]) == (
+        "issued",
+        100,
+        150,
+    )
+    # A replay doesn't show the code again: it is shown once.
+    again = _redeem(api, program, "five-off", "k1")
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["code"] is None and again.json()["id"] == issued["id"]
+    url = f"/v1/programs/{program}/coupons"
+    cart = {"currency": "EUR", "lines": [{"sku": "X", "unit_price_minor": 2500}]}
+    check = api.request("POST", f"{url}/{code}/validate", json=cart).json()
+    assert (check["valid"], check["discount_minor"]) == (True, 500)
+    small = {"currency": "EUR", "lines": [{"sku": "X", "unit_price_minor": 1500}]}
+    assert api.request("POST", f"{url}/{code}/validate", json=small).json()["reasons"] == [
+        {"code": "below_minimum", "min_order_minor": 2000}
+    ]
+    # A typo (one character changed) is told apart from a code that doesn't exist.
+    typo = code[:-1] + ("0" if code[-1] != "0" else "1")
+    assert_problem(
+        api.request("POST", f"{url}/{typo}/validate", json=cart), 422, "coupon_code_invalid"
+    )
+    assert_problem(
+        api.request("POST", f"{url}/{new_code()}/validate", json=cart), 404, "coupon_not_found"
+    )
+    used = api.request("POST", f"{url}/{code.lower()}/use", json={"order_reference": "T-1"})
+    assert used.status_code == 200, used.text
+    assert used.json()["status"] == "used"
+    second = api.request("POST", f"{url}/{code}/use", json={})
+    assert_problem(second, 409, "coupon_not_usable")
+    assert_problem(api.request("POST", f"{url}/{code}/cancel"), 409, "coupon_not_usable")
+
+
+def test_cancelling_an_unused_coupon_gives_its_points_back_and_frees_the_stock(api):
+    program = _program(api, 100)
+    code = _redeem(api, program, "free-coffee", "k1").json()["code"]
+    assert api.balance(program, "ext:C1")["balance"] == 60
+    cancelled = api.request("POST", f"/v1/programs/{program}/coupons/{code}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["status"], cancelled.json()["points_returned"]) == ("cancelled", 40)
+    assert api.balance(program, "ext:C1")["balance"] == 100
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_per_member_limit_holds(api):
+    program = _program(api, 1000)
+    assert _redeem(api, program, "five-off", "a").status_code == 201
+    assert _redeem(api, program, "five-off", "b").status_code == 201
+    third = _redeem(api, program, "five-off", "c")
+    body = assert_problem(third, 422, "reward_not_available")
+    assert [r["code"] for r in body["reasons"]] == ["limit_reached"]
+    assert api.balance(program, "ext:C1")["balance"] == 800
+
+
+def test_parallel_redemptions_never_oversell_the_stock(api):
+    program = api.create_program(rewards=REWARDS[1:2], enrollment={"auto_enroll_on_purchase": True})
+    for n in range(32):
+        r = api.purchase(program, f"O{n}", f"M{n}", [{"unit_price_minor": 5000}])
+        assert r.status_code == 201, r.text
+    statuses: list[int] = []
+
+    def redeem(n: int) -> None:
+        statuses.append(
+            _redeem(api, program, "free-coffee", f"k{n}", member=f"ext:M{n}").status_code
+        )
+
+    threads = [threading.Thread(target=redeem, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(201) == 10
+    assert statuses.count(422) == 22
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_coupon_used_by_two_tills_at_once_is_used_once(api):
+    program = _program(api, 200)
+    code = _redeem(api, program, "five-off", "k1").json()["code"]
+    statuses: list[int] = []
+
+    def use() -> None:
+        r = api.request("POST", f"/v1/programs/{program}/coupons/{code}/use", json={})
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [409] * 7
