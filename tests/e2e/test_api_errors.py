@@ -326,6 +326,7 @@ def test_openapi_lists_the_v1_routes_and_docs_are_served(api):
         "/v1/programs/{program_id}/members/{member}/memberships": {"get", "post"},
         "/v1/programs/{program_id}/members/{member}/holds": {"post"},
         "/v1/programs/{program_id}/members/{member}/rewards": {"get"},
+        "/v1/programs/{program_id}/members/{member}/transfers": {"post"},
         "/v1/programs/{program_id}/members/{member}/rewards/{reward_id}/redeem": {"post"},
         "/v1/programs/{program_id}/coupons/{code}/validate": {"post"},
         "/v1/programs/{program_id}/coupons/{code}/use": {"post"},

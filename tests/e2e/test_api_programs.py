@@ -35,6 +35,7 @@ NORMALISED = {
     "discounts": None,
     "plans": [],
     "rewards": [],
+    "transfers": {"enabled": False, "max_points_per_transfer": None, "max_points_per_month": None},
 }
 
 
@@ -87,6 +88,11 @@ def test_create_fills_documented_defaults(api):
         "discounts": None,
         "plans": [],
         "rewards": [],
+        "transfers": {
+            "enabled": False,
+            "max_points_per_transfer": None,
+            "max_points_per_month": None,
+        },
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -122,6 +128,11 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         "discounts": None,
         "plans": [],
         "rewards": [],
+        "transfers": {
+            "enabled": False,
+            "max_points_per_transfer": None,
+            "max_points_per_month": None,
+        },
     }
 
     current = api.request("GET", f"/v1/programs/{program}").json()

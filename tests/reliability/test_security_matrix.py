@@ -36,6 +36,7 @@ API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 DOCUMENT: dict[str, Any] = {
     "name": "Matrix",
     "currency": "EUR",
+    "transfers": {"enabled": True},
     "rewards": [
         {
             "id": "five-off",
@@ -125,8 +126,11 @@ def _issue(api: Any, scopes: list[str], program_id: str | None = None) -> dict[s
 
 
 def make_world(api: Any) -> World:
-    program = api.create_program(plans=DOCUMENT["plans"], rewards=DOCUMENT["rewards"])
+    program = api.create_program(
+        plans=DOCUMENT["plans"], rewards=DOCUMENT["rewards"], transfers=DOCUMENT["transfers"]
+    )
     member = api.enroll(program, "C1", email="c1@example.com")
+    api.enroll(program, "C2")
     assert api.purchase(program, "O1", "C1", [{"unit_price_minor": 5000}]).status_code == 201
     redemption = redeem_over_http(api, program, member, 10)
     drafts = []
@@ -221,6 +225,8 @@ def request_kwargs(method: str, path: str) -> dict[str, Any]:
         return {"json": {"points": 1, "reason": "matrix"}, "headers": key}
     if method == "POST" and tail == "api-keys":
         return {"json": {"name": "k", "scopes": ["read"]}}
+    if method == "POST" and tail == "transfers":
+        return {"json": {"to": "ext:C2", "points": 1}, "headers": key}
     if method == "POST" and tail == "validate":
         return {"json": {"currency": "EUR", "lines": [{"unit_price_minor": 1000}]}}
     if method == "POST" and tail == "redeem":

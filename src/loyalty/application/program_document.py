@@ -33,6 +33,7 @@ from loyalty.domain.program import (
     NegativeBalancePolicy,
     PointValue,
     ProgramSettings,
+    TransferRules,
 )
 from loyalty.domain.rules import (
     BASE_RULE_ID,
@@ -512,6 +513,14 @@ class RewardDocument(_Strict):
         return self
 
 
+class TransfersDocument(_Strict):
+    """Whether members may give points to other members, and how many."""
+
+    enabled: bool = False
+    max_points_per_transfer: Annotated[StrictInt, Field(ge=1, le=10**12)] | None = None
+    max_points_per_month: Annotated[StrictInt, Field(ge=1, le=10**12)] | None = None
+
+
 class ProgramDocument(_Strict):
     """A program definition, version 1 of the schema."""
 
@@ -531,6 +540,7 @@ class ProgramDocument(_Strict):
     rewards: Annotated[list[RewardDocument], Field(max_length=REWARDS_MAX)] = Field(
         default_factory=list
     )
+    transfers: TransfersDocument = Field(default_factory=TransfersDocument)
 
     @field_validator("stamp_cards")
     @classmethod
@@ -753,6 +763,11 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         ),
         tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
         discounts=discount_policy(document.discounts),
+        transfers=TransferRules(
+            enabled=document.transfers.enabled,
+            max_per_transfer=document.transfers.max_points_per_transfer,
+            max_per_month=document.transfers.max_points_per_month,
+        ),
         rewards=tuple(
             Reward(
                 reward_id=r.id,

@@ -244,6 +244,19 @@ class RewardNotAvailable(Unprocessable):
         )
 
 
+class TransferRefused(Unprocessable):
+    code = "transfer_refused"
+
+    def __init__(self, reason: str, **context: Any) -> None:
+        texts = {
+            "transfers_disabled": "This program doesn't allow members to transfer points.",
+            "same_member": "A member can't transfer points to themselves.",
+            "over_transfer_limit": "The transfer is over the program's limit per transfer.",
+            "over_monthly_limit": "The transfer would pass the program's monthly limit.",
+        }
+        super().__init__(texts[reason], reason=reason, **context)
+
+
 class UnknownPlan(Unprocessable):
     code = "unknown_plan"
 

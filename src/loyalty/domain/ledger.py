@@ -35,6 +35,8 @@ class EntryKind(StrEnum):
     """Points reserved at checkout: out of the member's lots into the program's held account."""
     HOLD_CAPTURE = "hold_capture"
     """Held points captured by a completed order: from held to redeemed."""
+    TRANSFER = "transfer"
+    """Points moved from one member to another of the same program, in one entry."""
     HOLD_RELEASE = "hold_release"
     """Held points given back to the lots they came from (an abandoned order, an expired hold,
     or what a capture did not take)."""
@@ -51,6 +53,7 @@ class MovementKind(StrEnum):
     DEBT_REPAYMENT = "debt_repayment"
     HOLD = "hold"
     HOLD_RELEASE = "hold_release"
+    TRANSFER_OUT = "transfer_out"
 
 
 def member_account(member_id: str) -> str:

@@ -99,6 +99,13 @@ class PointValue:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferRules:
+    enabled: bool = False
+    max_per_transfer: int | None = None
+    max_per_month: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramSettings:
     currency: str
     earn: EarnRate
@@ -121,6 +128,7 @@ class ProgramSettings:
     discounts: DiscountPolicy = field(default_factory=lambda: _no_discounts())
     plans: tuple[Plan, ...] = ()
     rewards: tuple[Reward, ...] = ()
+    transfers: TransferRules = field(default_factory=TransferRules)
 
 
 def _no_discounts() -> DiscountPolicy:

@@ -647,3 +647,15 @@ class CouponCheck(_Body):
     discount_minor: int
     coupon: RewardIssue
     reward: RewardView
+
+
+class TransferOut(_Body):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    entry_id: str
+    from_: str = Field(alias="from")
+    to: str
+    points: int
+    reason: str | None
+    created_at: str
+    from_balance: BalanceOut
+    to_balance: BalanceOut

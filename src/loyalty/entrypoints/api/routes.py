@@ -26,6 +26,7 @@ from loyalty.application import (
     redemptions,
     stamps,
     tiers,
+    transfers,
 )
 from loyalty.application import backtest as backtests
 from loyalty.application import quote as quotes
@@ -52,6 +53,7 @@ from loyalty.entrypoints.api.schemas import (
     RecalculateTiers,
     RedeemPoints,
     ReservePoints,
+    TransferPoints,
     UpdateMember,
     UseCoupon,
 )
@@ -614,6 +616,38 @@ def get_member_tier(
     and what keeping this one needs by the review (a progress bar's data), the tier the
     member would get at the review if nothing more happened, and the last tier changes."""
     return tiers.get_member_tier(engine, principal, program_id, member, now=utc_now())
+
+
+@router.post(
+    "/programs/{program_id}/members/{member:path}/transfers",
+    status_code=201,
+    tags=["points"],
+    responses=bodies.documented(201, bodies.TransferOut, "The transfer."),
+)
+def transfer_points(
+    program_id: ProgramId,
+    member: MemberRefParam,
+    body: TransferPoints,
+    principal: Auth,
+    engine: EngineDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Give points to another member of the program, where the program allows it (limits
+    per transfer and per month), as one balanced ledger entry. `Idempotency-Key` is
+    required. `422 transfer_refused` says why not."""
+    return respond(
+        transfers.transfer(
+            engine,
+            principal,
+            program_id,
+            member,
+            receiver_ref=body.to,
+            points=body.points,
+            reason=body.reason,
+            idempotency_key=require_key(idempotency_key),
+            now=utc_now(),
+        )
+    )
 
 
 @router.get(

@@ -204,3 +204,11 @@ class CouponCart(_Strict):
 
 class UseCoupon(_Strict):
     order_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class TransferPoints(_Strict):
+    to: Annotated[str, Field(min_length=1, max_length=140)] = Field(
+        description="The receiving member: `mbr_...` or `ext:<external id>`."
+    )
+    points: Annotated[StrictInt, Field(ge=1, le=POINTS_PER_REQUEST_MAX)]
+    reason: Annotated[str, Field(max_length=REASON_LENGTH_MAX)] | None = None
