@@ -67,6 +67,27 @@ class _DemoState:
     complete: bool
 
 
+DEMO_REWARDS = [
+    {
+        "id": "free-croissant",
+        "name": "A free croissant",
+        "type": "free_product",
+        "cost_points": 20,
+        "skus": ["CRO"],
+    },
+    {
+        "id": "five-off",
+        "name": "EUR 5 off an order of EUR 20 or more",
+        "type": "coupon_amount",
+        "cost_points": 100,
+        "value_minor": 500,
+        "min_order_minor": 2000,
+        "limit_per_member": {"max_count": 1, "period": "month"},
+    },
+]
+"""The demo's reward catalog (the README's walk-through redeems the croissant)."""
+
+
 def _demo_state(engine: Engine) -> _DemoState:
     def work(conn: Connection) -> _DemoState:
         key = conn.execute(
@@ -130,6 +151,7 @@ def load_demo(engine: Engine, *, now: datetime, seed: int = 7) -> DemoInfo:
                 "negative_balance": "allow_debt",
             },
             "enrollment": {"auto_enroll_on_purchase": True},
+            "rewards": DEMO_REWARDS,
         }
     )
     start = now - timedelta(days=90)
