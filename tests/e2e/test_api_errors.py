@@ -329,6 +329,8 @@ def test_openapi_lists_the_v1_routes_and_docs_are_served(api):
         "/v1/programs/{program_id}/members/{member}/transfers": {"post"},
         "/v1/programs/{program_id}/members/{member}/rewards/{reward_id}/redeem": {"post"},
         "/v1/programs/{program_id}/coupons/{code}/validate": {"post"},
+        "/v1/programs/{program_id}/reward-issues/{issue_id}": {"get"},
+        "/v1/programs/{program_id}/reward-issues/{issue_id}/fulfilment": {"post"},
         "/v1/programs/{program_id}/coupons/{code}/use": {"post"},
         "/v1/programs/{program_id}/coupons/{code}/cancel": {"post"},
         "/v1/programs/{program_id}/holds/{hold_id}": {"get"},

@@ -173,3 +173,40 @@ def test_a_coupon_used_by_two_tills_at_once_is_used_once(api):
     for t in threads:
         t.join()
     assert sorted(statuses) == [200] + [409] * 7
+
+
+def test_an_experience_is_fulfilled_by_the_merchant_and_a_gift_card_is_a_voucher_code(api):
+    rewards = [
+        {"id": "tour", "name": "A roastery tour", "type": "experience", "cost_points": 30},
+        {
+            "id": "gift",
+            "name": "EUR 10 gift card",
+            "type": "gift_card",
+            "cost_points": 50,
+            "value_minor": 1000,
+        },
+    ]
+    program = _program(api, 200, rewards=rewards)
+    tour = _redeem(api, program, "tour", "t1").json()
+    assert (tour["code"], tour["fulfilment"]) == (None, "pending")
+    url = f"/v1/programs/{program}/reward-issues/{tour['id']}"
+    shipped = api.request("POST", f"{url}/fulfilment", json={"status": "fulfilled"})
+    assert shipped.status_code == 200, shipped.text
+    assert api.request("GET", url).json()["fulfilment"] == "fulfilled"
+    assert api.request("POST", f"{url}/fulfilment", json={"status": "lost"}).status_code == 422
+    gift = _redeem(api, program, "gift", "g1").json()
+    assert gift["code"] is not None and gift["fulfilment"] is None
+    cart = {"currency": "EUR", "lines": [{"sku": "X", "unit_price_minor": 1500}]}
+    check = api.request(
+        "POST", f"/v1/programs/{program}/coupons/{gift['code']}/validate", json=cart
+    )
+    assert check.json()["discount_minor"] == 1000
+    assert_problem(
+        api.request(
+            "POST",
+            f"/v1/programs/{program}/reward-issues/{gift['id']}/fulfilment",
+            json={"status": "shipped"},
+        ),
+        422,
+        "not_fulfilled",
+    )

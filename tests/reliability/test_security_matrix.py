@@ -38,13 +38,14 @@ DOCUMENT: dict[str, Any] = {
     "currency": "EUR",
     "transfers": {"enabled": True},
     "rewards": [
+        {"id": "tour", "name": "Tour", "type": "experience", "cost_points": 1},
         {
             "id": "five-off",
             "name": "5 off",
             "type": "coupon_amount",
             "cost_points": 1,
             "value_minor": 500,
-        }
+        },
     ],
     "plans": [
         {"id": "plus", "name": "Plus", "fee_minor": 999, "period": "month", "trial_days": 7},
@@ -100,6 +101,7 @@ class World:
     membership: str
     hold: str
     codes: list[str]
+    issue: str
 
     def params(self) -> dict[str, str]:
         return {
@@ -112,6 +114,7 @@ class World:
             "hold_id": self.hold,
             "reward_id": "five-off",
             "code": self.codes[0],
+            "issue_id": self.issue,
             "version": "1",
         }
 
@@ -162,6 +165,12 @@ def make_world(api: Any) -> World:
         )
         assert issued.status_code == 201, issued.text
         codes.append(issued.json()["code"])
+    tour = api.request(
+        "POST",
+        f"/v1/programs/{program}/members/{member}/rewards/tour/redeem",
+        headers={"Idempotency-Key": new_key()},
+    )
+    assert tour.status_code == 201, tour.text
     return World(
         program,
         member,
@@ -172,6 +181,7 @@ def make_world(api: Any) -> World:
         joined.json()["id"],
         held.json()["id"],
         codes,
+        tour.json()["id"],
     )
 
 
@@ -225,6 +235,8 @@ def request_kwargs(method: str, path: str) -> dict[str, Any]:
         return {"json": {"points": 1, "reason": "matrix"}, "headers": key}
     if method == "POST" and tail == "api-keys":
         return {"json": {"name": "k", "scopes": ["read"]}}
+    if method == "POST" and tail == "fulfilment":
+        return {"json": {"status": "shipped"}}
     if method == "POST" and tail == "transfers":
         return {"json": {"to": "ext:C2", "points": 1}, "headers": key}
     if method == "POST" and tail == "validate":
@@ -299,6 +311,7 @@ def test_every_route_hides_another_tenants_and_another_programs_resources(api):
         "hold_id": new_id("hld"),
         "reward_id": "five-off",
         "code": new_code(),
+        "issue_id": new_id("rwi"),
         "version": "1",
     }
     checked = []
@@ -340,8 +353,18 @@ def test_inside_its_own_program_an_intruder_cannot_tell_our_ids_from_absent_ones
         "membership_id": new_id("msh"),
         "hold_id": new_id("hld"),
         "code": new_code(),
+        "issue_id": new_id("rwi"),
     }
-    named = ("member", "redemption_id", "draft_id", "key_id", "membership_id", "hold_id", "code")
+    named = (
+        "member",
+        "redemption_id",
+        "draft_id",
+        "key_id",
+        "membership_id",
+        "hold_id",
+        "code",
+        "issue_id",
+    )
     roles = {ours[k]: f"<{k}>" for k in named}
     roles.update({absent[k]: f"<{k}>" for k in named})
     before = table_counts(api.engine)

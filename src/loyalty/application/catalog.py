@@ -36,12 +36,20 @@ from loyalty.domain.errors import (
     CouponNotFound,
     CouponNotUsable,
     MemberNotFound,
+    NotFulfilled,
+    RewardIssueNotFound,
     RewardNotAvailable,
     UnknownReward,
 )
 from loyalty.domain.rules import period_start
 
-COUPON_TYPES = (RewardType.COUPON_AMOUNT, RewardType.COUPON_PERCENT, RewardType.FREE_PRODUCT)
+COUPON_TYPES = (
+    RewardType.COUPON_AMOUNT,
+    RewardType.COUPON_PERCENT,
+    RewardType.FREE_PRODUCT,
+    RewardType.GIFT_CARD,
+)
+"""Rewards issued with a code (a gift card's is its voucher code)."""
 
 
 def _reward(ctx: ProgramContext, reward_id: str) -> Reward:
@@ -134,6 +142,7 @@ def _issue_view(row: Any, *, code: str | None = None) -> dict[str, Any]:
         "reward": row.reward_id,
         "redemption_id": row.redemption_id,
         "status": row.status,
+        "fulfilment": row.fulfilment,
         "code": code,
         "code_hint": row.code_hint,
         "created_at": row.created_at.isoformat(),
@@ -222,6 +231,7 @@ def redeem_reward(
                     "code_hash": code_hash(normalise_code(code) or "") if code else None,
                     "code_hint": code[-6:] if code else None,
                     "status": "issued",
+                    "fulfilment": "pending" if reward.type is RewardType.EXPERIENCE else None,
                     "created_at": now,
                     "expires_at": now + timedelta(days=reward.valid_days) if code else None,
                 },
@@ -375,5 +385,42 @@ def cancel_coupon(
             conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one()
         )
         return {**view, "points_returned": restored["points"], "balance": restored["balance"]}
+
+    return run_transaction(engine, work)
+
+
+def _issue_row(conn: Connection, program_id: str, issue_id: str) -> Any:
+    row = conn.execute(
+        select(reward_issues).where(
+            and_(reward_issues.c.id == issue_id, reward_issues.c.program_id == program_id)
+        )
+    ).first()
+    if row is None:
+        raise RewardIssueNotFound(issue_id)
+    return row
+
+
+def get_issue(
+    engine: Engine, principal: Principal, program_id: str, issue_id: str
+) -> dict[str, Any]:
+    with reading(engine) as conn:
+        load_program(conn, principal, program_id, Scope.READ)
+        return _issue_view(_issue_row(conn, program_id, issue_id))
+
+
+def set_fulfilment(
+    engine: Engine, principal: Principal, program_id: str, issue_id: str, *, status: str
+) -> dict[str, Any]:
+    """Record how an experience or physical reward's fulfilment is going."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        load_program(conn, principal, program_id, Scope.WRITE)
+        row = _issue_row(conn, program_id, issue_id)
+        if row.fulfilment is None:
+            raise NotFulfilled(issue_id)
+        conn.execute(
+            update(reward_issues).where(reward_issues.c.id == issue_id).values(fulfilment=status)
+        )
+        return _issue_view(_issue_row(conn, program_id, issue_id))
 
     return run_transaction(engine, work)

@@ -125,8 +125,12 @@ def discount_for(reward: Reward, lines: list[tuple[str | None, int, int]], total
     if reward.type is RewardType.FREE_PRODUCT:
         units = [base // qty for sku, base, qty in lines if sku in reward.skus and qty > 0]
         return max(units, default=0)
-    if reward.type is RewardType.COUPON_AMOUNT:
+    if reward.type in (RewardType.COUPON_AMOUNT, RewardType.GIFT_CARD):
         return min(reward.value_minor, sum(applicable))
     if reward.type is RewardType.COUPON_PERCENT:
         return sum(applicable) * reward.percent // 100
     return 0
+
+
+FULFILMENT_STATES = ("pending", "processing", "shipped", "fulfilled")
+"""An experience or physical reward's fulfilment, as the merchant updates it."""

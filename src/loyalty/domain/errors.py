@@ -73,6 +73,13 @@ class UnknownReward(NotFound):
         )
 
 
+class RewardIssueNotFound(NotFound):
+    code = "reward_issue_not_found"
+
+    def __init__(self, issue_id: str) -> None:
+        super().__init__(f"Issued reward {issue_id!r} does not exist.", issue_id=issue_id)
+
+
 class CouponNotFound(NotFound):
     code = "coupon_not_found"
 
@@ -218,6 +225,17 @@ class UnknownTier(Unprocessable):
             f"Tier {tier!r} is not one of the program's tiers ({', '.join(known)}).",
             tier=tier,
             known_tiers=known,
+        )
+
+
+class NotFulfilled(Unprocessable):
+    code = "not_fulfilled"
+
+    def __init__(self, issue_id: str) -> None:
+        super().__init__(
+            f"Issued reward {issue_id!r} is not one the merchant fulfils (only experience "
+            "rewards have a fulfilment status).",
+            issue_id=issue_id,
         )
 
 

@@ -517,6 +517,7 @@ reward_issues = Table(
     Column("code_hash", String(64), nullable=True, unique=True),
     Column("code_hint", String(8), nullable=True),
     Column("status", String(16), nullable=False),
+    Column("fulfilment", String(16), nullable=True),
     Column("created_at", TS, nullable=False),
     Column("expires_at", TS, nullable=True),
     Column("used_at", TS, nullable=True),

@@ -628,6 +628,8 @@ class RewardIssue(_Body):
     reward: str
     redemption_id: str
     status: str
+    fulfilment: str | None
+    """Experience rewards: ``pending``, ``processing``, ``shipped`` or ``fulfilled``."""
     code: str | None
     """A coupon's code: in full only in the answer that issued it."""
     code_hint: str | None

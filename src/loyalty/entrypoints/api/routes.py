@@ -47,6 +47,7 @@ from loyalty.entrypoints.api.schemas import (
     CreateApiKey,
     EnrollMember,
     EventBatch,
+    Fulfilment,
     JoinPlan,
     MembershipPayment,
     QuoteRequest,
@@ -690,6 +691,34 @@ def redeem_reward(
             now=utc_now(),
         )
     )
+
+
+IssueId = Annotated[str, Path(min_length=1, max_length=32)]
+
+
+@router.get(
+    "/programs/{program_id}/reward-issues/{issue_id}",
+    tags=["rewards"],
+    responses=bodies.documented(200, bodies.RewardIssue, "The issued reward."),
+)
+def get_reward_issue(
+    program_id: ProgramId, issue_id: IssueId, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """An issued reward: its status, and for experiences, its fulfilment."""
+    return catalog.get_issue(engine, principal, program_id, issue_id)
+
+
+@router.post(
+    "/programs/{program_id}/reward-issues/{issue_id}/fulfilment",
+    tags=["rewards"],
+    responses=bodies.documented(200, bodies.RewardIssue, "The issued reward."),
+)
+def set_reward_fulfilment(
+    program_id: ProgramId, issue_id: IssueId, body: Fulfilment, principal: Auth, engine: EngineDep
+) -> dict[str, Any]:
+    """Record an experience reward's fulfilment: `pending`, `processing`, `shipped`,
+    `fulfilled`."""
+    return catalog.set_fulfilment(engine, principal, program_id, issue_id, status=body.status)
 
 
 CouponCode = Annotated[str, Path(min_length=1, max_length=32)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -212,3 +212,7 @@ class TransferPoints(_Strict):
     )
     points: Annotated[StrictInt, Field(ge=1, le=POINTS_PER_REQUEST_MAX)]
     reason: Annotated[str, Field(max_length=REASON_LENGTH_MAX)] | None = None
+
+
+class Fulfilment(_Strict):
+    status: Literal["pending", "processing", "shipped", "fulfilled"]
