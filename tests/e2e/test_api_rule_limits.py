@@ -35,7 +35,10 @@ def test_a_review_pays_once_per_day_per_member(api):
         ]
     )
     api.enroll(program, "C1")
-    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    # Noon, so that "five minutes later" is the same day whatever time the suite runs.
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).replace(
+        hour=12, minute=0, second=0, microsecond=0
+    )
     first = _action(api, program, "r1", two_days_ago)
     second = _action(api, program, "r2", two_days_ago + timedelta(minutes=5))
     next_day = _action(api, program, "r3", two_days_ago + timedelta(days=1))
