@@ -210,3 +210,21 @@ def test_an_experience_is_fulfilled_by_the_merchant_and_a_gift_card_is_a_voucher
         422,
         "not_fulfilled",
     )
+
+
+def test_a_key_guessing_codes_is_stopped_and_other_keys_are_not(api):
+    program = _program(api, 200)
+    code = _redeem(api, program, "five-off", "k1").json()["code"]
+    url = f"/v1/programs/{program}/coupons"
+    cart = {"currency": "EUR", "lines": [{"sku": "X", "unit_price_minor": 2500}]}
+    for _ in range(30):
+        r = api.request("POST", f"{url}/{new_code()}/validate", json=cart)
+        assert r.status_code == 404
+    stopped = api.request("POST", f"{url}/{code}/validate", json=cart)
+    body = assert_problem(stopped, 429, "too_many_attempts")
+    assert int(stopped.headers["Retry-After"]) >= 1
+    assert (body["limit"], body["window_s"]) == (30, 60)
+    other = api.request("POST", "/v1/api-keys", json={"name": "till-2", "scopes": ["write"]})
+    token = other.json()["token"]
+    ok = api.request("POST", f"{url}/{code}/validate", json=cart, token=token)
+    assert ok.status_code == 200 and ok.json()["valid"] is True

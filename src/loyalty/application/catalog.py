@@ -5,6 +5,8 @@ being used, used once, or cancelled with its points back."""
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict, deque
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,6 +41,7 @@ from loyalty.domain.errors import (
     NotFulfilled,
     RewardIssueNotFound,
     RewardNotAvailable,
+    TooManyAttempts,
     UnknownReward,
 )
 from loyalty.domain.rules import period_start
@@ -263,6 +266,57 @@ def redeem_reward(
     return run_transaction(engine, work)
 
 
+CODE_FAILURES_MAX = 30
+CODE_FAILURES_WINDOW_S = 60
+
+
+class _FailedLookups:
+    """Unknown or mistyped codes per API key in a sliding window: past the limit, lookups
+    from that key are refused for a while, so codes can't be enumerated through the API.
+    Counted per server process (each worker counts its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        seen = self._seen[key]
+        while seen and seen[0] <= now - CODE_FAILURES_WINDOW_S:
+            seen.popleft()
+        return seen
+
+    def check(self, key: str, now: float) -> None:
+        with self._lock:
+            seen = self._recent(key, now)
+            if len(seen) >= CODE_FAILURES_MAX:
+                wait = int(seen[0] + CODE_FAILURES_WINDOW_S - now) + 1
+                raise TooManyAttempts(
+                    retry_after_s=max(wait, 1),
+                    limit=CODE_FAILURES_MAX,
+                    window_s=CODE_FAILURES_WINDOW_S,
+                )
+
+    def failed(self, key: str, now: float) -> None:
+        with self._lock:
+            self._recent(key, now).append(now)
+
+
+FAILED_LOOKUPS = _FailedLookups()
+
+
+def _lookup(
+    conn: Connection, principal: Principal, program_id: str, code: str, now: datetime, **kw: Any
+) -> Any:
+    """Find a coupon for ``principal``, counting its failures against the limit."""
+    at = now.timestamp()
+    FAILED_LOOKUPS.check(principal.key_id, at)
+    try:
+        return _find_coupon(conn, program_id, code, **kw)
+    except (CouponCodeInvalid, CouponNotFound):
+        FAILED_LOOKUPS.failed(principal.key_id, at)
+        raise
+
+
 def _find_coupon(conn: Connection, program_id: str, code: str, *, lock: bool = False) -> Any:
     normalised = normalise_code(code)
     if normalised is None:
@@ -299,7 +353,7 @@ def validate_coupon(
     """Whether a code applies to a cart and what it takes off, without using it."""
     with reading(engine) as conn:
         ctx = load_program(conn, principal, program_id, Scope.READ)
-        row = _find_coupon(conn, program_id, code)
+        row = _lookup(conn, principal, program_id, code, now)
         reward = _reward(ctx, row.reward_id)
         status = _status_now(row, now)
         discount = (
@@ -337,7 +391,7 @@ def use_coupon(
 
     def work(conn: Connection) -> dict[str, Any]:
         load_program(conn, principal, program_id, Scope.WRITE)
-        row = _find_coupon(conn, program_id, code, lock=True)
+        row = _lookup(conn, principal, program_id, code, now, lock=True)
         status = _status_now(row, now)
         if status != "issued":
             raise CouponNotUsable(status=status, used_at=row.used_at)
@@ -361,7 +415,7 @@ def cancel_coupon(
 
     def work(conn: Connection) -> dict[str, Any]:
         ctx = load_program(conn, principal, program_id, Scope.WRITE)
-        first = _find_coupon(conn, program_id, code)
+        first = _lookup(conn, principal, program_id, code, now)
         lock_wallet(conn, program_id, first.member_id)
         row = _find_coupon(conn, program_id, code, lock=True)
         if row.status != "issued":

@@ -386,3 +386,18 @@ class LimitExceeded(Unprocessable):
     """A documented maximum would be exceeded by the result of the request."""
 
     code = "limit_exceeded"
+
+
+class TooManyAttempts(DomainError):
+    """Too many failed attempts in a short time (429, with ``Retry-After``)."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, *, retry_after_s: int, limit: int, window_s: int) -> None:
+        super().__init__(
+            f"More than {limit} unknown or mistyped coupon codes in {window_s} seconds from "
+            "this key; try again later.",
+            retry_after_s=retry_after_s,
+            limit=limit,
+            window_s=window_s,
+        )

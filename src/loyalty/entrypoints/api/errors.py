@@ -26,6 +26,7 @@ STATUS_BY_ERROR: list[tuple[type[e.DomainError], int]] = [
     (e.NotFound, 404),
     (e.Conflict, 409),
     (e.Unprocessable, 422),
+    (e.TooManyAttempts, 429),
 ]
 
 
@@ -91,6 +92,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(e.DomainError)
     async def _domain(request: Request, exc: e.DomainError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+        if isinstance(exc, e.TooManyAttempts):
+            headers = {"Retry-After": str(exc.context["retry_after_s"])}
         return problem(
             status_for(exc),
             exc.code,
