@@ -17,7 +17,7 @@ from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import redemptions, reward_issues, reward_stock
 from loyalty.adapters.ids import new_id
-from loyalty.application import memberships, tiers
+from loyalty.application import memberships
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
@@ -63,10 +63,7 @@ def _reward(ctx: ProgramContext, reward_id: str) -> Reward:
 
 
 def _tier(conn: Connection, ctx: ProgramContext, member_id: str, now: datetime) -> str | None:
-    plans = memberships.active_plans(conn, ctx, member_id, now=now)
-    return tiers.with_granted(
-        ctx, tiers.current_tier(conn, ctx, member_id), memberships.granted_tiers(ctx, plans)
-    )
+    return memberships.standing(conn, ctx, member_id, now=now)[0]
 
 
 def _issued_total(conn: Connection, ctx: ProgramContext, reward_id: str) -> int:

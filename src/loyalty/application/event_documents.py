@@ -3,6 +3,8 @@ endpoint and ``loyalty events import``. Every field has a documented maximum."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,6 +25,7 @@ from loyalty.application.limits import (
     QUANTITY_MAX,
     attributes_size,
 )
+from loyalty.domain.purchase import Purchase, PurchaseLine
 
 ShortText = Annotated[str, Field(min_length=1, max_length=64)]
 SourceId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -123,6 +126,42 @@ class PurchaseEvent(_Strict):
     def line_ids(self) -> list[str]:
         """Lines without an id are named by their position, 1-based."""
         return [line.line_id or str(i) for i, line in enumerate(self.lines, start=1)]
+
+    def to_purchase(
+        self, *, not_after: datetime | None = None, left: Mapping[str, int] | None = None
+    ) -> Purchase:
+        """The purchase as the rules see it: ``occurred_at`` no later than ``not_after``. With
+        ``left`` (units left per line id), only what is left of it: each line's remaining
+        units with its discount in proportion, and the total less what went back."""
+        lines = []
+        for line_id, item in zip(self.line_ids(), self.lines, strict=True):
+            quantity = item.quantity if left is None else left.get(line_id, 0)
+            if quantity <= 0:
+                continue
+            lines.append(
+                PurchaseLine(
+                    line_id=line_id,
+                    sku=item.sku,
+                    quantity=quantity,
+                    unit_price_minor=item.unit_price_minor,
+                    discount_minor=item.discount_minor * quantity // item.quantity,
+                    name=item.name,
+                    category=item.category,
+                    brand=item.brand,
+                    kind=item.kind,
+                )
+            )
+        full_base = sum(li.quantity * li.unit_price_minor - li.discount_minor for li in self.lines)
+        occurred_at = self.occurred_at.astimezone(UTC)
+        return Purchase(
+            order_id=self.id,
+            occurred_at=min(occurred_at, not_after) if not_after is not None else occurred_at,
+            currency=self.currency,
+            total_minor=self.total_minor - (full_base - sum(x.base_minor for x in lines)),
+            lines=lines,
+            channel=self.channel,
+            store=self.store,
+        )
 
 
 class ReturnLine(_Strict):

@@ -59,7 +59,6 @@ from loyalty.domain.program import ProgramSettings
 from loyalty.domain.purchase import (
     LineReturn,
     Purchase,
-    PurchaseLine,
     RecordedLine,
     ReturnRequestLine,
     plan_return,
@@ -306,31 +305,9 @@ def _record_purchase(
     actor: str,
 ) -> dict[str, Any]:
     settings = ctx.settings
-    line_ids = event.line_ids()
-    purchase = Purchase(
-        order_id=event.id,
-        # Rules see the purchase no later than now: a future-dated event cannot reach into a
-        # campaign that has not started.
-        occurred_at=min(event.occurred_at.astimezone(UTC), now),
-        currency=event.currency,
-        total_minor=event.total_minor,
-        lines=[
-            PurchaseLine(
-                line_id=lid,
-                sku=li.sku,
-                quantity=li.quantity,
-                unit_price_minor=li.unit_price_minor,
-                discount_minor=li.discount_minor,
-                name=li.name,
-                category=li.category,
-                brand=li.brand,
-                kind=li.kind,
-            )
-            for lid, li in zip(line_ids, event.lines, strict=True)
-        ],
-        channel=event.channel,
-        store=event.store,
-    )
+    # Rules see the purchase no later than now: a future-dated event cannot reach into a
+    # campaign that has not started.
+    purchase = event.to_purchase(not_after=now)
     if purchase.currency != settings.currency:
         raise CurrencyMismatch(expected=settings.currency, received=purchase.currency)
     member_id, enrolled, attributes = _member_for_event(
@@ -342,10 +319,7 @@ def _record_purchase(
     limited = _limited_rules(settings)
     # With limited rules the member's usage is read under the wallet lock, so it is taken first.
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
-    plans = memberships.active_plans(conn, ctx, member_id, now=earned_at)
-    tier = tiers.with_granted(
-        ctx, tiers.current_tier(conn, ctx, member_id), memberships.granted_tiers(ctx, plans)
-    )
+    tier, plans = memberships.standing(conn, ctx, member_id, now=earned_at)
     member_average = (
         _member_average(conn, ctx.program_id, member_id) if uses_member_average(settings) else None
     )
@@ -785,36 +759,7 @@ def _rest_of_basket(
         return None
     payload = conn.execute(select(events.c.payload).where(events.c.id == purchase.id)).scalar_one()
     original = PurchaseEvent.model_validate(payload)
-    lines = []
-    for line_id, item in zip(original.line_ids(), original.lines, strict=True):
-        quantity = left.get(line_id, 0)
-        if quantity <= 0:
-            continue
-        lines.append(
-            PurchaseLine(
-                line_id=line_id,
-                sku=item.sku,
-                quantity=quantity,
-                unit_price_minor=item.unit_price_minor,
-                discount_minor=item.discount_minor * quantity // item.quantity,
-                name=item.name,
-                category=item.category,
-                brand=item.brand,
-                kind=item.kind,
-            )
-        )
-    full_base = sum(
-        item.quantity * item.unit_price_minor - item.discount_minor for item in original.lines
-    )
-    return Purchase(
-        order_id=original.id,
-        occurred_at=min(original.occurred_at.astimezone(UTC), purchase.received_at),
-        currency=original.currency,
-        total_minor=original.total_minor - (full_base - sum(x.base_minor for x in lines)),
-        lines=lines,
-        channel=original.channel,
-        store=original.store,
-    )
+    return original.to_purchase(not_after=purchase.received_at, left=left)
 
 
 def _points_kept(
@@ -933,10 +878,7 @@ def _record_action(
     earned_at = min(event.occurred_at.astimezone(UTC), now)
     limited = _limited_rules(settings)
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
-    plans = memberships.active_plans(conn, ctx, member_id, now=earned_at)
-    tier = tiers.with_granted(
-        ctx, tiers.current_tier(conn, ctx, member_id), memberships.granted_tiers(ctx, plans)
-    )
+    tier, plans = memberships.standing(conn, ctx, member_id, now=earned_at)
     outcomes = _expressions(
         conn,
         ctx,

@@ -13,6 +13,7 @@ from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import membership_payments, memberships
 from loyalty.adapters.ids import new_id
+from loyalty.application import tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.members import find_member, resolve_member
@@ -96,6 +97,18 @@ def active_plans(
 
 def granted_tiers(ctx: ProgramContext, plans: frozenset[str]) -> list[str]:
     return [p.grants_tier for p in ctx.settings.plans if p.plan_id in plans and p.grants_tier]
+
+
+def standing(
+    conn: Connection, ctx: ProgramContext, member_id: str, *, now: datetime
+) -> tuple[str | None, frozenset[str]]:
+    """What rules, discounts and the catalog see of a member at ``now``: their tier (the
+    higher of their own and what their memberships grant) and the plans in force."""
+    plans = active_plans(conn, ctx, member_id, now=now)
+    tier = tiers.with_granted(
+        ctx, tiers.current_tier(conn, ctx, member_id), granted_tiers(ctx, plans)
+    )
+    return tier, plans
 
 
 def _row(conn: Connection, program_id: str, membership_id: str) -> Any:

@@ -21,7 +21,6 @@ from loyalty.application.events import record_purchase_in
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.domain.discounts import line_discounts
-from loyalty.domain.purchase import PurchaseLine
 from loyalty.domain.tiers import tier_by_id
 
 
@@ -82,24 +81,10 @@ def _discounts(
     tier_percent = 0
     if member is not None:
         spend = tiers.lifetime_spend(conn, ctx.program_id, member.id)
-        plans = memberships.active_plans(conn, ctx, member.id, now=now)
-        tier_id = tiers.with_granted(
-            ctx, tiers.current_tier(conn, ctx, member.id), memberships.granted_tiers(ctx, plans)
-        )
+        tier_id, _ = memberships.standing(conn, ctx, member.id, now=now)
         if tier_id is not None and settings.tier_set is not None:
             tier_percent = tier_by_id(settings.tier_set, tier_id).discount_percent
-    lines = [
-        PurchaseLine(
-            line_id=line_id,
-            sku=item.sku,
-            quantity=item.quantity,
-            unit_price_minor=item.unit_price_minor,
-            discount_minor=item.discount_minor,
-            category=item.category,
-            kind=item.kind,
-        )
-        for line_id, item in zip(cart.line_ids(), cart.lines, strict=True)
-    ]
+    lines = list(cart.to_purchase().lines)
     offered = line_discounts(
         settings.discounts, lines, cumulative_spend_minor=spend, tier_percent=tier_percent
     )

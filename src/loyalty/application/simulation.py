@@ -14,7 +14,6 @@ from loyalty.application.earning import zone_of
 from loyalty.application.event_documents import ActionEvent, PurchaseEvent, ReturnEvent
 from loyalty.application.expressions import evaluate_expressions, purchase_variables
 from loyalty.domain.program import PointValue, ProgramSettings
-from loyalty.domain.purchase import Purchase, PurchaseLine
 from loyalty.domain.rules import (
     OrderFacts,
     Rule,
@@ -198,33 +197,11 @@ def simulate(
                 continue
             report.purchases += 1
             buyers[event.id] = member
-            lines = [
-                PurchaseLine(
-                    line_id=lid,
-                    sku=li.sku,
-                    quantity=li.quantity,
-                    unit_price_minor=li.unit_price_minor,
-                    discount_minor=li.discount_minor,
-                    name=li.name,
-                    category=li.category,
-                    brand=li.brand,
-                    kind=li.kind,
-                )
-                for lid, li in zip(event.line_ids(), event.lines, strict=True)
-            ]
+            bought = event.to_purchase()
+            lines = list(bought.lines)
             outcomes = evaluate_expressions(
                 settings,
-                purchase=purchase_variables(
-                    Purchase(
-                        event.id,
-                        event.occurred_at,
-                        event.currency,
-                        event.total_minor,
-                        lines,
-                        event.channel,
-                        event.store,
-                    )
-                ),
+                purchase=purchase_variables(bought),
                 member=_member(member, attributes),
                 event={"type": "purchase", "action": None, "attributes": {}},
                 now=event.occurred_at,
