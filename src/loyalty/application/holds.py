@@ -10,7 +10,6 @@ gives everything back. Points go back to the very lots they came from, keeping t
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,8 +39,8 @@ from loyalty.domain.ledger import (
     Lot,
     MovementKind,
     Posting,
-    consumption_order,
     member_account,
+    plan_debt_repayment,
     plan_redemption,
     plan_release,
     program_account,
@@ -181,12 +180,9 @@ def _give_back(
     expiries = lot_expiries(conn, [r.lot_id for r in taken])
     lots = [Lot(r.lot_id, -int(r.amount), now, expiries[r.lot_id]) for r in taken]
     back = plan_release(lots, points)
-    repay_left = wallet.debt
-    repaid: dict[str, int] = defaultdict(int)
-    for lot in consumption_order(Lot(t.lot_id, t.points, now, expiries[t.lot_id]) for t in back):
-        step = min(lot.remaining, repay_left)
-        repaid[lot.lot_id] += step
-        repay_left -= step
+    repaid = plan_debt_repayment(
+        (Lot(t.lot_id, t.points, now, expiries[t.lot_id]) for t in back), wallet.debt
+    )
     debt_repaid = sum(repaid.values())
     entry_id = new_id("ent")
     write_entry(
@@ -214,7 +210,7 @@ def _give_back(
         program_id=ctx.program_id,
         member_id=row.member_id,
         kind=MovementKind.HOLD_RELEASE,
-        changes=[(t.lot_id, t.points - repaid[t.lot_id]) for t in back],
+        changes=[(t.lot_id, t.points - repaid.get(t.lot_id, 0)) for t in back],
     )
     return entry_id
 

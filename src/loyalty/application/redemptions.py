@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
@@ -33,8 +32,8 @@ from loyalty.domain.ledger import (
     LotTake,
     MovementKind,
     Posting,
-    consumption_order,
     member_account,
+    plan_debt_repayment,
     plan_redemption,
     program_account,
 )
@@ -196,18 +195,13 @@ def restore_redemption(
     restored = {r.lot_id: -int(r.amount) for r in taken}
     # A member with a debt holds no points; restored points repay the debt first,
     # earliest-expiring lot first, and the lot keeps only the rest.
-    repay_left = wallet.debt
-    repaid_by_lot: dict[str, int] = defaultdict(int)
-    if repay_left:
+    repaid_by_lot: dict[str, int] = {}
+    if wallet.debt:
         expiries = lot_expiries(conn, list(restored))
-
-        order = consumption_order(
-            Lot(lot_id, pts, now, expiries[lot_id]) for lot_id, pts in restored.items()
+        repaid_by_lot = plan_debt_repayment(
+            (Lot(lot_id, pts, now, expiries[lot_id]) for lot_id, pts in restored.items()),
+            wallet.debt,
         )
-        for lot in order:
-            step = min(lot.remaining, repay_left)
-            repaid_by_lot[lot.lot_id] += step
-            repay_left -= step
     repaid = sum(repaid_by_lot.values())
     entry_id = new_id("ent")
     write_entry(
@@ -241,7 +235,7 @@ def restore_redemption(
         program_id=program_id,
         member_id=red.member_id,
         kind=MovementKind.REDEEM_CANCEL,
-        changes=[(lot_id, pts - repaid_by_lot[lot_id]) for lot_id, pts in restored.items()],
+        changes=[(lot_id, pts - repaid_by_lot.get(lot_id, 0)) for lot_id, pts in restored.items()],
     )
     conn.execute(
         insert(redemption_cancellations).values(

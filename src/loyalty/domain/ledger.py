@@ -222,3 +222,17 @@ def plan_release(taken: Sequence[Lot], points: int) -> list[LotTake]:
         left -= step
     assert left == 0, "a release can't give back more than the hold took"
     return takes
+
+
+def plan_debt_repayment(lots: Iterable[Lot], debt: int) -> dict[str, int]:
+    """Points given back to a member with a debt repay it first: how much of each lot goes to
+    the debt, earliest-expiring lot first (the lot keeps the rest)."""
+    repaid: dict[str, int] = {}
+    left = debt
+    for lot in consumption_order(lots):
+        if left == 0:
+            break
+        step = min(lot.remaining, left)
+        repaid[lot.lot_id] = repaid.get(lot.lot_id, 0) + step
+        left -= step
+    return repaid
