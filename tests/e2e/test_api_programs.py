@@ -20,6 +20,11 @@ DOCUMENT: dict[str, Any] = {
     "enrollment": {"auto_enroll_on_purchase": True},
 }
 
+CHECKOUT_DEFAULTS = {
+    "min_order_minor": 0,
+    "points": {"enabled": True, "min_points": 0, "max_points": None, "max_share_percent": 100},
+    "cashback": {"enabled": True, "min_minor": 0, "max_minor": None, "max_share_percent": 100},
+}
 NORMALISED = {
     "schema_version": 1,
     **DOCUMENT,
@@ -36,6 +41,8 @@ NORMALISED = {
     "plans": [],
     "rewards": [],
     "transfers": {"enabled": False, "max_points_per_transfer": None, "max_points_per_month": None},
+    "cashback": None,
+    "checkout": CHECKOUT_DEFAULTS,
 }
 
 
@@ -93,6 +100,8 @@ def test_create_fills_documented_defaults(api):
             "max_points_per_transfer": None,
             "max_points_per_month": None,
         },
+        "cashback": None,
+        "checkout": CHECKOUT_DEFAULTS,
     }
     # Replaying a create with the same Idempotency-Key returns the same program.
     key = {"Idempotency-Key": "create-1"}
@@ -133,6 +142,8 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
             "max_points_per_transfer": None,
             "max_points_per_month": None,
         },
+        "cashback": None,
+        "checkout": CHECKOUT_DEFAULTS,
     }
 
     current = api.request("GET", f"/v1/programs/{program}").json()

@@ -21,7 +21,6 @@ from loyalty.adapters.db.tables import (
     redemptions,
     wallets,
 )
-from loyalty.domain.ledger import POINTS
 
 SAMPLE_MAX = 5
 
@@ -60,23 +59,32 @@ def _wallets_match_postings(conn: Connection) -> list[dict[str, Any]]:
         select(
             postings.c.program_id,
             postings.c.member_id,
+            postings.c.asset,
             func.sum(postings.c.amount).label("posted"),
         )
-        .where(and_(postings.c.member_id.is_not(None), postings.c.asset == POINTS))
-        .group_by(postings.c.program_id, postings.c.member_id)
+        .where(postings.c.member_id.is_not(None))
+        .group_by(postings.c.program_id, postings.c.member_id, postings.c.asset)
         .subquery()
     )
     posted = func.coalesce(sums.c.posted, 0)
     return _rows(
         conn,
-        select(wallets.c.program_id, wallets.c.member_id, wallets.c.balance, posted.label("posted"))
+        select(
+            wallets.c.program_id,
+            wallets.c.member_id,
+            wallets.c.asset,
+            wallets.c.balance,
+            posted.label("posted"),
+        )
         .outerjoin(
             sums,
             and_(
-                sums.c.program_id == wallets.c.program_id, sums.c.member_id == wallets.c.member_id
+                sums.c.program_id == wallets.c.program_id,
+                sums.c.member_id == wallets.c.member_id,
+                sums.c.asset == wallets.c.asset,
             ),
         )
-        .where(and_(wallets.c.asset == POINTS, wallets.c.balance != posted)),
+        .where(wallets.c.balance != posted),
     )
 
 
@@ -118,8 +126,13 @@ def _lots_match_movements(conn: Connection) -> list[dict[str, Any]]:
 
 def _wallets_match_lots(conn: Connection) -> list[dict[str, Any]]:
     held = (
-        select(lots.c.program_id, lots.c.member_id, func.sum(lots.c.remaining).label("held"))
-        .group_by(lots.c.program_id, lots.c.member_id)
+        select(
+            lots.c.program_id,
+            lots.c.member_id,
+            lots.c.asset,
+            func.sum(lots.c.remaining).label("held"),
+        )
+        .group_by(lots.c.program_id, lots.c.member_id, lots.c.asset)
         .subquery()
     )
     held_points = func.coalesce(held.c.held, 0)
@@ -128,6 +141,7 @@ def _wallets_match_lots(conn: Connection) -> list[dict[str, Any]]:
         select(
             wallets.c.program_id,
             wallets.c.member_id,
+            wallets.c.asset,
             wallets.c.balance,
             wallets.c.debt,
             held_points.label("lots_remaining"),
@@ -135,17 +149,16 @@ def _wallets_match_lots(conn: Connection) -> list[dict[str, Any]]:
         .outerjoin(
             held,
             and_(
-                held.c.program_id == wallets.c.program_id, held.c.member_id == wallets.c.member_id
+                held.c.program_id == wallets.c.program_id,
+                held.c.member_id == wallets.c.member_id,
+                held.c.asset == wallets.c.asset,
             ),
         )
         .where(
-            and_(
-                wallets.c.asset == POINTS,
-                or_(
-                    wallets.c.balance != held_points - wallets.c.debt,
-                    and_(wallets.c.debt > 0, held_points > 0),
-                    wallets.c.debt < 0,
-                ),
+            or_(
+                wallets.c.balance != held_points - wallets.c.debt,
+                and_(wallets.c.debt > 0, held_points > 0),
+                wallets.c.debt < 0,
             )
         ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,16 +13,15 @@ from loyalty.adapters.db.tables import journal_entries, lots, members, postings,
 from loyalty.application.access import Principal, Scope
 from loyalty.application.members import decode_cursor, encode_cursor, resolve_member
 from loyalty.application.programs import load_program
-from loyalty.domain.ledger import POINTS, member_account
+from loyalty.domain.ledger import CASH, POINTS, member_account
 
 EXPIRY_BUCKETS_MAX = 100
 
 
-_WALLET = select(wallets.c.balance, wallets.c.debt).where(
+_WALLETS = select(wallets.c.asset, wallets.c.balance, wallets.c.debt).where(
     and_(
         wallets.c.program_id == bindparam("program_id"),
         wallets.c.member_id == bindparam("member_id"),
-        wallets.c.asset == POINTS,
     )
 )
 _EXPIRING = (
@@ -30,6 +30,7 @@ _EXPIRING = (
         and_(
             lots.c.program_id == bindparam("program_id"),
             lots.c.member_id == bindparam("member_id"),
+            lots.c.asset == bindparam("asset"),
             lots.c.remaining > 0,
             lots.c.expires_at.is_not(None),
         )
@@ -64,9 +65,33 @@ _HELD = select(
     and_(
         lots.c.program_id == bindparam("program_id"),
         lots.c.member_id == bindparam("member_id"),
+        lots.c.asset == bindparam("asset"),
         lots.c.remaining > 0,
     )
 )
+
+
+def _wallet_figures(
+    conn: Connection, params: dict[str, Any], *, balance: int, now: datetime
+) -> tuple[int, int, Sequence[Any]]:
+    """``(available, pending, expiring)`` of one wallet of a member."""
+    expiring = conn.execute(_EXPIRING, params).all()
+    # Lots past their expiry that the expiry job has not reached yet are not spendable (the
+    # next burn expires them first), so they are not shown as available.
+    held = conn.execute(_HELD, {**params, "now": now}).one()
+    overdue, pending = int(held.overdue), int(held.pending)
+    return max(balance - overdue - pending, 0), pending, expiring
+
+
+def _buckets(rows: Sequence[Any], unit: str, *, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "expires_at": r.expires_at.isoformat(),
+            unit: int(r.points),
+            "expired": r.expires_at <= now,
+        }
+        for r in rows
+    ]
 
 
 def balance_view(
@@ -75,28 +100,35 @@ def balance_view(
     """``balance`` is the account's signed total; ``pending`` the points still in their
     pending period; ``available`` what can be spent now (the balance less pending points and
     lots already past their expiry); ``debt`` what a return took back after it was spent,
-    repaid by the next earnings."""
+    repaid by the next earnings. ``cashback`` gives the same figures for the member's
+    cashback wallet, in minor units (``None`` before the member's first cashback)."""
     params = {"program_id": program_id, "member_id": member_id}
-    wallet = conn.execute(_WALLET, params).one()
-    expiring = conn.execute(_EXPIRING, params).all()
-    # Lots past their expiry that the expiry job has not reached yet are not spendable (the
-    # next burn expires them first), so they are not shown as available.
-    held = conn.execute(_HELD, {**params, "now": now}).one()
-    overdue, pending = int(held.overdue), int(held.pending)
+    wallet_rows = {r.asset: r for r in conn.execute(_WALLETS, params).all()}
+    wallet = wallet_rows[POINTS]
+    available, pending, expiring = _wallet_figures(
+        conn, {**params, "asset": POINTS}, balance=wallet.balance, now=now
+    )
+    cash = wallet_rows.get(CASH)
+    cashback: dict[str, Any] | None = None
+    if cash is not None:
+        cash_available, cash_pending, cash_expiring = _wallet_figures(
+            conn, {**params, "asset": CASH}, balance=cash.balance, now=now
+        )
+        cashback = {
+            "balance_minor": cash.balance,
+            "available_minor": cash_available,
+            "pending_minor": cash_pending,
+            "debt_minor": cash.debt,
+            "expiring": _buckets(cash_expiring, "amount_minor", now=now),
+        }
     return {
         "member_id": member_id,
         "balance": wallet.balance,
-        "available": max(wallet.balance - overdue - pending, 0),
+        "available": available,
         "pending": pending,
         "debt": wallet.debt,
-        "expiring": [
-            {
-                "expires_at": r.expires_at.isoformat(),
-                "points": int(r.points),
-                "expired": r.expires_at <= now,
-            }
-            for r in expiring
-        ],
+        "expiring": _buckets(expiring, "points", now=now),
+        "cashback": cashback,
         "as_of": now.isoformat(),
     }
 
@@ -195,6 +227,7 @@ def expiring_soon(
             .where(
                 and_(
                     lots.c.program_id == program_id,
+                    lots.c.asset == POINTS,
                     lots.c.remaining > 0,
                     lots.c.expires_at > now,
                     lots.c.expires_at <= now + timedelta(days=within_days),

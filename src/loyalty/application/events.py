@@ -9,20 +9,19 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, insert, select
 
 from loyalty.adapters.db.engine import run_transaction
-from loyalty.adapters.db.ledger_store import member_lots
+from loyalty.adapters.db.ledger_store import expired_from_entry, member_lots
 from loyalty.adapters.db.locking import WalletState, lock_wallet
 from loyalty.adapters.db.tables import (
     events,
     journal_entries,
-    lot_movements,
-    lots,
     purchase_lines,
     return_lines,
 )
 from loyalty.adapters.ids import new_id
-from loyalty.application import memberships, stamps, tiers
+from loyalty.application import cashback, memberships, stamps, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
+from loyalty.application.cashback import charged_by_returns
 from loyalty.application.earning import (
     Cap,
     earn_on_action,
@@ -276,6 +275,7 @@ def _insert_event(
     now: datetime,
     entry_id: str | None,
     points: int,
+    cashback_minor: int = 0,
 ) -> None:
     conn.execute(
         _INSERT_EVENT,
@@ -291,6 +291,7 @@ def _insert_event(
             "payload": body,
             "entry_id": entry_id,
             "points": points,
+            "cashback_minor": cashback_minor,
         },
     )
 
@@ -377,6 +378,20 @@ def _record_purchase(
         )
         entry_id = credit.entry_id
         lots_view = _lot_views(credit)
+    if settings.cashback is not None:
+        wallet = wallet or lock_wallet(conn, ctx.program_id, member_id)
+    cashback_view = cashback.credit_cashback(
+        conn,
+        ctx,
+        member_id=member_id,
+        purchase=purchase,
+        order_id=event.id,
+        event_id=event_id,
+        tier=tier,
+        earned_at=earned_at,
+        now=now,
+        actor=actor,
+    )
     _insert_event(
         conn,
         ctx,
@@ -387,6 +402,7 @@ def _record_purchase(
         now=now,
         entry_id=entry_id,
         points=earning.points,
+        cashback_minor=cashback_view["earned_minor"] if cashback_view else 0,
     )
     tiers.record_activity(
         conn,
@@ -448,6 +464,7 @@ def _record_purchase(
         "tier": tier,
         "tier_change": tier_change,
         "stamps": stamped,
+        "cashback": cashback_view,
         "member_discount_minor": event.member_discount_minor,
         "lines": [
             {
@@ -492,6 +509,7 @@ def _record_return(
             events.c.member_id,
             events.c.entry_id,
             events.c.points,
+            events.c.cashback_minor,
             events.c.occurred_at,
             events.c.received_at,
         ).where(
@@ -574,29 +592,8 @@ def _record_return(
     # points reversed less what expired from the purchase's own lots.
     expired_own = 0
     if purchase.entry_id is not None:
-        expired_own = int(
-            conn.execute(
-                select(func.coalesce(func.sum(-lot_movements.c.amount), 0))
-                .select_from(lot_movements.join(lots, lots.c.id == lot_movements.c.lot_id))
-                .where(
-                    and_(
-                        lots.c.entry_id == purchase.entry_id,
-                        lot_movements.c.kind == MovementKind.EXPIRE.value,
-                    )
-                )
-            ).scalar_one()
-        )
-    charged_before = -int(
-        conn.execute(
-            select(func.coalesce(func.sum(events.c.points), 0)).where(
-                events.c.id.in_(
-                    select(return_lines.c.return_event_id).where(
-                        return_lines.c.purchase_event_id == purchase.id
-                    )
-                )
-            )
-        ).scalar_one()
-    )
+        expired_own = expired_from_entry(conn, purchase.entry_id)
+    charged_before = -charged_by_returns(conn, purchase.id, events.c.points)
     charge_total = max(0, reversed_before + points - expired_own)
     charge = max(0, charge_total - charged_before)
     event_id = new_id("evt")
@@ -663,6 +660,22 @@ def _record_return(
         purchases=0,
         visit=False,
     )
+    cashback_view = (
+        cashback.take_back_cashback(
+            conn,
+            ctx,
+            member_id=member_id,
+            order_id=event.order_id,
+            purchase_event_id=purchase.id,
+            rest=rest,
+            return_id=event.id,
+            event_id=event_id,
+            now=now,
+            actor=actor,
+        )
+        if purchase.cashback_minor > 0
+        else None
+    )
     unstamped = (
         stamps.unstamp_return(
             conn,
@@ -687,6 +700,7 @@ def _record_return(
         now=now,
         entry_id=entry_id,
         points=-charge,
+        cashback_minor=-cashback_view["charged_minor"] if cashback_view else 0,
     )
     line_rows = [
         {
@@ -733,6 +747,7 @@ def _record_return(
         ],
         "points_adjusted": points - line_points,
         "stamps": unstamped,
+        "cashback": cashback_view,
         "kept": kept,
         "points_earned": bonus["points"] if bonus else 0,
         "rules": bonus["rules"] if bonus else [],

@@ -44,7 +44,14 @@ from loyalty.adapters.db.tables import (
     wallets,
 )
 from loyalty.adapters.ids import new_id
-from loyalty.domain.ledger import POINTS, EntryKind, MovementKind, member_account, program_account
+from loyalty.domain.ledger import (
+    CASH,
+    POINTS,
+    EntryKind,
+    MovementKind,
+    member_account,
+    program_account,
+)
 from loyalty.domain.program import ExpiryPolicy, ProgramSettings
 
 EXPIRY_BATCH_DEFAULT = 2_000
@@ -52,7 +59,9 @@ EXPIRY_BATCH_MAX = 50_000
 
 
 Counts = tuple[int, int, int]
-"""Lots expired, points expired, members touched."""
+"""Lots expired, points expired (cashback lots count as lots, not points), members touched."""
+
+_EXPIRED_REASON = {POINTS: "points expired", CASH: "cashback expired"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +152,7 @@ def extend_on_activity(
             and_(
                 lots.c.program_id == program_id,
                 lots.c.member_id == member_id,
+                lots.c.asset == POINTS,
                 lots.c.remaining > 0,
                 lots.c.expires_at > now,
                 lots.c.expires_at < until,
@@ -180,7 +190,7 @@ def expire_locked(
     recorded as the entry's source: ``job`` for the expiry run, ``on_burn`` when a redemption,
     debit or return expired them first."""
     due = conn.execute(
-        select(lots.c.id, lots.c.program_id, lots.c.member_id, lots.c.remaining)
+        select(lots.c.id, lots.c.program_id, lots.c.member_id, lots.c.asset, lots.c.remaining)
         .where(
             and_(
                 lots.c.expires_at <= now,
@@ -188,7 +198,7 @@ def expire_locked(
                 tuple_(lots.c.program_id, lots.c.member_id).in_(keys),
             )
         )
-        .order_by(lots.c.program_id, lots.c.member_id, lots.c.id)
+        .order_by(lots.c.program_id, lots.c.member_id, lots.c.asset, lots.c.id)
     ).all()
     if not due:
         return 0, 0, 0
@@ -200,14 +210,15 @@ def expire_locked(
             )
         ).all()
     }
-    by_member: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    # One entry per member and wallet (points, cashback).
+    by_wallet: dict[tuple[str, str, str], list[tuple[str, int]]] = defaultdict(list)
     for r in due:
-        by_member[(r.program_id, r.member_id)].append((r.id, int(r.remaining)))
+        by_wallet[(r.program_id, r.member_id, r.asset)].append((r.id, int(r.remaining)))
     entry_rows: list[dict[str, Any]] = []
     posting_rows: list[dict[str, Any]] = []
     movement_rows: list[dict[str, Any]] = []
     wallet_rows: list[dict[str, Any]] = []
-    for (program_id, member_id), member_lots in by_member.items():
+    for (program_id, member_id, asset), member_lots in by_wallet.items():
         entry_id = new_id("ent")
         total = sum(points for _, points in member_lots)
         entry_rows.append(
@@ -217,7 +228,7 @@ def expire_locked(
                 "member_id": member_id,
                 "kind": EntryKind.EXPIRE.value,
                 "program_version": versions[program_id],
-                "reason": "points expired",
+                "reason": _EXPIRED_REASON[asset],
                 "source_type": "expiry",
                 "source_id": trigger,
                 "reverses_entry_id": None,
@@ -232,8 +243,8 @@ def expire_locked(
                 "leg": 0,
                 "program_id": program_id,
                 "member_id": member_id,
-                "account": member_account(member_id),
-                "asset": POINTS,
+                "account": member_account(member_id, asset),
+                "asset": asset,
                 "amount": -total,
             }
         )
@@ -243,8 +254,8 @@ def expire_locked(
                 "leg": 1,
                 "program_id": program_id,
                 "member_id": None,
-                "account": program_account(program_id, "expired"),
-                "asset": POINTS,
+                "account": program_account(program_id, "expired", asset),
+                "asset": asset,
                 "amount": total,
             }
         )
@@ -259,7 +270,9 @@ def expire_locked(
             }
             for lot_id, points in member_lots
         )
-        wallet_rows.append({"p": program_id, "m": member_id, "delta": total, "now": now})
+        wallet_rows.append(
+            {"p": program_id, "m": member_id, "a": asset, "delta": total, "now": now}
+        )
     conn.execute(insert(journal_entries), entry_rows)
     conn.execute(insert(postings), posting_rows)
     conn.execute(insert(lot_movements), movement_rows)
@@ -273,13 +286,14 @@ def expire_locked(
             and_(
                 wallets.c.program_id == bindparam("p"),
                 wallets.c.member_id == bindparam("m"),
-                wallets.c.asset == POINTS,
+                wallets.c.asset == bindparam("a"),
             )
         )
         .values(balance=wallets.c.balance - bindparam("delta"), updated_at=bindparam("now")),
         wallet_rows,
     )
-    return len(due), sum(int(r.remaining) for r in due), len(by_member)
+    points_due = sum(int(r.remaining) for r in due if r.asset == POINTS)
+    return len(due), points_due, len({(p, m) for p, m, _ in by_wallet})
 
 
 # One statement for a locked batch. ``due`` is read after the wallet locks were granted (READ
@@ -297,15 +311,18 @@ _EXPIRE_LOCKED_PG = text(
         SELECT *
         FROM unnest(
             CAST(:program_ids AS text[]), CAST(:member_ids AS text[]),
-            CAST(:entry_ids AS text[]), CAST(:member_accounts AS text[]),
-            CAST(:expired_accounts AS text[])
-        ) AS b (program_id, member_id, entry_id, member_account, expired_account)
+            CAST(:entry_ids AS text[]), CAST(:cash_entry_ids AS text[]),
+            CAST(:member_accounts AS text[]), CAST(:expired_accounts AS text[]),
+            CAST(:cash_accounts AS text[]), CAST(:cash_expired_accounts AS text[])
+        ) AS b (program_id, member_id, entry_id, cash_entry_id, member_account,
+                expired_account, cash_account, cash_expired_account)
     ),
     due AS (
-        SELECT l.id, l.program_id, l.member_id, l.remaining, b.entry_id
+        SELECT l.id, l.program_id, l.member_id, l.asset, l.remaining,
+               CASE WHEN l.asset = :cash THEN b.cash_entry_id ELSE b.entry_id END AS entry_id
         FROM batch AS b
         CROSS JOIN LATERAL (
-            SELECT lots.id, lots.program_id, lots.member_id, lots.remaining
+            SELECT lots.id, lots.program_id, lots.member_id, lots.asset, lots.remaining
             FROM lots
             WHERE lots.program_id = b.program_id AND lots.member_id = b.member_id
               AND lots.expires_at <= :now AND lots.remaining > 0
@@ -316,7 +333,7 @@ _EXPIRE_LOCKED_PG = text(
         UPDATE lots SET remaining = 0
         FROM due
         WHERE lots.id = due.id AND lots.remaining = due.remaining
-        RETURNING due.id, due.program_id, due.member_id, due.remaining, due.entry_id
+        RETURNING due.id, due.program_id, due.member_id, due.asset, due.remaining, due.entry_id
     ),
     moved AS (
         INSERT INTO lot_movements (entry_id, lot_id, program_id, member_id, kind, amount)
@@ -324,37 +341,44 @@ _EXPIRE_LOCKED_PG = text(
         FROM spent
     ),
     totals AS (
-        SELECT s.entry_id, s.program_id, s.member_id, b.member_account, b.expired_account,
+        SELECT s.entry_id, s.program_id, s.member_id, s.asset,
+               CASE WHEN s.asset = :cash THEN b.cash_account ELSE b.member_account END
+                   AS member_account,
+               CASE WHEN s.asset = :cash THEN b.cash_expired_account ELSE b.expired_account END
+                   AS expired_account,
                sum(s.remaining) AS points, count(*) AS lots_n
         FROM spent AS s
-        JOIN batch AS b ON b.entry_id = s.entry_id
-        GROUP BY s.entry_id, s.program_id, s.member_id, b.member_account, b.expired_account
+        JOIN batch AS b ON b.program_id = s.program_id AND b.member_id = s.member_id
+        GROUP BY s.entry_id, s.program_id, s.member_id, s.asset, b.member_account,
+                 b.expired_account, b.cash_account, b.cash_expired_account
     ),
     entries AS (
         INSERT INTO journal_entries (id, program_id, member_id, kind, program_version, reason,
                                      source_type, source_id, reverses_entry_id, actor,
                                      created_at, details)
         SELECT t.entry_id, t.program_id, t.member_id, :entry_kind, p.current_version,
-               'points expired', 'expiry', :trigger, NULL, NULL, :now,
-               json_build_object('lots', t.lots_n)
+               CASE WHEN t.asset = :cash THEN 'cashback expired' ELSE 'points expired' END,
+               'expiry', :trigger, NULL, NULL, :now, json_build_object('lots', t.lots_n)
         FROM totals AS t
         JOIN programs AS p ON p.id = t.program_id
     ),
     legs AS (
         INSERT INTO postings (entry_id, leg, program_id, member_id, account, asset, amount)
-        SELECT entry_id, 0, program_id, member_id, member_account, :asset, -points FROM totals
+        SELECT entry_id, 0, program_id, member_id, member_account, asset, -points FROM totals
         UNION ALL
-        SELECT entry_id, 1, program_id, NULL, expired_account, :asset, points FROM totals
+        SELECT entry_id, 1, program_id, NULL, expired_account, asset, points FROM totals
     ),
     debited AS (
         UPDATE wallets SET balance = wallets.balance - t.points, updated_at = :now
         FROM totals AS t
         WHERE wallets.program_id = t.program_id AND wallets.member_id = t.member_id
-          AND wallets.asset = :asset
+          AND wallets.asset = t.asset
         RETURNING wallets.member_id
     )
-    SELECT coalesce(sum(lots_n), 0) AS lots_n, coalesce(sum(points), 0) AS points,
-           count(*) AS members_n, (SELECT count(*) FROM debited) AS wallets_n
+    SELECT coalesce(sum(lots_n), 0) AS lots_n,
+           coalesce(sum(CASE WHEN asset = :cash THEN 0 ELSE points END), 0) AS points,
+           count(DISTINCT (program_id, member_id)) AS members_n, count(*) AS wallets_n,
+           (SELECT count(*) FROM debited) AS debited_n
     FROM totals
     """
 ).bindparams(bindparam("now", type_=lots.c.expires_at.type))
@@ -364,7 +388,7 @@ def _expire_locked_pg(
     conn: Connection, keys: list[tuple[str, str]], *, now: datetime, trigger: str
 ) -> Counts:
     """``expire_locked`` as one set-based statement, for PostgreSQL. Same rows, same shape: one
-    ``expire`` entry per member with due lots, two postings, one movement per lot."""
+    ``expire`` entry per member and wallet with due lots, two postings, one movement per lot."""
     if not keys:
         return 0, 0, 0
     row = conn.execute(
@@ -373,17 +397,20 @@ def _expire_locked_pg(
             "program_ids": [p for p, _ in keys],
             "member_ids": [m for _, m in keys],
             "entry_ids": [new_id("ent") for _ in keys],
+            "cash_entry_ids": [new_id("ent") for _ in keys],
             "member_accounts": [member_account(m) for _, m in keys],
             "expired_accounts": [program_account(p, "expired") for p, _ in keys],
+            "cash_accounts": [member_account(m, CASH) for _, m in keys],
+            "cash_expired_accounts": [program_account(p, "expired", CASH) for p, _ in keys],
             "now": now,
             "trigger": trigger,
             "entry_kind": EntryKind.EXPIRE.value,
             "movement_kind": MovementKind.EXPIRE.value,
-            "asset": POINTS,
+            "cash": CASH,
         },
     ).one()
-    # Every member with an entry had a wallet to debit: the lock was taken on it.
-    assert row.wallets_n == row.members_n, (row.wallets_n, row.members_n)
+    # Every wallet with an entry was there to debit: the member's lock was taken first.
+    assert row.debited_n == row.wallets_n, (row.debited_n, row.wallets_n)
     return int(row.lots_n), int(row.points), int(row.members_n)
 
 

@@ -14,6 +14,7 @@ from loyalty.adapters.db.ledger_store import EntryRecord, insert_lot, move_lots,
 from loyalty.adapters.db.locking import WalletState
 from loyalty.adapters.ids import new_id
 from loyalty.domain.ledger import (
+    POINTS,
     EntryKind,
     LotTake,
     MovementKind,
@@ -66,13 +67,15 @@ def credit_points(
     source_id: str | None = None,
     actor: str | None = None,
     details: dict[str, Any] | None = None,
+    asset: str = POINTS,
 ) -> Credit:
     """Credit ``points`` in one journal entry, earned at ``earned_at`` (default ``now``).
 
     By default the points make one lot, spendable from ``available_at`` (default at once).
     ``held`` splits them instead into one lot per ``(points, available_at)`` portion (rules
     with different pending periods); the portions must add up to ``points``. A debt left by an
-    earlier return is repaid first, out of the lots spendable soonest."""
+    earlier return is repaid first, out of the lots spendable soonest. ``asset`` names the
+    wallet (``wallet`` is that wallet's state)."""
     assert points > 0
     portions = [(p, at) for p, at in (held or [(points, available_at)]) if p > 0]
     assert sum(p for p, _ in portions) == points
@@ -96,8 +99,16 @@ def credit_points(
             if plan.debt_repaid
             else (details or {}),
         ),
-        [Posting(program_account(program_id, from_purpose), member_account(member_id), points)],
+        [
+            Posting(
+                program_account(program_id, from_purpose, asset),
+                member_account(member_id, asset),
+                points,
+                asset,
+            )
+        ],
         debt_delta={member_id: -plan.debt_repaid} if plan.debt_repaid else None,
+        debt_asset=asset,
     )
     credited: list[CreditedLot] = []
     owed = plan.debt_repaid
@@ -114,6 +125,7 @@ def credit_points(
             earned_at=earned_at or now,
             expires_at=expires_at,
             available_at=portion_available_at,
+            asset=asset,
         )
         repaid = min(owed, portion)
         owed -= repaid
@@ -150,8 +162,10 @@ def debit_lots(
     reverses_entry_id: str | None = None,
     actor: str | None = None,
     details: dict[str, Any] | None = None,
+    asset: str = POINTS,
 ) -> str:
-    """Debit ``points`` from the member: ``takes`` from lots plus ``debt_added`` as debt."""
+    """Debit ``points`` (or minor units of ``asset``) from the member: ``takes`` from lots plus
+    ``debt_added`` as debt."""
     assert points == sum(t.points for t in takes) + debt_added and points > 0
     entry_id = new_id("ent")
     write_entry(
@@ -170,8 +184,16 @@ def debit_lots(
             actor=actor,
             details=details or {},
         ),
-        [Posting(member_account(member_id), program_account(program_id, to_purpose), points)],
+        [
+            Posting(
+                member_account(member_id, asset),
+                program_account(program_id, to_purpose, asset),
+                points,
+                asset,
+            )
+        ],
         debt_delta={member_id: debt_added} if debt_added else None,
+        debt_asset=asset,
     )
     move_lots(
         conn,

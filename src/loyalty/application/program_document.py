@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from loyalty.domain.cashback import CashbackPolicy, CheckoutRules, PaymentRule
 from loyalty.domain.catalog import Reward, RewardType
 from loyalty.domain.discounts import DiscountPolicy, SpendBracket
 from loyalty.domain.memberships import Plan, PlanPeriod
@@ -513,6 +514,68 @@ class RewardDocument(_Strict):
         return self
 
 
+CASHBACK_RATE_BP_MAX = 10_000
+PAYMENT_AMOUNT_MAX = 10**12
+
+
+class CashbackDocument(_Strict):
+    """Cashback: ``rate_bp`` basis points (1/100 of a percent; 250 is 2.5%) of what an order's
+    product lines cost after their discounts, credited in minor units of the program's
+    currency to the member's cashback wallet, rounded once per order."""
+
+    rate_bp: Annotated[StrictInt, Field(ge=0, le=CASHBACK_RATE_BP_MAX)]
+    rate_bp_by_tier: dict[Slug, Annotated[StrictInt, Field(ge=0, le=CASHBACK_RATE_BP_MAX)]] = Field(
+        default_factory=dict, description="The rate for members of these tiers."
+    )
+    rounding: Rounding = Rounding.FLOOR
+    include: ItemFilterDocument | None = Field(
+        default=None, description="Only these lines earn cashback."
+    )
+    exclude: ItemFilterDocument | None = Field(
+        default=None, description="These lines earn no cashback."
+    )
+    expiry: ExpiryDocument = Field(default_factory=ExpiryDocument)
+    pending_days: Annotated[StrictInt, Field(ge=0, le=PENDING_DAYS_MAX)] = Field(
+        default=0,
+        description="Cashback earned by a purchase can't be spent for this many days.",
+    )
+
+    @model_validator(mode="after")
+    def _expiry_per_lot(self) -> CashbackDocument:
+        if self.expiry.policy is ExpiryPolicy.INACTIVITY:
+            raise ValueError(
+                "cashback expiry can be 'never', 'after_days' or 'end_of_period'; "
+                "'inactivity' applies to points only"
+            )
+        return self
+
+
+class PointsPaymentDocument(_Strict):
+    """Paying part of an order with points, converted at ``points.value``."""
+
+    enabled: bool = True
+    min_points: Annotated[StrictInt, Field(ge=0, le=PAYMENT_AMOUNT_MAX)] = 0
+    max_points: Annotated[StrictInt, Field(ge=1, le=PAYMENT_AMOUNT_MAX)] | None = None
+    max_share_percent: Annotated[StrictInt, Field(ge=1, le=100)] = 100
+
+
+class CashbackPaymentDocument(_Strict):
+    """Paying part of an order with cashback."""
+
+    enabled: bool = True
+    min_minor: Annotated[StrictInt, Field(ge=0, le=PAYMENT_AMOUNT_MAX)] = 0
+    max_minor: Annotated[StrictInt, Field(ge=1, le=PAYMENT_AMOUNT_MAX)] | None = None
+    max_share_percent: Annotated[StrictInt, Field(ge=1, le=100)] = 100
+
+
+class CheckoutDocument(_Strict):
+    """What points and cashback may pay at checkout (through holds: reserve, then capture)."""
+
+    min_order_minor: Annotated[StrictInt, Field(ge=0, le=PAYMENT_AMOUNT_MAX)] = 0
+    points: PointsPaymentDocument = Field(default_factory=PointsPaymentDocument)
+    cashback: CashbackPaymentDocument = Field(default_factory=CashbackPaymentDocument)
+
+
 class TransfersDocument(_Strict):
     """Whether members may give points to other members, and how many."""
 
@@ -541,6 +604,8 @@ class ProgramDocument(_Strict):
         default_factory=list
     )
     transfers: TransfersDocument = Field(default_factory=TransfersDocument)
+    cashback: CashbackDocument | None = None
+    checkout: CheckoutDocument = Field(default_factory=CheckoutDocument)
 
     @field_validator("stamp_cards")
     @classmethod
@@ -572,6 +637,9 @@ class ProgramDocument(_Strict):
             for tier in [*(reward.tiers or []), *reward.cost_by_tier]:
                 if tier not in known:
                     raise ValueError(f"reward {reward.id!r} names tier {tier!r}, not in 'tiers'")
+        for tier in self.cashback.rate_bp_by_tier if self.cashback else []:
+            if tier not in known:
+                raise ValueError(f"cashback names tier {tier!r}, which is not in 'tiers.levels'")
         for plan_doc in self.plans:
             if plan_doc.grants_tier is not None and plan_doc.grants_tier not in known:
                 raise ValueError(
@@ -735,6 +803,43 @@ def tier_rules(document: ProgramDocument) -> list[Rule]:
     ]
 
 
+def _expiry(doc: ExpiryDocument, time_zone: str) -> Expiry:
+    return Expiry(policy=doc.policy, days=doc.days, period=doc.period, time_zone=time_zone)
+
+
+def cashback_policy(document: ProgramDocument) -> CashbackPolicy | None:
+    doc = document.cashback
+    if doc is None:
+        return None
+    return CashbackPolicy(
+        rate_bp=doc.rate_bp,
+        rounding=doc.rounding,
+        rate_bp_by_tier=dict(doc.rate_bp_by_tier),
+        include=_item_filter(doc.include),
+        exclude=_item_filter(doc.exclude),
+        expiry=_expiry(doc.expiry, document.time_zone),
+        pending_days=doc.pending_days,
+    )
+
+
+def checkout_rules(doc: CheckoutDocument) -> CheckoutRules:
+    return CheckoutRules(
+        points=PaymentRule(
+            enabled=doc.points.enabled,
+            min_amount=doc.points.min_points,
+            max_amount=doc.points.max_points,
+            max_share_percent=doc.points.max_share_percent,
+        ),
+        cashback=PaymentRule(
+            enabled=doc.cashback.enabled,
+            min_amount=doc.cashback.min_minor,
+            max_amount=doc.cashback.max_minor,
+            max_share_percent=doc.cashback.max_share_percent,
+        ),
+        min_order_minor=doc.min_order_minor,
+    )
+
+
 def settings_from_document(document: ProgramDocument, *, version: int) -> ProgramSettings:
     wallet = document.points
     return ProgramSettings(
@@ -744,12 +849,7 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
             per_spend_minor=wallet.earn.per_spend_minor,
             rounding=wallet.earn.rounding,
         ),
-        expiry=Expiry(
-            policy=wallet.expiry.policy,
-            days=wallet.expiry.days,
-            period=wallet.expiry.period,
-            time_zone=document.time_zone,
-        ),
+        expiry=_expiry(wallet.expiry, document.time_zone),
         negative_balance=wallet.negative_balance,
         pending_days=wallet.pending_days,
         point_value=PointValue(wallet.value.points, wallet.value.money_minor),
@@ -763,6 +863,8 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
         ),
         tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
         discounts=discount_policy(document.discounts),
+        cashback=cashback_policy(document),
+        checkout=checkout_rules(document.checkout),
         transfers=TransferRules(
             enabled=document.transfers.enabled,
             max_per_transfer=document.transfers.max_points_per_transfer,

@@ -320,6 +320,28 @@ class InsufficientPoints(Unprocessable):
         )
 
 
+class InsufficientCashback(Unprocessable):
+    code = "insufficient_cashback"
+
+    def __init__(self, *, amount_required_minor: int, amount_available_minor: int) -> None:
+        super().__init__(
+            f"The member has {amount_available_minor} of cashback (minor units) to spend; "
+            f"{amount_required_minor} was asked for.",
+            amount_required_minor=amount_required_minor,
+            amount_available_minor=amount_available_minor,
+        )
+
+
+class PaymentNotAllowed(Unprocessable):
+    """Paying part of an order with points or cashback breaks one of the program's checkout
+    rules; ``reason`` says which and ``limit`` gives the number it was checked against."""
+
+    code = "payment_not_allowed"
+
+    def __init__(self, detail: str, *, wallet: str, reason: str, limit: int | None) -> None:
+        super().__init__(detail, wallet=wallet, reason=reason, limit=limit)
+
+
 class CurrencyMismatch(Unprocessable):
     code = "currency_mismatch"
 

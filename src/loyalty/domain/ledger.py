@@ -21,6 +21,10 @@ from loyalty.domain.errors import InsufficientPoints
 from loyalty.domain.program import NegativeBalancePolicy
 
 POINTS = "PTS"
+CASH = "CASH"
+"""The cashback (stored-value) wallet: integer minor units of the program's currency."""
+
+_WALLET_NAMES = {POINTS: "points", CASH: "cashback"}
 
 
 class EntryKind(StrEnum):
@@ -40,6 +44,13 @@ class EntryKind(StrEnum):
     HOLD_RELEASE = "hold_release"
     """Held points given back to the lots they came from (an abandoned order, an expired hold,
     or what a capture did not take)."""
+    CASHBACK = "cashback"
+    """Cashback credited for a purchase: money into the member's cashback wallet."""
+    CASHBACK_RETURN = "cashback_return"
+    """Cashback taken back because purchased items were returned."""
+    PAYMENT_RESTORE = "payment_restore"
+    """Points or cashback that paid for returned items, given back to the lots they came
+    from."""
 
 
 class MovementKind(StrEnum):
@@ -54,15 +65,18 @@ class MovementKind(StrEnum):
     HOLD = "hold"
     HOLD_RELEASE = "hold_release"
     TRANSFER_OUT = "transfer_out"
+    PAYMENT_RESTORE = "payment_restore"
 
 
-def member_account(member_id: str) -> str:
-    return f"member:{member_id}:points"
+def member_account(member_id: str, asset: str = POINTS) -> str:
+    """``member:<id>:points`` or ``member:<id>:cashback``."""
+    return f"member:{member_id}:{_WALLET_NAMES[asset]}"
 
 
-def program_account(program_id: str, purpose: str) -> str:
-    """Program-side accounts: ``issued``, ``redeemed``, ``expired``, ``adjustments``."""
-    return f"program:{program_id}:points:{purpose}"
+def program_account(program_id: str, purpose: str, asset: str = POINTS) -> str:
+    """Program-side accounts: ``issued``, ``redeemed``, ``expired``, ``adjustments``, ``held``
+    (``program:<id>:points:<purpose>``, or ``...:cashback:<purpose>`` for the cashback wallet)."""
+    return f"program:{program_id}:{_WALLET_NAMES[asset]}:{purpose}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from loyalty.domain.points import Rounding, divide
 
 if TYPE_CHECKING:
+    from loyalty.domain.cashback import CashbackPolicy, CheckoutRules
     from loyalty.domain.catalog import Reward
     from loyalty.domain.discounts import DiscountPolicy
     from loyalty.domain.memberships import Plan
@@ -129,9 +130,18 @@ class ProgramSettings:
     plans: tuple[Plan, ...] = ()
     rewards: tuple[Reward, ...] = ()
     transfers: TransferRules = field(default_factory=TransferRules)
+    cashback: CashbackPolicy | None = None
+    """Cashback credited on purchases, when the program pays any."""
+    checkout: CheckoutRules = field(default_factory=lambda: _default_checkout())
 
 
 def _no_discounts() -> DiscountPolicy:
     from loyalty.domain.discounts import DiscountPolicy
 
     return DiscountPolicy()
+
+
+def _default_checkout() -> CheckoutRules:
+    from loyalty.domain.cashback import CheckoutRules
+
+    return CheckoutRules()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from loyalty.adapters.db.tables import journal_entries, lot_movements, lots, postings, wallets
 from loyalty.domain.ledger import POINTS, EntryKind, Lot, MovementKind, Posting, account_deltas
@@ -31,7 +31,7 @@ _MOVE_WALLET = (
         and_(
             wallets.c.program_id == bindparam("w_program_id"),
             wallets.c.member_id == bindparam("w_member_id"),
-            wallets.c.asset == POINTS,
+            wallets.c.asset == bindparam("w_asset"),
         )
     )
     .values(
@@ -49,6 +49,7 @@ _MEMBER_LOTS = select(lots.c.id, lots.c.remaining, lots.c.earned_at, lots.c.expi
     and_(
         lots.c.program_id == bindparam("program_id"),
         lots.c.member_id == bindparam("member_id"),
+        lots.c.asset == bindparam("asset"),
         lots.c.remaining > 0,
     )
 )
@@ -86,10 +87,12 @@ def write_entry(
     entry_postings: Sequence[Posting],
     *,
     debt_delta: dict[str, int] | None = None,
+    debt_asset: str = POINTS,
 ) -> dict[str, int]:
     """Insert a journal entry and its postings, and move member wallets by the same amounts.
 
-    Returns the net change per member. ``debt_delta`` changes members' debt in the same update.
+    Returns the net change of points per member. ``debt_delta`` changes members' debt in the
+    wallet of ``debt_asset`` in the same update.
     """
     _assert_balanced(entry_postings)
     deltas = account_deltas(entry_postings)
@@ -124,14 +127,15 @@ def write_entry(
         if amount != 0
     ]
     conn.execute(_INSERT_POSTINGS, legs)
-    member_deltas: dict[str, int] = defaultdict(int)
+    wallet_deltas: dict[tuple[str, str], int] = defaultdict(int)
     for (account, asset), amount in deltas.items():
         member = member_of_account(account)
-        if member is not None and asset == POINTS:
-            member_deltas[member] += amount
-    for member_id in set(member_deltas) | set(debt_delta or {}):
-        balance_change = member_deltas.get(member_id, 0)
-        debt_change = (debt_delta or {}).get(member_id, 0)
+        if member is not None:
+            wallet_deltas[(member, asset)] += amount
+    debts = {(m, debt_asset): d for m, d in (debt_delta or {}).items()}
+    for member_id, asset in sorted(set(wallet_deltas) | set(debts)):
+        balance_change = wallet_deltas.get((member_id, asset), 0)
+        debt_change = debts.get((member_id, asset), 0)
         if balance_change == 0 and debt_change == 0:
             continue
         result = conn.execute(
@@ -139,13 +143,14 @@ def write_entry(
             {
                 "w_program_id": entry.program_id,
                 "w_member_id": member_id,
+                "w_asset": asset,
                 "balance_change": balance_change,
                 "debt_change": debt_change,
                 "w_updated_at": entry.created_at,
             },
         )
-        assert result.rowcount == 1, f"wallet missing for {member_id}"
-    return dict(member_deltas)
+        assert result.rowcount == 1, f"{asset} wallet missing for {member_id}"
+    return {m: d for (m, asset), d in wallet_deltas.items() if asset == POINTS}
 
 
 def insert_lot(
@@ -160,6 +165,7 @@ def insert_lot(
     earned_at: datetime,
     expires_at: datetime | None,
     available_at: datetime | None = None,
+    asset: str = POINTS,
 ) -> None:
     conn.execute(
         _INSERT_LOT,
@@ -168,7 +174,7 @@ def insert_lot(
             "program_id": program_id,
             "member_id": member_id,
             "entry_id": entry_id,
-            "asset": POINTS,
+            "asset": asset,
             "amount": amount,
             "remaining": remaining,
             "earned_at": earned_at,
@@ -214,10 +220,11 @@ def member_lots(
     *,
     entry_id: str | None = None,
     spendable_at: datetime | None = None,
+    asset: str = POINTS,
 ) -> list[Lot]:
-    """Lots of a member that still hold points: all of them, only those an entry created, or
-    only those out of their pending period at ``spendable_at``."""
-    params = {"program_id": program_id, "member_id": member_id}
+    """Lots of one of a member's wallets that still hold something: all of them, only those an
+    entry created, or only those out of their pending period at ``spendable_at``."""
+    params = {"program_id": program_id, "member_id": member_id, "asset": asset}
     if entry_id is not None:
         rows = conn.execute(_ENTRY_LOTS, {**params, "entry_id": entry_id}).all()
     elif spendable_at is not None:
@@ -232,3 +239,19 @@ def lot_expiries(conn: Connection, lot_ids: Sequence[str]) -> dict[str, datetime
         return {}
     rows = conn.execute(select(lots.c.id, lots.c.expires_at).where(lots.c.id.in_(lot_ids))).all()
     return {r.id: r.expires_at for r in rows}
+
+
+def expired_from_entry(conn: Connection, entry_id: str) -> int:
+    """What expired, unspent, from the lots an entry created."""
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(-lot_movements.c.amount), 0))
+            .select_from(lot_movements.join(lots, lots.c.id == lot_movements.c.lot_id))
+            .where(
+                and_(
+                    lots.c.entry_id == entry_id,
+                    lot_movements.c.kind == MovementKind.EXPIRE.value,
+                )
+            )
+        ).scalar_one()
+    )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, select, text, tuple_
+from sqlalchemy import Connection, and_, bindparam, insert, select, text, tuple_
 
 from loyalty.adapters.db.tables import wallets
 from loyalty.domain.ledger import POINTS
@@ -65,6 +66,35 @@ def lock_wallet(conn: Connection, program_id: str, member_id: str) -> WalletStat
     if row is None:
         raise LookupError(f"member {member_id} has no wallet")
     return WalletState(row.member_id, row.balance, row.debt)
+
+
+def lock_second_wallet(
+    conn: Connection, program_id: str, member_id: str, asset: str, *, now: datetime
+) -> WalletState:
+    """A member's wallet of another asset (cashback), created empty on first use. Taken only
+    by a caller that already holds the member's points wallet (``lock_wallet``): that lock is
+    what serialises every change to the member, so the order points-then-other always holds
+    and two transactions never both create the row."""
+    assert asset != POINTS
+    params = {"program_id": program_id, "member_id": member_id, "asset": asset}
+    row = conn.execute(_LOCK_ASSET, params).first()
+    if row is None:
+        conn.execute(insert(wallets).values(**params, balance=0, debt=0, updated_at=now))
+        return WalletState(member_id, 0, 0)
+    return WalletState(row.member_id, row.balance, row.debt)
+
+
+_LOCK_ASSET = (
+    select(wallets.c.member_id, wallets.c.balance, wallets.c.debt)
+    .where(
+        and_(
+            wallets.c.program_id == bindparam("program_id"),
+            wallets.c.member_id == bindparam("member_id"),
+            wallets.c.asset == bindparam("asset"),
+        )
+    )
+    .with_for_update()
+)
 
 
 def lock_wallets_by_key(

@@ -235,6 +235,8 @@ events = Table(
     Column("payload", JSON, nullable=False),
     Column("entry_id", ID, nullable=True),
     Column("points", BigInteger, nullable=False),
+    # Cashback the event moved, in minor units: earned by a purchase, charged by a return.
+    Column("cashback_minor", BigInteger, nullable=False, server_default=text("0")),
     UniqueConstraint("program_id", "type", "source_id", name="uq_events_source"),
     Index("ix_events_member", "program_id", "member_id", "id"),
 )
@@ -474,6 +476,9 @@ holds = Table(
     Column("program_id", ID, nullable=False),
     Column("member_id", ID, nullable=False),
     Column("points", BigInteger, nullable=False),
+    # Which wallet the hold took from: points (PTS) or cashback (CASH, ``points`` then counts
+    # minor units).
+    Column("asset", String(16), nullable=False, server_default=text("'PTS'")),
     Column("order_reference", String(128), nullable=True),
     Column("status", String(16), nullable=False),
     Column("entry_id", ID, nullable=False),
@@ -490,6 +495,7 @@ holds = Table(
     ),
     Index("ix_holds_open", "status", "expires_at"),
     Index("ix_holds_member", "program_id", "member_id"),
+    Index("ix_holds_order", "program_id", "order_reference"),
 )
 """Points reserved against an order at checkout (``held``), then ``captured`` (possibly for
 less), ``released``, or ``expired`` (released by the job after their time-to-live)."""

@@ -93,6 +93,22 @@ class ExpiryBucket(_Body):
     expired: bool
 
 
+class CashExpiryBucket(_Body):
+    expires_at: str
+    amount_minor: int
+    expired: bool
+
+
+class CashbackBalance(_Body):
+    """The member's cashback wallet, in minor units of the program's currency."""
+
+    balance_minor: int
+    available_minor: int
+    pending_minor: int
+    debt_minor: int
+    expiring: list[CashExpiryBucket]
+
+
 class BalanceOut(_Body):
     member_id: str
     balance: int
@@ -100,6 +116,8 @@ class BalanceOut(_Body):
     pending: int
     debt: int
     expiring: list[ExpiryBucket]
+    cashback: CashbackBalance | None = None
+    """The cashback wallet (null until the member's first cashback)."""
     as_of: str
 
 
@@ -186,6 +204,35 @@ class StampsTaken(StampCardView):
     """Points of rewards taken back because a completed card fell short."""
 
 
+class CashbackLot(_Body):
+    id: str
+    amount_minor: int
+    expires_at: str | None
+    available_at: str | None
+    debt_repaid_minor: int
+
+
+class CashbackEarned(_Body):
+    earned_minor: int
+    eligible_minor: int
+    """The spend that earned cashback: product lines after their discounts."""
+    rate_bp: int
+    """The rate applied, in basis points (250 = 2.5%)."""
+    entry_id: str | None
+    lot: CashbackLot | None
+
+
+class CashbackReturned(_Body):
+    reversed_minor: int
+    """Cashback of the order the rest of the basket no longer earns, over all its returns."""
+    charged_minor: int
+    """What this return charged: taken, owed or written off."""
+    taken_minor: int
+    debt_added_minor: int
+    written_off_minor: int
+    entry_id: str | None
+
+
 class PurchaseResult(_Body):
     event_id: str
     type: Literal["purchase"]
@@ -207,6 +254,8 @@ class PurchaseResult(_Body):
     """The member's tier when the purchase was evaluated (null: the program has no tiers)."""
     tier_change: TierChange | None
     stamps: list[StampsGiven]
+    cashback: CashbackEarned | None = None
+    """Cashback credited (null: the program pays none)."""
     member_discount_minor: int
     """The member discount the checkout said it granted."""
     lines: list[LineEarning]
@@ -245,6 +294,8 @@ class ReturnResult(_Body):
     entry_id: str | None
     lines: list[LineReturned]
     stamps: list[StampsTaken]
+    cashback: CashbackReturned | None = None
+    """Cashback taken back (null: the order earned none)."""
     points_adjusted: int
     """Of ``points_reversed``, what the rest of the basket no longer earns beyond the returned
     units' own points (a threshold bonus it no longer reaches); negative when the rest earns

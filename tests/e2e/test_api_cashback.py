@@ -1,0 +1,171 @@
+"""Cashback: a money wallet credited as a share of eligible spend, with lots and an expiry of
+its own, reversed exactly by returns, and audited like points."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from loyalty.application.audit import audit_ledger
+from loyalty.application.expiry import expire_due_lots
+from tests.e2e.test_api_support import assert_problem
+
+CASHBACK = {
+    "rate_bp": 250,
+    "exclude": {"categories": ["tobacco"]},
+    "expiry": {"policy": "after_days", "days": 30},
+}
+
+LINES = [
+    {"line_id": "a", "sku": "A", "quantity": 2, "unit_price_minor": 1000, "category": "food"},
+    {
+        "line_id": "b",
+        "sku": "B",
+        "quantity": 1,
+        "unit_price_minor": 4000,
+        "discount_minor": 400,
+        "category": "clothes",
+    },
+    {"line_id": "t", "sku": "T", "quantity": 1, "unit_price_minor": 900, "category": "tobacco"},
+    {"line_id": "s", "sku": "SHIP", "quantity": 1, "unit_price_minor": 500, "kind": "shipping"},
+]
+
+
+def _program(api, **overrides):
+    document = {"enrollment": {"auto_enroll_on_purchase": True}, "cashback": CASHBACK}
+    return api.create_program(**{**document, **overrides})
+
+
+def _return(api, program, return_id, lines):
+    return api.request(
+        "POST",
+        f"/v1/programs/{program}/events",
+        json={
+            "type": "return",
+            "id": return_id,
+            "order_id": "O1",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "lines": lines,
+        },
+    )
+
+
+def test_a_purchase_credits_cashback_on_product_lines_after_discounts(api):
+    program = _program(api)
+    r = api.purchase(program, "O1", "C1", LINES)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    # 2 x 10.00 + (40.00 - 4.00) = 56.00 eligible; tobacco is excluded, shipping never earns.
+    assert body["cashback"]["eligible_minor"] == 5600
+    assert (body["cashback"]["earned_minor"], body["cashback"]["rate_bp"]) == (140, 250)
+    lot = body["cashback"]["lot"]
+    assert lot["amount_minor"] == 140
+    assert lot["expires_at"] is not None
+    # Cashback is a wallet of its own: points are untouched by it.
+    assert body["points_earned"] == 65
+    cash = api.balance(program, "ext:C1")["cashback"]
+    assert (cash["balance_minor"], cash["available_minor"], cash["debt_minor"]) == (140, 140, 0)
+    assert [b["amount_minor"] for b in cash["expiring"]] == [140]
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_program_without_cashback_shows_no_cashback_wallet(api):
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    r = api.purchase(program, "O1", "C1", LINES)
+    assert r.json()["cashback"] is None
+    assert api.balance(program, "ext:C1")["cashback"] is None
+
+
+def test_returns_take_back_exactly_what_the_rest_of_the_basket_no_longer_earns(api):
+    program = _program(api)
+    assert api.purchase(program, "O1", "C1", LINES).status_code == 201
+    first = _return(api, program, "R1", [{"line_id": "a", "quantity": 1}])
+    assert first.status_code == 201, first.text
+    # The rest earns 2.5% of 46.00 = 1.15: 0.25 comes back.
+    assert first.json()["cashback"]["charged_minor"] == 25
+    assert first.json()["cashback"]["taken_minor"] == 25
+    assert api.balance(program, "ext:C1")["cashback"]["balance_minor"] == 115
+    # Returning tobacco changes no cashback.
+    tobacco = _return(api, program, "R2", [{"line_id": "t", "quantity": 1}])
+    assert tobacco.json()["cashback"]["charged_minor"] == 0
+    second = _return(api, program, "R3", [{"line_id": "b", "quantity": 1}])
+    assert second.json()["cashback"]["charged_minor"] == 90
+    assert api.balance(program, "ext:C1")["cashback"]["balance_minor"] == 25
+    last = _return(api, program, "R4", [{"line_id": "a", "quantity": 1}])
+    assert last.json()["cashback"]["charged_minor"] == 25
+    assert last.json()["cashback"]["reversed_minor"] == 140
+    assert api.balance(program, "ext:C1")["cashback"]["balance_minor"] == 0
+    assert audit_ledger(api.engine) == []
+
+
+def test_rounding_is_once_per_order_and_partial_returns_add_up_to_the_whole(api):
+    program = _program(api, cashback={"rate_bp": 333})
+    lines = [
+        {"line_id": str(i), "sku": f"S{i}", "quantity": 1, "unit_price_minor": 99} for i in range(7)
+    ]
+    earned = api.purchase(program, "O1", "C1", lines).json()["cashback"]["earned_minor"]
+    assert earned == 693 * 333 // 10_000
+    charged = [
+        _return(api, program, f"R{i}", [{"line_id": str(i), "quantity": 1}]).json()["cashback"][
+            "charged_minor"
+        ]
+        for i in range(7)
+    ]
+    assert sum(charged) == earned
+    assert api.balance(program, "ext:C1")["cashback"]["balance_minor"] == 0
+
+
+def test_cashback_expires_by_its_own_policy_and_a_later_return_takes_nothing_expired(api):
+    program = _program(api, points={"expiry": {"policy": "after_days", "days": 365}})
+    assert api.purchase(program, "O1", "C1", LINES).status_code == 201
+    report = expire_due_lots(api.engine, now=datetime.now(UTC) + timedelta(days=31))
+    assert report.lots_expired == 1
+    assert report.points_expired == 0
+    balance = api.balance(program, "ext:C1")
+    assert balance["cashback"]["balance_minor"] == 0
+    assert balance["balance"] == 65
+    statement = api.request(
+        "GET", f"/v1/programs/{program}/members/ext:C1/ledger", params={"limit": 10}
+    ).json()
+    assert [e["kind"] for e in statement["items"]] == ["earn"]
+    # Nothing is taken from the member for cashback that already expired.
+    r = _return(api, program, "R1", [{"line_id": "a", "quantity": 2}])
+    assert r.json()["cashback"]["charged_minor"] == 0
+    assert api.balance(program, "ext:C1")["cashback"]["balance_minor"] == 0
+    assert expire_due_lots(api.engine, now=datetime.now(UTC) + timedelta(days=31)).lots_expired == 0
+    assert audit_ledger(api.engine) == []
+
+
+def test_tier_rates_pay_more_to_higher_tiers(api):
+    program = _program(
+        api,
+        tiers={
+            "metric": "spend",
+            "window": {"type": "lifetime"},
+            "levels": [
+                {"id": "base", "name": "Base", "threshold": 0},
+                {"id": "gold", "name": "Gold", "threshold": 10_000},
+            ],
+        },
+        cashback={"rate_bp": 100, "rate_bp_by_tier": {"gold": 500}},
+    )
+    first = api.purchase(program, "O1", "C1", [{"sku": "A", "unit_price_minor": 10_000}])
+    assert first.json()["cashback"]["rate_bp"] == 100
+    second = api.purchase(program, "O2", "C1", [{"sku": "A", "unit_price_minor": 1_000}])
+    assert (second.json()["cashback"]["rate_bp"], second.json()["cashback"]["earned_minor"]) == (
+        500,
+        50,
+    )
+
+
+def test_cashback_settings_are_validated_when_the_program_is_saved(api):
+    for cashback, field in [
+        ({"rate_bp": 10_001}, "cashback.rate_bp"),
+        ({"rate_bp": 100, "expiry": {"policy": "inactivity", "days": 30}}, "cashback"),
+        ({"rate_bp": 100, "rate_bp_by_tier": {"gold": 200}}, None),
+    ]:
+        r = api.request(
+            "POST", "/v1/programs", json={"name": "P", "currency": "EUR", "cashback": cashback}
+        )
+        assert_problem(r, 422, "validation_error")
+        if field:
+            assert any(e["field"].startswith(field) for e in r.json()["errors"]), r.json()
