@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from loyalty.application.audit import audit_ledger
 from loyalty.application.expiry import expire_due_lots
+from tests.e2e.test_api_holds import _capture
 from tests.e2e.test_api_support import assert_problem
 
 CASHBACK = {
@@ -35,14 +36,14 @@ def _program(api, **overrides):
     return api.create_program(**{**document, **overrides})
 
 
-def _return(api, program, return_id, lines):
+def _return(api, program, return_id, lines, order_id="O1"):
     return api.request(
         "POST",
         f"/v1/programs/{program}/events",
         json={
             "type": "return",
             "id": return_id,
-            "order_id": "O1",
+            "order_id": order_id,
             "occurred_at": datetime.now(UTC).isoformat(),
             "lines": lines,
         },
@@ -169,3 +170,118 @@ def test_cashback_settings_are_validated_when_the_program_is_saved(api):
         assert_problem(r, 422, "validation_error")
         if field:
             assert any(e["field"].startswith(field) for e in r.json()["errors"]), r.json()
+
+
+def _hold(api, program, key, **body):
+    return api.request(
+        "POST",
+        f"/v1/programs/{program}/members/ext:C1/holds",
+        json=body,
+        headers={"Idempotency-Key": key},
+    )
+
+
+def _member_with_cashback(api, **document):
+    program = _program(api, cashback={"rate_bp": 1000}, **document)
+    # 10% of 100.00: 10.00 of cashback, and 100 points.
+    r = api.purchase(program, "O1", "C1", [{"sku": "A", "unit_price_minor": 10_000}])
+    assert r.status_code == 201, r.text
+    return program
+
+
+def test_cashback_pays_part_of_an_order_through_a_hold_and_capture(api):
+    program = _member_with_cashback(api)
+    r = _hold(api, program, "h1", cashback_minor=700, order_reference="O2")
+    assert r.status_code == 201, r.text
+    hold = r.json()
+    assert (hold["wallet"], hold["points"], hold["status"]) == ("cashback", 700, "held")
+    assert hold["balance"]["cashback"]["available_minor"] == 300
+    assert hold["balance"]["available"] == 100
+    # More than is left is refused, and changes nothing.
+    over = _hold(api, program, "h2", cashback_minor=301, order_reference="O3")
+    assert_problem(over, 422, "insufficient_cashback")
+    assert over.json()["amount_available_minor"] == 300
+    # Capturing a cashback hold with points is refused.
+    wrong = _capture(api, program, hold["id"], "c0", points=10)
+    assert_problem(wrong, 422, "payment_not_allowed")
+    captured = _capture(api, program, hold["id"], "c1", cashback_minor=500)
+    assert captured.status_code == 200, captured.text
+    cash = captured.json()["balance"]["cashback"]
+    assert (cash["balance_minor"], cash["available_minor"]) == (500, 500)
+    assert audit_ledger(api.engine) == []
+
+
+def test_checkout_rules_limit_the_share_an_order_may_pay_and_the_quote_explains_them(api):
+    program = _member_with_cashback(
+        api,
+        points={"value": {"points": 10, "money_minor": 100}},
+        checkout={
+            "min_order_minor": 1_000,
+            "points": {"min_points": 20, "max_share_percent": 50},
+            "cashback": {"max_share_percent": 30},
+        },
+    )
+    # Points are worth 0.10 each: half of a 20.00 order is 100 points.
+    without_total = _hold(api, program, "h0", points=50, order_reference="O2")
+    assert_problem(without_total, 422, "payment_not_allowed")
+    assert without_total.json()["reason"] == "order_total_required"
+    small = _hold(api, program, "h1", points=50, order_reference="O2", order_total_minor=900)
+    assert small.json()["reason"] == "order_below_minimum"
+    few = _hold(api, program, "h2", points=10, order_reference="O2", order_total_minor=2_000)
+    assert (few.json()["reason"], few.json()["limit"]) == ("below_minimum", 20)
+    first = _hold(api, program, "h3", points=60, order_reference="O2", order_total_minor=2_000)
+    assert first.status_code == 201, first.text
+    # The share counts what earlier holds of the same order took.
+    more = _hold(api, program, "h4", points=41, order_reference="O2", order_total_minor=2_000)
+    assert (more.json()["reason"], more.json()["limit"]) == ("over_limit", 40)
+    cash = _hold(
+        api, program, "h5", cashback_minor=601, order_reference="O2", order_total_minor=2_000
+    )
+    assert (cash.json()["reason"], cash.json()["limit"]) == ("over_limit", 600)
+    quote = api.request(
+        "POST",
+        f"/v1/programs/{program}/quote",
+        json={
+            "member": {"external_id": "C1"},
+            "order_reference": "O2",
+            "currency": "EUR",
+            "lines": [{"sku": "A", "unit_price_minor": 2_000}],
+        },
+    )
+    assert quote.status_code == 200, quote.text
+    options = {o["wallet"]: o for o in quote.json()["payment"]}
+    assert (options["points"]["available"], options["points"]["max"]) == (40, 40)
+    assert options["points"]["max_value_minor"] == 400
+    assert (options["cashback"]["max"], options["cashback"]["reason"]) == (600, None)
+    assert quote.json()["cashback_earned_minor"] == 200
+
+
+def test_a_return_gives_back_what_points_and_cashback_paid_for_the_returned_items(api):
+    program = _member_with_cashback(api)
+    points_hold = _hold(api, program, "h1", points=60, order_reference="O2").json()
+    cash_hold = _hold(api, program, "h2", cashback_minor=400, order_reference="O2").json()
+    assert _capture(api, program, points_hold["id"], "c1").status_code == 200
+    assert _capture(api, program, cash_hold["id"], "c2").status_code == 200
+    lines = [
+        {"line_id": "x", "sku": "X", "unit_price_minor": 3_000},
+        {"line_id": "y", "sku": "Y", "unit_price_minor": 1_000},
+    ]
+    assert api.purchase(program, "O2", "C1", lines).status_code == 201
+    before = api.balance(program, "ext:C1")
+    # A quarter of the order's value comes back: a quarter of what paid for it.
+    r = _return(api, program, "R1", [{"line_id": "y", "quantity": 1}], order_id="O2")
+    assert r.status_code == 201, r.text
+    restored = {p["wallet"]: p["amount"] for p in r.json()["payments_restored"]}
+    assert restored == {"points": 15, "cashback": 100}
+    after = api.balance(program, "ext:C1")
+    # The returned line's own points (10) and cashback (100) are taken back.
+    assert after["balance"] == before["balance"] + 15 - 10
+    assert after["cashback"]["balance_minor"] == before["cashback"]["balance_minor"] + 100 - 100
+    rest = _return(api, program, "R2", [{"line_id": "x", "quantity": 1}], order_id="O2")
+    restored = {p["wallet"]: p["amount"] for p in rest.json()["payments_restored"]}
+    assert restored == {"points": 45, "cashback": 300}
+    # Everything the order was paid with is back, with the original lots' expiry.
+    final = api.balance(program, "ext:C1")
+    assert final["balance"] == 100
+    assert final["cashback"]["balance_minor"] == 1_000
+    assert audit_ledger(api.engine) == []

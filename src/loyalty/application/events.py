@@ -18,7 +18,7 @@ from loyalty.adapters.db.tables import (
     return_lines,
 )
 from loyalty.adapters.ids import new_id
-from loyalty.application import cashback, memberships, stamps, tiers
+from loyalty.application import cashback, holds, memberships, stamps, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.cashback import charged_by_returns
@@ -676,6 +676,24 @@ def _record_return(
         if purchase.cashback_minor > 0
         else None
     )
+    # Points and cashback that paid for the order come back in proportion to the value
+    # returned so far (everything once nothing is left of it).
+    order_value = sum(base for base, _ in bases.values())
+    returned_value = sum(
+        bases[line_id][0] * quantity // bases[line_id][1]
+        for line_id, quantity in _returned_so_far(returned, plan).items()
+        if line_id in bases and bases[line_id][1]
+    )
+    restored = holds.restore_payments(
+        conn,
+        ctx,
+        member_id=member_id,
+        order_id=event.order_id,
+        returned_share=None if rest is None else (returned_value, order_value),
+        return_id=event.id,
+        now=now,
+        actor=actor,
+    )
     unstamped = (
         stamps.unstamp_return(
             conn,
@@ -748,12 +766,21 @@ def _record_return(
         "points_adjusted": points - line_points,
         "stamps": unstamped,
         "cashback": cashback_view,
+        "payments_restored": restored,
         "kept": kept,
         "points_earned": bonus["points"] if bonus else 0,
         "rules": bonus["rules"] if bonus else [],
         "earn_entry_id": bonus["entry_id"] if bonus else None,
         "balance": balance_view(conn, ctx.program_id, member_id, now=now),
     }
+
+
+def _returned_so_far(before: dict[str, int], plan: list[LineReturn]) -> dict[str, int]:
+    """Units returned per line over all the order's returns, this one included."""
+    total = dict(before)
+    for lr in plan:
+        total[lr.line_id] = total.get(lr.line_id, 0) + lr.quantity
+    return total
 
 
 ADJUSTMENT_LINE = "~rest-of-basket"

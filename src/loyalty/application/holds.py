@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, select, update
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.ledger_store import (
@@ -23,8 +23,8 @@ from loyalty.adapters.db.ledger_store import (
     move_lots,
     write_entry,
 )
-from loyalty.adapters.db.locking import lock_wallet
-from loyalty.adapters.db.tables import holds, lot_movements
+from loyalty.adapters.db.locking import lock_second_wallet, lock_wallet
+from loyalty.adapters.db.tables import holds, journal_entries, lot_movements
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
@@ -33,8 +33,18 @@ from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import debit_lots
 from loyalty.application.members import resolve_member
 from loyalty.application.programs import ProgramContext, load_program
-from loyalty.domain.errors import HoldExpired, HoldNotFound, HoldNotOpen, LimitExceeded
+from loyalty.domain.cashback import check_payment, money_of, payment_room, wallet_name
+from loyalty.domain.errors import (
+    HoldExpired,
+    HoldNotFound,
+    HoldNotOpen,
+    InsufficientCashback,
+    LimitExceeded,
+    PaymentNotAllowed,
+)
 from loyalty.domain.ledger import (
+    CASH,
+    POINTS,
     EntryKind,
     Lot,
     MovementKind,
@@ -54,6 +64,7 @@ def _view(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
         "member_id": row.member_id,
+        "wallet": wallet_name(row.asset),
         "points": int(row.points),
         "order_reference": row.order_reference,
         "status": row.status,
@@ -79,6 +90,77 @@ def _row(conn: Connection, program_id: str, hold_id: str) -> Any:
     return row
 
 
+def _reserved_for_order(
+    conn: Connection, program_id: str, order_reference: str | None, asset: str
+) -> int:
+    """What holds of one wallet already took for an order: held, or captured."""
+    if order_reference is None:
+        return 0
+    amount = case(
+        (holds.c.status == "held", holds.c.points),
+        (holds.c.status == "captured", holds.c.captured_points),
+        else_=0,
+    )
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(amount), 0)).where(
+                and_(
+                    holds.c.program_id == program_id,
+                    holds.c.order_reference == order_reference,
+                    holds.c.asset == asset,
+                )
+            )
+        ).scalar_one()
+    )
+
+
+def payment_options(
+    conn: Connection,
+    ctx: ProgramContext,
+    member_id: str,
+    *,
+    order_total_minor: int,
+    order_reference: str | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """What the member could pay of an order with each wallet now, within the checkout rules
+    and their spendable balance, and why not when they can't (for the quote)."""
+    balance = balance_view(conn, ctx.program_id, member_id, now=now)
+    cash = balance["cashback"]
+    rules = ctx.settings.checkout
+    options = []
+    for asset, available in (
+        (POINTS, balance["available"]),
+        (CASH, cash["available_minor"] if cash else 0),
+    ):
+        if asset == CASH and ctx.settings.cashback is None and cash is None:
+            continue
+        room = payment_room(
+            rules,
+            asset=asset,
+            value=ctx.settings.point_value,
+            order_total_minor=order_total_minor,
+            already_reserved=_reserved_for_order(conn, ctx.program_id, order_reference, asset),
+        )
+        most = available if room.max_amount is None else min(available, room.max_amount)
+        reason = room.reason
+        if reason is None and (most <= 0 or most < room.min_amount):
+            reason = "balance_below_minimum" if available > 0 else "no_balance"
+        if reason is not None:
+            most = 0
+        options.append(
+            {
+                "wallet": wallet_name(asset),
+                "available": available,
+                "min": room.min_amount,
+                "max": most,
+                "max_value_minor": money_of(asset, most, ctx.settings.point_value),
+                "reason": reason,
+            }
+        )
+    return options
+
+
 def reserve(
     engine: Engine,
     principal: Principal,
@@ -90,9 +172,14 @@ def reserve(
     ttl_seconds: int,
     idempotency_key: str,
     now: datetime,
+    asset: str = POINTS,
+    order_total_minor: int | None = None,
 ) -> Outcome:
-    """Hold ``points`` for an order for ``ttl_seconds``. Raises ``InsufficientPoints`` (the
-    checkout shows what is available), ``MemberNotFound``."""
+    """Hold ``points`` (or, with ``asset`` CASH, minor units of cashback) for an order for
+    ``ttl_seconds``, within the program's checkout rules for an order of
+    ``order_total_minor`` (what earlier holds of the same ``order_reference`` took counts).
+    Raises ``InsufficientPoints`` / ``InsufficientCashback`` (the checkout shows what is
+    available), ``PaymentNotAllowed``, ``MemberNotFound``."""
     if not 1 <= ttl_seconds <= HOLD_TTL_MAX_S:
         raise LimitExceeded(
             f"A hold lives 1 to {HOLD_TTL_MAX_S} seconds.", limit="hold_ttl_seconds"
@@ -104,12 +191,30 @@ def reserve(
 
         def effect() -> tuple[int, dict[str, Any]]:
             wallet = lock_for_burn(conn, program_id, member.id, now=now)
-            lots = member_lots(conn, program_id, member.id, spendable_at=now)
-            takes = plan_redemption(
-                lots, points=points, balance=sum(lot.remaining for lot in lots) - wallet.debt
+            check_payment(
+                ctx.settings.checkout,
+                asset=asset,
+                amount=points,
+                value=ctx.settings.point_value,
+                order_total_minor=order_total_minor,
+                already_reserved=_reserved_for_order(conn, program_id, order_reference, asset),
             )
+            if asset == CASH:
+                wallet = lock_second_wallet(conn, program_id, member.id, CASH, now=now)
+            lots = member_lots(conn, program_id, member.id, spendable_at=now, asset=asset)
+            available = sum(lot.remaining for lot in lots) - wallet.debt
+            if asset == CASH and available < points:
+                raise InsufficientCashback(
+                    amount_required_minor=points, amount_available_minor=max(available, 0)
+                )
+            takes = plan_redemption(lots, points=points, balance=available)
             extend_on_activity(conn, ctx.settings, program_id, member.id, at=now, now=now)
             hold_id = new_id("hld")
+            details: dict[str, Any] = (
+                {"order_reference": order_reference} if order_reference else {}
+            )
+            if order_total_minor is not None:
+                details["order_total_minor"] = order_total_minor
             entry_id = debit_lots(
                 conn,
                 program_id=program_id,
@@ -124,7 +229,8 @@ def reserve(
                 source_type="hold",
                 source_id=hold_id,
                 actor=principal.key_id,
-                details={"order_reference": order_reference} if order_reference else {},
+                details=details,
+                asset=asset,
             )
             conn.execute(
                 insert(holds),
@@ -133,6 +239,7 @@ def reserve(
                     "program_id": program_id,
                     "member_id": member.id,
                     "points": points,
+                    "asset": asset,
                     "order_reference": order_reference,
                     "status": "held",
                     "entry_id": entry_id,
@@ -151,12 +258,116 @@ def reserve(
             scope=program_id,
             key=f"hold:{idempotency_key}",
             client_key=idempotency_key,
-            request_fingerprint=fingerprint(member.id, points, order_reference, ttl_seconds),
+            # What was added later joins the fingerprint only when used, so a retry of a
+            # request stored before keeps matching.
+            request_fingerprint=fingerprint(
+                member.id,
+                points,
+                order_reference,
+                ttl_seconds,
+                *(
+                    [asset, order_total_minor]
+                    if (asset, order_total_minor) != (POINTS, None)
+                    else []
+                ),
+            ),
             now=now,
             work=effect,
         )
 
     return run_transaction(engine, work)
+
+
+def _credit_back(
+    conn: Connection,
+    ctx: ProgramContext,
+    *,
+    member_id: str,
+    asset: str,
+    lots: list[Lot],
+    amount: int,
+    from_purpose: str,
+    kind: EntryKind,
+    movement: MovementKind,
+    now: datetime,
+    actor: str,
+    reason: str,
+    source_type: str,
+    source_id: str,
+    reverses_entry_id: str | None,
+    details: dict[str, Any],
+) -> str:
+    """Give ``amount`` back to ``lots`` (each with what it may still take back as its
+    ``remaining``), latest-expiring first, so the points keep their original expiry; a debt is
+    repaid first, as any credit does. The caller holds the member's lock."""
+    wallet = lock_wallet(conn, ctx.program_id, member_id)
+    if asset == CASH:
+        wallet = lock_second_wallet(conn, ctx.program_id, member_id, CASH, now=now)
+    back = plan_release(lots, amount)
+    repaid = plan_debt_repayment(
+        (
+            Lot(t.lot_id, t.points, now, lot.expires_at)
+            for t in back
+            for lot in lots
+            if lot.lot_id == t.lot_id
+        ),
+        wallet.debt,
+    )
+    debt_repaid = sum(repaid.values())
+    entry_id = new_id("ent")
+    write_entry(
+        conn,
+        EntryRecord(
+            entry_id=entry_id,
+            program_id=ctx.program_id,
+            member_id=member_id,
+            kind=kind,
+            program_version=ctx.settings.version,
+            created_at=now,
+            reason=reason,
+            source_type=source_type,
+            source_id=source_id,
+            reverses_entry_id=reverses_entry_id,
+            actor=actor,
+            details={**details, "debt_repaid": debt_repaid} if debt_repaid else details,
+        ),
+        [
+            Posting(
+                program_account(ctx.program_id, from_purpose, asset),
+                member_account(member_id, asset),
+                amount,
+                asset,
+            )
+        ],
+        debt_delta={member_id: -debt_repaid} if debt_repaid else None,
+        debt_asset=asset,
+    )
+    move_lots(
+        conn,
+        entry_id=entry_id,
+        program_id=ctx.program_id,
+        member_id=member_id,
+        kind=movement,
+        changes=[(t.lot_id, t.points - repaid.get(t.lot_id, 0)) for t in back],
+    )
+    return entry_id
+
+
+def _taken_lots(conn: Connection, entry_ids: list[str]) -> dict[str, int]:
+    """Per lot, the net amount the given entries moved (negative: taken from the lot)."""
+    moved: dict[str, int] = {}
+    for r in conn.execute(
+        select(lot_movements.c.lot_id, func.sum(lot_movements.c.amount).label("amount"))
+        .where(lot_movements.c.entry_id.in_(entry_ids))
+        .group_by(lot_movements.c.lot_id)
+    ).all():
+        moved[r.lot_id] = int(r.amount)
+    return moved
+
+
+def _as_lots(conn: Connection, outstanding: dict[str, int], *, now: datetime) -> list[Lot]:
+    expiries = lot_expiries(conn, [lot_id for lot_id, n in outstanding.items() if n > 0])
+    return [Lot(lot_id, n, now, expiries[lot_id]) for lot_id, n in outstanding.items() if n > 0]
 
 
 def _give_back(
@@ -169,50 +380,109 @@ def _give_back(
     actor: str,
     reason: str,
 ) -> str:
-    """Return ``points`` of a hold to the lots it took them from (latest-expiring first),
-    repaying a debt first as any credit does. The caller holds the wallet lock."""
-    wallet = lock_wallet(conn, ctx.program_id, row.member_id)
-    taken = conn.execute(
-        select(lot_movements.c.lot_id, lot_movements.c.amount).where(
-            lot_movements.c.entry_id == row.entry_id
+    """Return ``points`` of a hold to the lots it took them from (latest-expiring first).
+    The caller holds the wallet lock."""
+    taken = _taken_lots(conn, [row.entry_id])
+    return _credit_back(
+        conn,
+        ctx,
+        member_id=row.member_id,
+        asset=row.asset,
+        lots=_as_lots(conn, {lot_id: -n for lot_id, n in taken.items()}, now=now),
+        amount=points,
+        from_purpose="held",
+        kind=EntryKind.HOLD_RELEASE,
+        movement=MovementKind.HOLD_RELEASE,
+        now=now,
+        actor=actor,
+        reason=reason,
+        source_type="hold",
+        source_id=row.id,
+        reverses_entry_id=row.entry_id,
+        details={},
+    )
+
+
+def restore_payments(
+    conn: Connection,
+    ctx: ProgramContext,
+    *,
+    member_id: str,
+    order_id: str,
+    returned_share: tuple[int, int] | None,
+    return_id: str,
+    now: datetime,
+    actor: str,
+) -> list[dict[str, Any]]:
+    """After a return, give back the points and cashback that paid for what was returned:
+    of what captured holds of the order (``order_reference``) took, the share
+    ``returned_share = (value returned so far, order value)`` (all of it when ``None``: the
+    whole order is back), less what earlier returns restored. They go back to the lots they
+    came from, with their original expiry. The caller holds the member's lock."""
+    captured = conn.execute(
+        select(holds).where(
+            and_(
+                holds.c.program_id == ctx.program_id,
+                holds.c.order_reference == order_id,
+                holds.c.member_id == member_id,
+                holds.c.status == "captured",
+                holds.c.captured_points > 0,
+            )
         )
     ).all()
-    expiries = lot_expiries(conn, [r.lot_id for r in taken])
-    lots = [Lot(r.lot_id, -int(r.amount), now, expiries[r.lot_id]) for r in taken]
-    back = plan_release(lots, points)
-    repaid = plan_debt_repayment(
-        (Lot(t.lot_id, t.points, now, expiries[t.lot_id]) for t in back), wallet.debt
-    )
-    debt_repaid = sum(repaid.values())
-    entry_id = new_id("ent")
-    write_entry(
-        conn,
-        EntryRecord(
-            entry_id=entry_id,
-            program_id=ctx.program_id,
-            member_id=row.member_id,
-            kind=EntryKind.HOLD_RELEASE,
-            program_version=ctx.settings.version,
-            created_at=now,
-            reason=reason,
-            source_type="hold",
-            source_id=row.id,
-            reverses_entry_id=row.entry_id,
+    restored: list[dict[str, Any]] = []
+    for asset in (POINTS, CASH):
+        paid_holds = [h for h in captured if h.asset == asset]
+        paid = sum(int(h.captured_points) for h in paid_holds)
+        if paid == 0:
+            continue
+        earlier = conn.execute(
+            select(journal_entries.c.id, journal_entries.c.details).where(
+                and_(
+                    journal_entries.c.program_id == ctx.program_id,
+                    journal_entries.c.member_id == member_id,
+                    journal_entries.c.kind == EntryKind.PAYMENT_RESTORE.value,
+                    journal_entries.c.source_type == "order",
+                    journal_entries.c.source_id == order_id,
+                )
+            )
+        ).all()
+        earlier = [e for e in earlier if e.details.get("wallet") == wallet_name(asset)]
+        restored_before = sum(int(e.details["amount"]) for e in earlier)
+        if returned_share is None:
+            target = paid
+        else:
+            returned_value, order_value = returned_share
+            target = paid * min(returned_value, order_value) // order_value if order_value else 0
+        amount = target - restored_before
+        if amount <= 0:
+            continue
+        moved = _taken_lots(
+            conn,
+            [h.entry_id for h in paid_holds]
+            + [h.release_entry_id for h in paid_holds if h.release_entry_id]
+            + [e.id for e in earlier],
+        )
+        entry_id = _credit_back(
+            conn,
+            ctx,
+            member_id=member_id,
+            asset=asset,
+            lots=_as_lots(conn, {lot_id: -n for lot_id, n in moved.items()}, now=now),
+            amount=amount,
+            from_purpose="redeemed",
+            kind=EntryKind.PAYMENT_RESTORE,
+            movement=MovementKind.PAYMENT_RESTORE,
+            now=now,
             actor=actor,
-            details={"debt_repaid": debt_repaid} if debt_repaid else {},
-        ),
-        [Posting(program_account(ctx.program_id, "held"), member_account(row.member_id), points)],
-        debt_delta={row.member_id: -debt_repaid} if debt_repaid else None,
-    )
-    move_lots(
-        conn,
-        entry_id=entry_id,
-        program_id=ctx.program_id,
-        member_id=row.member_id,
-        kind=MovementKind.HOLD_RELEASE,
-        changes=[(t.lot_id, t.points - repaid.get(t.lot_id, 0)) for t in back],
-    )
-    return entry_id
+            reason="paid for returned items",
+            source_type="order",
+            source_id=order_id,
+            reverses_entry_id=None,
+            details={"wallet": wallet_name(asset), "amount": amount, "return_id": return_id},
+        )
+        restored.append({"wallet": wallet_name(asset), "amount": amount, "entry_id": entry_id})
+    return restored
 
 
 def capture(
@@ -224,10 +494,12 @@ def capture(
     points: int | None,
     idempotency_key: str,
     now: datetime,
+    asset: str | None = None,
 ) -> Outcome:
-    """Capture ``points`` of a hold (all of it by default) for the completed order; the rest
-    goes back to the member. Raises ``HoldExpired`` after its time-to-live, ``HoldNotOpen``
-    when it was already captured or released."""
+    """Capture ``points`` of a hold (all of it by default; minor units for a cashback hold,
+    whose wallet ``asset`` names when given) for the completed order; the rest goes back to
+    the member. Raises ``HoldExpired`` after its time-to-live, ``HoldNotOpen`` when it was
+    already captured or released, ``PaymentNotAllowed`` when ``asset`` is not the hold's."""
 
     def work(conn: Connection) -> Outcome:
         ctx = load_program(conn, principal, program_id, Scope.WRITE)
@@ -240,6 +512,14 @@ def capture(
                 raise HoldNotOpen(hold_id, status=row.status)
             if now >= row.expires_at:
                 raise HoldExpired(hold_id, expires_at=row.expires_at.isoformat())
+            if asset is not None and asset != row.asset:
+                raise PaymentNotAllowed(
+                    f"Hold {hold_id!r} holds {wallet_name(row.asset)}; capture it with "
+                    f"{'cashback_minor' if row.asset == CASH else 'points'}.",
+                    wallet=wallet_name(row.asset),
+                    reason="wrong_wallet",
+                    limit=None,
+                )
             amount = int(row.points) if points is None else points
             if amount > int(row.points):
                 raise LimitExceeded(
@@ -268,9 +548,10 @@ def capture(
                     ),
                     [
                         Posting(
-                            program_account(program_id, "held"),
-                            program_account(program_id, "redeemed"),
+                            program_account(program_id, "held", row.asset),
+                            program_account(program_id, "redeemed", row.asset),
                             amount,
+                            row.asset,
                         )
                     ],
                 )
@@ -307,7 +588,7 @@ def capture(
             scope=program_id,
             key=f"capture:{idempotency_key}",
             client_key=idempotency_key,
-            request_fingerprint=fingerprint(hold_id, points),
+            request_fingerprint=fingerprint(hold_id, points, *([asset] if asset else [])),
             now=now,
             work=effect,
         )

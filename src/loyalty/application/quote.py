@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.ids import new_id
-from loyalty.application import memberships, tiers
+from loyalty.application import holds, memberships, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import MemberRef, PurchaseEvent
 from loyalty.application.events import record_purchase_in
@@ -38,8 +38,11 @@ def quote_purchase(
     *,
     member: MemberRef | None,
     now: datetime,
+    order_reference: str | None = None,
 ) -> dict[str, Any]:
-    """Points a cart would earn, per line and per rule, and the balance it would leave.
+    """Points a cart would earn, per line and per rule, and the balance it would leave, and
+    what the member could pay of it with points and cashback (after what holds of
+    ``order_reference`` already took).
     Without a member, the cart is priced for a new member with no attributes. Raises
     ``ProgramNotFound``, ``MemberNotFound``, ``CurrencyMismatch``."""
 
@@ -59,9 +62,25 @@ def quote_purchase(
             )
             event = cart.model_copy(update={"member": MemberRef(external_id=external_id)})
         offered = None if guest else _discounts(conn, ctx, event, now=now)
+        known = None if guest else find_member(conn, program_id, event.member.as_ref())
+        # What the member can pay with, from what they have before this cart earns anything.
+        payment = (
+            None
+            if known is None
+            else holds.payment_options(
+                conn,
+                ctx,
+                known.id,
+                order_total_minor=cart.total_minor,
+                order_reference=order_reference,
+                now=now,
+            )
+        )
         body = event.model_dump(mode="json", exclude_none=True)
         result = record_purchase_in(conn, ctx, event, body, now=now, actor=principal.key_id)
-        raise _RollBack({**_quote_view(result, guest=guest), "discounts": offered})
+        raise _RollBack(
+            {**_quote_view(result, guest=guest), "discounts": offered, "payment": payment}
+        )
 
     try:
         run_transaction(engine, work)
@@ -123,6 +142,7 @@ def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:
         "lots": [
             {"points": lot["points"], "available_at": lot["available_at"]} for lot in result["lots"]
         ],
+        "cashback_earned_minor": result["cashback"]["earned_minor"] if result["cashback"] else None,
         "balance_after": None
         if guest
         else {k: balance[k] for k in ("balance", "available", "pending", "debt")},

@@ -279,6 +279,13 @@ class KeptPoints(_Body):
     rules: list[KeptRule]
 
 
+class PaymentRestored(_Body):
+    wallet: Literal["points", "cashback"]
+    amount: int
+    """Points, or minor units of cashback, given back to the lots they came from."""
+    entry_id: str
+
+
 class ReturnResult(_Body):
     event_id: str
     type: Literal["return"]
@@ -296,6 +303,10 @@ class ReturnResult(_Body):
     stamps: list[StampsTaken]
     cashback: CashbackReturned | None = None
     """Cashback taken back (null: the order earned none)."""
+    payments_restored: list[PaymentRestored] = []
+    """Points and cashback that paid for the returned items (through holds captured for this
+    order: ``order_reference`` = the order id), given back in proportion to the value
+    returned."""
     points_adjusted: int
     """Of ``points_reversed``, what the rest of the basket no longer earns beyond the returned
     units' own points (a threshold bonus it no longer reaches); negative when the rest earns
@@ -462,6 +473,23 @@ class DiscountsOffered(_Body):
     lines: list[DiscountLine]
 
 
+class PaymentOption(_Body):
+    """What the member could pay of this order with one wallet, now."""
+
+    wallet: Literal["points", "cashback"]
+    available: int
+    """Spendable now, in the wallet's unit (points; minor units for cashback)."""
+    min: int
+    """The least one payment with this wallet may use (the program's checkout rules)."""
+    max: int
+    """The most this order may take from this wallet: the balance, within the rules."""
+    max_value_minor: int
+    """What ``max`` pays, in minor units (points at the program's point value)."""
+    reason: str | None
+    """Why ``max`` is 0: ``disabled``, ``order_below_minimum``, ``share_used``,
+    ``below_minimum``, ``no_balance``, ``balance_below_minimum``."""
+
+
 class QuoteOut(_Body):
     member_id: str | None
     member_enrolled: bool
@@ -479,6 +507,11 @@ class QuoteOut(_Body):
     balance_after: BalanceAfter | None
     discounts: DiscountsOffered | None
     """The member discounts to apply at checkout (null for a cart without a member)."""
+    cashback_earned_minor: int | None = None
+    """Cashback the cart would earn (null: the program pays none)."""
+    payment: list[PaymentOption] | None = None
+    """What the member could pay of this cart with points and cashback before it earns
+    anything (null for a guest cart or a member not enrolled yet)."""
 
 
 class BacktestOut(_Body):
@@ -633,7 +666,10 @@ class BatchOut(_Body):
 class HoldOut(_Body):
     id: str
     member_id: str
+    wallet: Literal["points", "cashback"]
     points: int
+    """What the hold took: points, or minor units for a ``cashback`` hold (as are
+    ``captured_points`` and ``released_points``)."""
     order_reference: str | None
     status: Literal["held", "captured", "released", "expired"]
     created_at: str

@@ -35,6 +35,7 @@ from loyalty.application.event_documents import Event, MemberRef, PurchaseEvent
 from loyalty.application.idempotency import IDEMPOTENCY_KEY_LENGTH_MAX, Outcome
 from loyalty.application.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from loyalty.application.program_document import ProgramDocument
+from loyalty.domain.ledger import CASH, POINTS
 from loyalty.entrypoints.api import responses as bodies
 from loyalty.entrypoints.api.errors import ApiProblem, status_for
 from loyalty.entrypoints.api.schemas import (
@@ -477,7 +478,15 @@ def quote(program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: En
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
-    return quotes.quote_purchase(engine, principal, program_id, cart, member=body.member, now=now)
+    return quotes.quote_purchase(
+        engine,
+        principal,
+        program_id,
+        cart,
+        member=body.member,
+        now=now,
+        order_reference=body.order_reference,
+    )
 
 
 @router.post(
@@ -799,20 +808,28 @@ def reserve_points(
     engine: EngineDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    """Reserve points against an order at checkout: they leave the member's spendable points
-    at once (earliest expiry first) for `ttl_seconds` (default 900, at most 86,400), until
-    captured or released. `Idempotency-Key` is required."""
+    """Reserve points (or cashback, with `cashback_minor`) against an order at checkout: they
+    leave the member's spendable balance at once (earliest expiry first) for `ttl_seconds`
+    (default 900, at most 86,400), until captured or released. The program's checkout rules
+    are checked against `order_total_minor` and what earlier holds of the same
+    `order_reference` took (`422 payment_not_allowed` says which rule).
+    `Idempotency-Key` is required."""
+    cash = body.cashback_minor is not None
+    amount = body.cashback_minor if cash else body.points
+    assert amount is not None  # the body holds exactly one of them
     return respond(
         holds.reserve(
             engine,
             principal,
             program_id,
             member,
-            points=body.points,
+            points=amount,
             order_reference=body.order_reference,
             ttl_seconds=body.ttl_seconds,
             idempotency_key=require_key(idempotency_key),
             now=utc_now(),
+            asset=CASH if cash else POINTS,
+            order_total_minor=body.order_total_minor,
         )
     )
 
@@ -842,18 +859,21 @@ def capture_hold(
     body: CapturePoints | None = None,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    """The order completed: capture `points` of the hold (default all); the rest goes back to
-    the lots it came from. After the hold's time-to-live: `409 hold_expired`.
-    `Idempotency-Key` is required."""
+    """The order completed: capture `points` of the hold (`cashback_minor` for a cashback
+    hold; default all); the rest goes back to the lots it came from. After the hold's
+    time-to-live: `409 hold_expired`. `Idempotency-Key` is required."""
+    cash = body is not None and body.cashback_minor is not None
+    named = body is not None and body.points is not None
     return respond(
         holds.capture(
             engine,
             principal,
             program_id,
             hold_id,
-            points=body.points if body else None,
+            points=(body.cashback_minor if cash else body.points) if body else None,
             idempotency_key=require_key(idempotency_key),
             now=utc_now(),
+            asset=CASH if cash else (POINTS if named else None),
         )
     )
 

@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     StrictInt,
     field_validator,
+    model_validator,
 )
 
 from loyalty.application.access import Scope
@@ -131,6 +132,11 @@ class QuoteRequest(_Strict):
     )
     channel: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     store: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    order_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None,
+        description="The order's reference as holds name it: what holds of this order "
+        "already took counts against the checkout rules in `payment`.",
+    )
 
 
 class BacktestRequest(_Strict):
@@ -181,17 +187,43 @@ class EventBatch(_Strict):
 
 
 class ReservePoints(_Strict):
-    points: Annotated[StrictInt, Field(ge=1, le=POINTS_PER_REQUEST_MAX)]
+    points: Annotated[StrictInt, Field(ge=1, le=POINTS_PER_REQUEST_MAX)] | None = Field(
+        default=None, description="Points to hold (give this or `cashback_minor`)."
+    )
+    cashback_minor: Annotated[StrictInt, Field(ge=1, le=MONEY_MINOR_MAX)] | None = Field(
+        default=None, description="Cashback to hold, in minor units (or `points`)."
+    )
     order_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    order_total_minor: Annotated[StrictInt, Field(ge=0, le=MONEY_MINOR_MAX)] | None = Field(
+        default=None,
+        description="What the order costs: the program's checkout rules (minimum order, "
+        "largest share paid with points or cashback) are checked against it. Required when "
+        "the program sets a share or a minimum order.",
+    )
     ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86_400)] = Field(
         default=900, description="How long the hold lasts before it is released by itself."
     )
+
+    @model_validator(mode="after")
+    def _one_wallet(self) -> ReservePoints:
+        if (self.points is None) == (self.cashback_minor is None):
+            raise ValueError("give exactly one of 'points' and 'cashback_minor'")
+        return self
 
 
 class CapturePoints(_Strict):
     points: Annotated[StrictInt, Field(ge=0, le=POINTS_PER_REQUEST_MAX)] | None = Field(
         default=None, description="At most the hold's points (default: all of them)."
     )
+    cashback_minor: Annotated[StrictInt, Field(ge=0, le=MONEY_MINOR_MAX)] | None = Field(
+        default=None, description="For a cashback hold: at most what it holds (default: all)."
+    )
+
+    @model_validator(mode="after")
+    def _one_wallet(self) -> CapturePoints:
+        if self.points is not None and self.cashback_minor is not None:
+            raise ValueError("give at most one of 'points' and 'cashback_minor'")
+        return self
 
 
 class CouponCart(_Strict):
