@@ -128,6 +128,15 @@ def test_cashback_expires_by_its_own_policy_and_a_later_return_takes_nothing_exp
         "GET", f"/v1/programs/{program}/members/ext:C1/ledger", params={"limit": 10}
     ).json()
     assert [e["kind"] for e in statement["items"]] == ["earn"]
+    cash_statement = api.request(
+        "GET",
+        f"/v1/programs/{program}/members/ext:C1/ledger",
+        params={"limit": 10, "wallet": "cashback"},
+    ).json()
+    assert [(e["kind"], e["points"]) for e in cash_statement["items"]] == [
+        ("expire", -140),
+        ("cashback", 140),
+    ]
     # Nothing is taken from the member for cashback that already expired.
     r = _return(api, program, "R1", [{"line_id": "a", "quantity": 2}])
     assert r.json()["cashback"]["charged_minor"] == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,13 @@ from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from loyalty.adapters.db.tables import programs
+from loyalty.application import holds
 from loyalty.application.access import Principal, Scope, expand_scopes
 from loyalty.application.batch import record_events_batch
 from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.members import MemberProfile, enroll_member
+from loyalty.domain.errors import PaymentNotAllowed
+from loyalty.domain.ledger import CASH
 from loyalty.entrypoints.cli.main import app
 from loyalty.entrypoints.cli.program import document_diff, format_path, parse_path
 from tests.e2e.test_api_support import shares
@@ -76,6 +79,7 @@ def test_every_worked_example_is_valid(example):
 def test_the_worked_examples_exist():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
         "cafe.yaml",
+        "cashback-grocer.yaml",
         "coffee-stamps.yaml",
         "fashion-tiers.yaml",
         "fashion.yaml",
@@ -553,3 +557,58 @@ def test_the_fashion_tiers_upgrade_on_spend_and_offer_the_best_discount(engine):
     # Points wait out the 30-day return window, and expire at the end of Q1 2027 + 1 year.
     assert second["lot"]["available_at"] == "2026-04-08T10:00:00+00:00"
     assert second["lot"]["expires_at"] == "2027-03-31T22:00:00+00:00"
+
+
+def test_the_cashback_grocer_pays_by_tier_waits_out_returns_and_caps_what_cashback_pays(engine):
+    program = apply_new(engine, EXAMPLES / "cashback-grocer.yaml")
+    day = datetime(2026, 3, 2, 10, tzinfo=UTC)
+    basket = [
+        {"line_id": "f", "category": "fresh", "unit_price_minor": 40_000},
+        {"line_id": "t", "category": "tobacco", "unit_price_minor": 9_000},
+    ]
+    first = purchase(engine, program, "B-1", day, basket)
+    # 2% of EUR 400 (tobacco earns none): EUR 8.00, spendable after 14 days, until the end
+    # of 2027 (the year in which falls the day 365 days later, Berlin time).
+    assert (first["cashback"]["earned_minor"], first["cashback"]["rate_bp"]) == (800, 200)
+    assert first["cashback"]["lot"]["available_at"] == "2026-03-16T10:00:00+00:00"
+    assert first["cashback"]["lot"]["expires_at"] == "2027-12-31T23:00:00+00:00"
+    assert first["balance"]["cashback"]["pending_minor"] == 800
+    big = [{"line_id": "f", "category": "fresh", "unit_price_minor": 70_000}]
+    second = purchase(engine, program, "B-2", day.replace(day=3), big)
+    # EUR 1,100 in 12 months: Plus from this purchase on, but it earned at the Member rate.
+    assert second["tier_change"]["to"] == "plus"
+    assert second["cashback"]["earned_minor"] == 1_400
+    third = purchase(engine, program, "B-3", day.replace(day=4), big[:1])
+    assert (third["cashback"]["rate_bp"], third["cashback"]["earned_minor"]) == (300, 2_100)
+    later = day + timedelta(days=30)
+    principal = operator(engine, program)
+    # Cashback pays at most half an order: EUR 20 of a EUR 40 order.
+    with pytest.raises(PaymentNotAllowed) as refused:
+        holds.reserve(
+            engine,
+            principal,
+            program,
+            "ext:C1",
+            points=2_001,
+            order_reference="B-4",
+            ttl_seconds=600,
+            idempotency_key="h1",
+            now=later,
+            asset=CASH,
+            order_total_minor=4_000,
+        )
+    assert refused.value.context == {"wallet": "cashback", "reason": "over_limit", "limit": 2_000}
+    held = holds.reserve(
+        engine,
+        principal,
+        program,
+        "ext:C1",
+        points=2_000,
+        order_reference="B-4",
+        ttl_seconds=600,
+        idempotency_key="h2",
+        now=later,
+        asset=CASH,
+        order_total_minor=4_000,
+    )
+    assert held.body["balance"]["cashback"]["available_minor"] == 800 + 1_400 + 2_100 - 2_000

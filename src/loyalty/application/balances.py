@@ -152,13 +152,15 @@ def get_statement(
     *,
     limit: int,
     cursor: str | None,
+    asset: str = POINTS,
 ) -> dict[str, Any]:
-    """Every journal entry that touched the member's points, newest first."""
+    """Every journal entry that touched the member's points (or another wallet), newest
+    first."""
 
     def work(conn: Connection) -> dict[str, Any]:
         load_program(conn, principal, program_id, Scope.READ)
         member = resolve_member(conn, program_id, member_ref)
-        account = member_account(member.id)
+        account = member_account(member.id, asset)
         stmt = (
             select(journal_entries, postings.c.amount.label("points"))
             .join(postings, postings.c.entry_id == journal_entries.c.id)
@@ -166,7 +168,7 @@ def get_statement(
                 and_(
                     postings.c.program_id == program_id,
                     postings.c.account == account,
-                    postings.c.asset == POINTS,
+                    postings.c.asset == asset,
                 )
             )
         )

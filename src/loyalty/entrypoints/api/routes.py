@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -531,10 +531,20 @@ def get_ledger(
     engine: EngineDep,
     limit: PageSize = PAGE_SIZE_DEFAULT,
     cursor: Cursor = None,
+    wallet: Annotated[
+        Literal["points", "cashback"],
+        Query(description="`cashback` for the cashback wallet (amounts in minor units)."),
+    ] = "points",
 ) -> dict[str, Any]:
-    """Every entry that moved the member's points, newest first."""
+    """Every entry that moved the member's points (or cashback), newest first."""
     return balances.get_statement(
-        engine, principal, program_id, member, limit=limit, cursor=cursor_or_422(cursor)
+        engine,
+        principal,
+        program_id,
+        member,
+        limit=limit,
+        cursor=cursor_or_422(cursor),
+        asset=CASH if wallet == "cashback" else POINTS,
     )
 
 
