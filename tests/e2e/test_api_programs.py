@@ -35,6 +35,7 @@ NORMALISED = {
     "discounts": None,
     "plans": [],
     "rewards": [],
+    "segments": [],
     "transfers": {"enabled": False, "max_points_per_transfer": None, "max_points_per_month": None},
 }
 
@@ -88,6 +89,7 @@ def test_create_fills_documented_defaults(api):
         "discounts": None,
         "plans": [],
         "rewards": [],
+        "segments": [],
         "transfers": {
             "enabled": False,
             "max_points_per_transfer": None,
@@ -128,6 +130,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         "discounts": None,
         "plans": [],
         "rewards": [],
+        "segments": [],
         "transfers": {
             "enabled": False,
             "max_points_per_transfer": None,

@@ -228,3 +228,110 @@ def test_a_key_guessing_codes_is_stopped_and_other_keys_are_not(api):
     token = other.json()["token"]
     ok = api.request("POST", f"{url}/{code}/validate", json=cart, token=token)
     assert ok.status_code == 200 and ok.json()["valid"] is True
+
+
+SEGMENTS = [
+    {
+        "id": "lyon",
+        "name": "Members in Lyon",
+        "condition": "'city' in member.attributes && member.attributes.city == 'Lyon'",
+    },
+    {
+        "id": "birthday-month",
+        "name": "Birthday this month",
+        "condition": "member.birth_date != '' && "
+        "timestamp(member.birth_date + 'T00:00:00Z').getMonth() == now.getMonth()",
+    },
+]
+LOCAL_REWARDS = [
+    {
+        "id": "lyon-tasting",
+        "name": "A tasting at the Lyon shop",
+        "type": "experience",
+        "cost_points": 30,
+        "segments": ["lyon"],
+    },
+    {
+        "id": "barista-class",
+        "name": "A barista class, for members of a year's standing who opted in",
+        "type": "experience",
+        "cost_points": 30,
+        "condition": "member.marketing_consent && 'level' in member.attributes && "
+        "member.attributes.level >= 3",
+    },
+]
+
+
+def _reasons(api, program, member="ext:C1"):
+    body = api.request("GET", f"/v1/programs/{program}/members/{member}/rewards").json()
+    return body["segments"], {i["id"]: [r["code"] for r in i["reasons"]] for i in body["items"]}
+
+
+def test_a_reward_for_a_segment_or_a_condition_says_why_not_and_refuses_to_redeem(api):
+    program = api.create_program(
+        segments=SEGMENTS,
+        rewards=LOCAL_REWARDS,
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    api.enroll(program, "C1", attributes={"city": "Paris", "level": 1})
+    api.purchase(program, "O1", "C1", [{"unit_price_minor": 10_000}])
+    segments, reasons = _reasons(api, program)
+    assert segments == []
+    assert reasons == {"lyon-tasting": ["not_in_segment"], "barista-class": ["condition_not_met"]}
+    items = api.request("GET", f"/v1/programs/{program}/members/ext:C1/rewards").json()["items"]
+    assert items[0]["reasons"] == [{"code": "not_in_segment", "segments": ["lyon"]}]
+    # Refused, and nothing moved: no points burnt, nothing issued.
+    for reward, reason in (
+        ("lyon-tasting", "not_in_segment"),
+        ("barista-class", "condition_not_met"),
+    ):
+        body = assert_problem(
+            _redeem(api, program, reward, f"k-{reward}"), 422, "reward_not_available"
+        )
+        assert [r["code"] for r in body["reasons"]] == [reason]
+    assert api.balance(program, "ext:C1")["balance"] == 100
+    # The member moves to Lyon and opts in at level 3: both rewards open up.
+    r = api.request(
+        "PATCH",
+        f"/v1/programs/{program}/members/ext:C1",
+        json={"attributes": {"city": "Lyon", "level": 3}, "marketing_consent": True},
+    )
+    assert r.status_code == 200, r.text
+    segments, reasons = _reasons(api, program)
+    assert segments == ["lyon"]
+    assert reasons == {"lyon-tasting": [], "barista-class": []}
+    assert _redeem(api, program, "lyon-tasting", "k2").status_code == 201
+    assert _redeem(api, program, "barista-class", "k3").status_code == 201
+    assert api.balance(program, "ext:C1")["balance"] == 40
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_birthday_segment_follows_the_calendar(api):
+    from datetime import UTC, datetime
+
+    program = api.create_program(segments=SEGMENTS, enrollment={"auto_enroll_on_purchase": True})
+    this_month = datetime.now(UTC).month
+    other_month = this_month % 12 + 1
+    api.enroll(program, "B1", birth_date=f"1990-{this_month:02d}-01")
+    api.enroll(program, "B2", birth_date=f"1990-{other_month:02d}-01")
+    api.enroll(program, "B3")
+    assert _reasons(api, program, "ext:B1")[0] == ["birthday-month"]
+    assert _reasons(api, program, "ext:B2")[0] == []
+    assert _reasons(api, program, "ext:B3")[0] == []
+
+
+def test_a_segment_or_condition_is_checked_when_the_program_is_saved(api):
+    def refused(**document):
+        r = api.request("POST", "/v1/programs", json={"name": "P", "currency": "EUR", **document})
+        return assert_problem(r, 422, r.json()["code"])
+
+    typo = refused(segments=[{"id": "gold", "name": "Gold", "condition": "member.teir == 'gold'"}])
+    assert typo["errors"][0]["field"] == "segments[0].condition"
+    assert "did you mean 'member.tier'" in typo["errors"][0]["message"]
+    purchase = refused(rewards=[{**LOCAL_REWARDS[1], "condition": "purchase.total_minor > 1000"}])
+    assert purchase["errors"][0]["field"] == "rewards[0].condition"
+    assert "'purchase'" in purchase["errors"][0]["message"]
+    unknown = refused(rewards=[LOCAL_REWARDS[0]])
+    assert "names segment 'lyon', not in 'segments'" in str(unknown)
+    too_long = refused(segments=[{"id": "x", "name": "X", "condition": "true || " * 300 + "true"}])
+    assert too_long["code"] == "validation_error"

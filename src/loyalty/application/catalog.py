@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,6 +21,7 @@ from loyalty.adapters.ids import new_id
 from loyalty.application import memberships
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
+from loyalty.application.expressions import MemberConditions, member_conditions, member_variables
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.members import find_member, resolve_member
 from loyalty.application.programs import ProgramContext, load_program
@@ -62,8 +64,42 @@ def _reward(ctx: ProgramContext, reward_id: str) -> Reward:
     raise UnknownReward(reward_id)
 
 
-def _tier(conn: Connection, ctx: ProgramContext, member_id: str, now: datetime) -> str | None:
-    return memberships.standing(conn, ctx, member_id, now=now)[0]
+@dataclass(frozen=True, slots=True)
+class _Standing:
+    """What the catalog's eligibility reads of a member now."""
+
+    tier: str | None
+    conditions: MemberConditions
+
+    def why_not(
+        self,
+        reward: Reward,
+        *,
+        available_points: int,
+        issued_total: int,
+        issued_to_member_in_period: int,
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        return why_not(
+            reward,
+            available_points=available_points,
+            tier=self.tier,
+            issued_total=issued_total,
+            issued_to_member_in_period=issued_to_member_in_period,
+            now=now,
+            member_segments=self.conditions.segments,
+            condition_met=self.conditions.rewards.get(reward.reward_id, True),
+        )
+
+
+def _standing(conn: Connection, ctx: ProgramContext, member: Any, now: datetime) -> _Standing:
+    """The member's tier and plans, and what the program's segments and reward conditions say
+    of them, bound once for the whole catalog."""
+    tier, plans = memberships.standing(conn, ctx, member.id, now=now)
+    conditions = member_conditions(
+        ctx.settings, member=member_variables(member, tier=tier, plans=plans), now=now
+    )
+    return _Standing(tier, conditions)
 
 
 def _issued_total(conn: Connection, ctx: ProgramContext, reward_id: str) -> int:
@@ -110,29 +146,38 @@ def member_rewards(
     engine: Engine, principal: Principal, program_id: str, member_ref: str, *, now: datetime
 ) -> dict[str, Any]:
     """Every reward of the catalog for this member: ``available``, or the reasons it isn't
-    (``points_short`` by N, ``tier_too_low``, ``out_of_stock``, ``limit_reached``,
-    ``not_available_now``)."""
+    (``points_short`` by N, ``tier_too_low``, ``not_in_segment``, ``condition_not_met``,
+    ``out_of_stock``, ``limit_reached``, ``not_available_now``); and the segments the member
+    is in now."""
     with reading(engine) as conn:
         ctx = load_program(conn, principal, program_id, Scope.READ)
         member = find_member(conn, program_id, member_ref)
         if member is None:
             raise MemberNotFound(member_ref)
-        tier = _tier(conn, ctx, member.id, now)
+        standing = _standing(conn, ctx, member, now)
         available_points = balance_view(conn, program_id, member.id, now=now)["available"]
         items = []
         for reward in ctx.settings.rewards:
-            reasons = why_not(
+            reasons = standing.why_not(
                 reward,
                 available_points=available_points,
-                tier=tier,
                 issued_total=_issued_total(conn, ctx, reward.reward_id),
                 issued_to_member_in_period=_issued_to_member(conn, ctx, reward, member.id, now),
                 now=now,
             )
             items.append(
-                {**_reward_view(reward, tier), "available": not reasons, "reasons": reasons}
+                {
+                    **_reward_view(reward, standing.tier),
+                    "available": not reasons,
+                    "reasons": reasons,
+                }
             )
-    return {"member_id": member.id, "available_points": available_points, "items": items}
+    return {
+        "member_id": member.id,
+        "available_points": available_points,
+        "segments": sorted(standing.conditions.segments),
+        "items": items,
+    }
 
 
 def _issue_view(row: Any, *, code: str | None = None) -> dict[str, Any]:
@@ -192,11 +237,11 @@ def redeem_reward(
                         "issued": 0,
                     },
                 )
-            tier = _tier(conn, ctx, member.id, now)
-            reasons = why_not(
+            standing = _standing(conn, ctx, member, now)
+            tier = standing.tier
+            reasons = standing.why_not(
                 reward,
                 available_points=balance_view(conn, program_id, member.id, now=now)["available"],
-                tier=tier,
                 issued_total=int(stock.issued) if stock else 0,
                 issued_to_member_in_period=_issued_to_member(conn, ctx, reward, member.id, now),
                 now=now,

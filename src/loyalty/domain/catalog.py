@@ -47,6 +47,10 @@ class Reward:
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     tiers: frozenset[str] | None = None
+    segments: frozenset[str] | None = None
+    """The member must be in at least one of these segments."""
+    condition: str | None = None
+    """A CEL condition over ``member`` and ``now`` the member must meet."""
     valid_days: int = 90
 
     def cost_for(self, tier: str | None) -> int:
@@ -61,13 +65,21 @@ def why_not(
     issued_total: int,
     issued_to_member_in_period: int,
     now: datetime,
+    member_segments: frozenset[str] = frozenset(),
+    condition_met: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every reason the member can't redeem ``reward`` now (empty: they can)."""
+    """Every reason the member can't redeem ``reward`` now (empty: they can).
+    ``member_segments`` are the segments the member is in now; ``condition_met`` is what the
+    reward's own condition said of them (true when it has none)."""
     reasons: list[dict[str, Any]] = []
     if (reward.starts_at and now < reward.starts_at) or (reward.ends_at and now >= reward.ends_at):
         reasons.append({"code": "not_available_now"})
     if reward.tiers is not None and tier not in reward.tiers:
         reasons.append({"code": "tier_too_low", "tiers": sorted(reward.tiers)})
+    if reward.segments is not None and not reward.segments & member_segments:
+        reasons.append({"code": "not_in_segment", "segments": sorted(reward.segments)})
+    if reward.condition is not None and not condition_met:
+        reasons.append({"code": "condition_not_met"})
     if reward.stock is not None and issued_total >= reward.stock:
         reasons.append({"code": "out_of_stock"})
     if reward.limit_count is not None and issued_to_member_in_period >= reward.limit_count:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from loyalty.domain.discounts import DiscountPolicy
     from loyalty.domain.memberships import Plan
     from loyalty.domain.rules import Rule
+    from loyalty.domain.segments import Segment
     from loyalty.domain.stamps import StampCard
     from loyalty.domain.tiers import TierSet
 
@@ -128,6 +129,7 @@ class ProgramSettings:
     discounts: DiscountPolicy = field(default_factory=lambda: _no_discounts())
     plans: tuple[Plan, ...] = ()
     rewards: tuple[Reward, ...] = ()
+    segments: tuple[Segment, ...] = ()
     transfers: TransferRules = field(default_factory=TransferRules)
 
 

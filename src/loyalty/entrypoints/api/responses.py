@@ -619,6 +619,8 @@ class MemberReward(RewardView):
 class MemberRewards(_Body):
     member_id: str
     available_points: int
+    segments: list[str]
+    """The program's segments the member is in now."""
     items: list[MemberReward]
 
 
