@@ -335,3 +335,106 @@ def test_a_segment_or_condition_is_checked_when_the_program_is_saved(api):
     assert "names segment 'lyon', not in 'segments'" in str(unknown)
     too_long = refused(segments=[{"id": "x", "name": "X", "condition": "true || " * 300 + "true"}])
     assert too_long["code"] == "validation_error"
+
+
+GIFT_CARD = {
+    "id": "gift-50",
+    "name": "EUR 50 gift card",
+    "type": "gift_card",
+    "cost_points": 50,
+    "value_minor": 5000,
+}
+
+
+def test_a_gift_card_is_spent_in_parts_over_several_orders(api):
+    program = _program(api, 200, rewards=[GIFT_CARD])
+    code = _redeem(api, program, "gift-50", "g1").json()["code"]
+    url = f"/v1/programs/{program}/coupons/{code}"
+    cart = {"currency": "EUR", "lines": [{"sku": "X", "unit_price_minor": 3000}]}
+    check = api.request("POST", f"{url}/validate", json=cart).json()
+    assert (check["valid"], check["discount_minor"]) == (True, 3000)
+    assert (check["coupon"]["value_minor"], check["coupon"]["remaining_minor"]) == (5000, 5000)
+
+    first = api.request("POST", f"{url}/use", json={"order_reference": "T-1", "amount_minor": 3000})
+    assert first.status_code == 200, first.text
+    assert (first.json()["taken_minor"], first.json()["remaining_minor"]) == (3000, 2000)
+    assert first.json()["status"] == "issued"
+    # The same order again is a replay, not a second spend; another amount is a conflict.
+    again = api.request("POST", f"{url}/use", json={"order_reference": "T-1", "amount_minor": 3000})
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["remaining_minor"] == 2000
+    assert_problem(
+        api.request("POST", f"{url}/use", json={"order_reference": "T-1", "amount_minor": 100}),
+        409,
+        "idempotency_conflict",
+    )
+    # Past what remains: refused, never clamped, and nothing taken.
+    short = api.request("POST", f"{url}/use", json={"order_reference": "T-2", "amount_minor": 2500})
+    body = assert_problem(short, 422, "gift_card_balance_short")
+    assert (body["amount_minor"], body["remaining_minor"]) == (2500, 2000)
+    check = api.request("POST", f"{url}/validate", json=cart).json()
+    assert (check["discount_minor"], check["coupon"]["remaining_minor"]) == (2000, 2000)
+
+    second = api.request(
+        "POST", f"{url}/use", json={"order_reference": "T-2", "amount_minor": 2000}
+    )
+    assert (second.json()["taken_minor"], second.json()["remaining_minor"]) == (2000, 0)
+    empty = api.request("POST", f"{url}/validate", json=cart).json()
+    assert (empty["valid"], empty["reasons"]) == (False, [{"code": "gift_card_empty"}])
+
+    # The first order is returned: its 30.00 goes back on the card, once.
+    back = api.request("POST", f"{url}/cancel-use", json={"order_reference": "T-1"})
+    assert back.status_code == 200, back.text
+    assert (back.json()["returned_minor"], back.json()["remaining_minor"]) == (3000, 3000)
+    twice = api.request("POST", f"{url}/cancel-use", json={"order_reference": "T-1"})
+    assert twice.headers.get("Idempotent-Replayed") == "true"
+    assert (
+        api.request("GET", f"/v1/programs/{program}/reward-issues/{first.json()['id']}").json()[
+            "remaining_minor"
+        ]
+        == 3000
+    )
+    assert_problem(
+        api.request("POST", f"{url}/cancel-use", json={"order_reference": "T-9"}),
+        404,
+        "gift_card_use_not_found",
+    )
+    # A card partly spent can't be cancelled for its points.
+    assert_problem(api.request("POST", f"{url}/cancel"), 409, "gift_card_spent")
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_gift_card_use_needs_an_amount_and_a_coupon_takes_none(api):
+    program = _program(api, 400, rewards=[GIFT_CARD, REWARDS[0]])
+    gift = _redeem(api, program, "gift-50", "g1").json()["code"]
+    coupon = _redeem(api, program, "five-off", "c1").json()["code"]
+    url = f"/v1/programs/{program}/coupons"
+    assert_problem(
+        api.request("POST", f"{url}/{gift}/use", json={"order_reference": "T-1"}),
+        422,
+        "gift_card_use_incomplete",
+    )
+    assert_problem(
+        api.request("POST", f"{url}/{gift}/use", json={"amount_minor": 100}),
+        422,
+        "gift_card_use_incomplete",
+    )
+    assert_problem(
+        api.request("POST", f"{url}/{coupon}/use", json={"amount_minor": 100}),
+        422,
+        "not_a_gift_card",
+    )
+    assert_problem(
+        api.request("POST", f"{url}/{coupon}/cancel-use", json={"order_reference": "T-1"}),
+        422,
+        "not_a_gift_card",
+    )
+    assert (
+        api.request(
+            "POST", f"{url}/{gift}/use", json={"amount_minor": 0, "order_reference": "T"}
+        ).status_code
+        == 422
+    )
+    # An unspent gift card can still be cancelled for its points.
+    cancelled = api.request("POST", f"{url}/{gift}/cancel")
+    assert (cancelled.status_code, cancelled.json()["points_returned"]) == (200, 50)

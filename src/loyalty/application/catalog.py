@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +18,7 @@ from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import redemptions, reward_issues, reward_stock
 from loyalty.adapters.ids import new_id
-from loyalty.application import memberships
+from loyalty.application import gift_cards, memberships
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.expressions import MemberConditions, member_conditions, member_variables
@@ -27,6 +27,7 @@ from loyalty.application.members import find_member, resolve_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.application.redemptions import burn_points, restore_redemption
 from loyalty.domain.catalog import (
+    GiftCardBalance,
     Reward,
     RewardType,
     code_hash,
@@ -39,7 +40,11 @@ from loyalty.domain.errors import (
     CouponCodeInvalid,
     CouponNotFound,
     CouponNotUsable,
+    GiftCardSpent,
+    GiftCardUseIncomplete,
+    IdempotencyConflict,
     MemberNotFound,
+    NotAGiftCard,
     NotFulfilled,
     RewardIssueNotFound,
     RewardNotAvailable,
@@ -180,7 +185,16 @@ def member_rewards(
     }
 
 
-def _issue_view(row: Any, *, code: str | None = None) -> dict[str, Any]:
+def _card(conn: Connection, ctx: ProgramContext, row: Any) -> GiftCardBalance | None:
+    """The balance of ``row`` when it is a gift card."""
+    reward = next((r for r in ctx.settings.rewards if r.reward_id == row.reward_id), None)
+    gift = reward is not None and reward.type is RewardType.GIFT_CARD
+    return gift_cards.balance(
+        conn, row, unopened_value_minor=reward.value_minor if reward and gift else None
+    )
+
+
+def _issue_view(row: Any, card: GiftCardBalance | None = None) -> dict[str, Any]:
     return {
         "id": row.id,
         "member_id": row.member_id,
@@ -188,13 +202,15 @@ def _issue_view(row: Any, *, code: str | None = None) -> dict[str, Any]:
         "redemption_id": row.redemption_id,
         "status": row.status,
         "fulfilment": row.fulfilment,
-        "code": code,
+        "code": None,
         "code_hint": row.code_hint,
         "created_at": row.created_at.isoformat(),
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         "used_at": row.used_at.isoformat() if row.used_at else None,
         "used_reference": row.used_reference,
         "cancelled_at": row.cancelled_at.isoformat() if row.cancelled_at else None,
+        "value_minor": card.value_minor if card else None,
+        "remaining_minor": card.remaining_minor if card else None,
     }
 
 
@@ -283,10 +299,16 @@ def redeem_reward(
             )
             if code:
                 shown["code"] = code
+            card = None
+            if reward.type is RewardType.GIFT_CARD:
+                gift_cards.open_card(
+                    conn, program_id=program_id, issue_id=issue_id, value_minor=reward.value_minor
+                )
+                card = GiftCardBalance(reward.value_minor, 0)
             row = conn.execute(select(reward_issues).where(reward_issues.c.id == issue_id)).one()
             # What is stored for a replay holds no code: a code is shown once.
             return 201, {
-                **_issue_view(row),
+                **_issue_view(row, card),
                 "points": reward.cost_for(tier),
                 "balance": burnt["balance"],
             }
@@ -398,8 +420,11 @@ def validate_coupon(
         row = _lookup(conn, principal, program_id, code, now)
         reward = _reward(ctx, row.reward_id)
         status = _status_now(row, now)
+        card = _card(conn, ctx, row)
+        # A gift card gives what remains of it, at most what the lines it applies to cost.
+        applied = replace(reward, value_minor=card.remaining_minor) if card else reward
         discount = (
-            discount_for(reward, lines, total_minor) if currency == ctx.settings.currency else 0
+            discount_for(applied, lines, total_minor) if currency == ctx.settings.currency else 0
         )
         reasons: list[dict[str, Any]] = []
         if status != "issued":
@@ -408,13 +433,15 @@ def validate_coupon(
             reasons.append({"code": "currency_mismatch", "expected": ctx.settings.currency})
         elif total_minor < reward.min_order_minor:
             reasons.append({"code": "below_minimum", "min_order_minor": reward.min_order_minor})
+        elif card is not None and card.remaining_minor == 0:
+            reasons.append({"code": "gift_card_empty"})
         elif discount == 0:
             reasons.append({"code": "no_applicable_lines", "skus": sorted(reward.skus)})
         return {
             "valid": not reasons,
             "reasons": reasons,
             "discount_minor": discount if not reasons else 0,
-            "coupon": _issue_view(row) | {"status": status},
+            "coupon": _issue_view(row, card) | {"status": status},
             "reward": _reward_view(reward, None),
         }
 
@@ -426,14 +453,36 @@ def use_coupon(
     code: str,
     *,
     order_reference: str | None,
+    amount_minor: int | None = None,
     now: datetime,
-) -> dict[str, Any]:
+) -> Outcome:
     """Use a coupon, once: the row is locked and moved from ``issued`` to ``used`` in one
-    step, so two tills racing with the same code can't both have it."""
+    step, so two tills racing with the same code can't both have it. A gift card is spent
+    in part instead (see ``_move_gift_card``).
 
-    def work(conn: Connection) -> dict[str, Any]:
-        load_program(conn, principal, program_id, Scope.WRITE)
+    Raises CouponCodeInvalid, CouponNotFound, TooManyAttempts, CouponNotUsable, NotAGiftCard
+    (an amount for a single-use coupon), GiftCardUseIncomplete, GiftCardBalanceShort,
+    IdempotencyConflict (an order's use replayed with another amount)."""
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
         row = _lookup(conn, principal, program_id, code, now, lock=True)
+        card = _card(conn, ctx, row)
+        if card is not None:
+            if amount_minor is None or order_reference is None:
+                raise GiftCardUseIncomplete()
+            return _move_gift_card(
+                conn,
+                principal,
+                row,
+                card,
+                kind=gift_cards.USE,
+                amount_minor=amount_minor,
+                order_reference=order_reference,
+                now=now,
+            )
+        if amount_minor is not None:
+            raise NotAGiftCard()
         status = _status_now(row, now)
         if status != "issued":
             raise CouponNotUsable(status=status, used_at=row.used_at)
@@ -442,8 +491,99 @@ def use_coupon(
             .where(and_(reward_issues.c.id == row.id, reward_issues.c.status == "issued"))
             .values(status="used", used_at=now, used_reference=order_reference)
         )
-        return _issue_view(
+        view = _issue_view(
             conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one()
+        )
+        return Outcome(200, view, replayed=False)
+
+    return run_transaction(engine, work)
+
+
+def _move_gift_card(
+    conn: Connection,
+    principal: Principal,
+    row: Any,
+    card: GiftCardBalance,
+    *,
+    kind: str,
+    amount_minor: int | None,
+    order_reference: str,
+    now: datetime,
+) -> Outcome:
+    """Take ``amount_minor`` off a gift card for an order (``use``), or give back what the
+    order's use took (``cancel``, ``amount_minor`` None), the card's row being locked. The
+    order reference is the idempotency key: the same request again replays the answer, a use
+    of the same order with another amount is a conflict."""
+
+    def effect() -> tuple[int, dict[str, Any]]:
+        if kind == gift_cards.USE:
+            status = _status_now(row, now)
+            if status != "issued":
+                raise CouponNotUsable(status=status, used_at=row.used_at)
+        if gift_cards.find_use(conn, row.id, order_reference, kind) is not None:
+            # Done for this order by a twin request that committed while this one waited for
+            # the lock: run_idempotent replays its answer (or finds a conflict).
+            raise IdempotencyConflict(order_reference)
+        amount = (
+            amount_minor
+            if amount_minor is not None
+            else gift_cards.use_to_cancel(conn, row.id, order_reference)
+        )
+        after = gift_cards.record(
+            conn,
+            row,
+            card,
+            kind=kind,
+            amount_minor=amount,
+            order_reference=order_reference,
+            actor=principal.key_id,
+            now=now,
+        )
+        moved = "taken_minor" if kind == gift_cards.USE else "returned_minor"
+        return 200, {**_issue_view(row, after), moved: amount}
+
+    return run_idempotent(
+        conn,
+        tenant_id=principal.tenant_id,
+        scope=row.program_id,
+        key=f"gift-card-{kind}:{row.id}:{order_reference}",
+        client_key=order_reference,
+        request_fingerprint=fingerprint(amount_minor),
+        now=now,
+        work=effect,
+    )
+
+
+def cancel_gift_card_use(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    code: str,
+    *,
+    order_reference: str,
+    now: datetime,
+) -> Outcome:
+    """Give back what an order took of a gift card (the order was returned or voided), as a
+    new row reversing the use; the same cancellation again replays its answer.
+
+    Raises CouponCodeInvalid, CouponNotFound, TooManyAttempts, NotAGiftCard,
+    GiftCardUseNotFound."""
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
+        row = _lookup(conn, principal, program_id, code, now, lock=True)
+        card = _card(conn, ctx, row)
+        if card is None:
+            raise NotAGiftCard()
+        return _move_gift_card(
+            conn,
+            principal,
+            row,
+            card,
+            kind=gift_cards.CANCEL,
+            amount_minor=None,
+            order_reference=order_reference,
+            now=now,
         )
 
     return run_transaction(engine, work)
@@ -462,6 +602,9 @@ def cancel_coupon(
         row = _find_coupon(conn, program_id, code, lock=True)
         if row.status != "issued":
             raise CouponNotUsable(status=row.status, used_at=row.used_at)
+        card = _card(conn, ctx, row)
+        if card is not None and card.spent_minor > 0:
+            raise GiftCardSpent(spent_minor=card.spent_minor)
         red = conn.execute(select(redemptions).where(redemptions.c.id == row.redemption_id)).one()
         restored = restore_redemption(
             conn, ctx, red, reason="coupon cancelled", actor=principal.key_id, now=now
@@ -478,7 +621,7 @@ def cancel_coupon(
             .values(status="cancelled", cancelled_at=now)
         )
         view = _issue_view(
-            conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one()
+            conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one(), card
         )
         return {**view, "points_returned": restored["points"], "balance": restored["balance"]}
 
@@ -500,8 +643,9 @@ def get_issue(
     engine: Engine, principal: Principal, program_id: str, issue_id: str
 ) -> dict[str, Any]:
     with reading(engine) as conn:
-        load_program(conn, principal, program_id, Scope.READ)
-        return _issue_view(_issue_row(conn, program_id, issue_id))
+        ctx = load_program(conn, principal, program_id, Scope.READ)
+        row = _issue_row(conn, program_id, issue_id)
+        return _issue_view(row, _card(conn, ctx, row))
 
 
 def set_fulfilment(

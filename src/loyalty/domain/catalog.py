@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from loyalty.domain.errors import GiftCardBalanceShort
 from loyalty.domain.rules import Period
 
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -142,6 +143,34 @@ def discount_for(reward: Reward, lines: list[tuple[str | None, int, int]], total
     if reward.type is RewardType.COUPON_PERCENT:
         return sum(applicable) * reward.percent // 100
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class GiftCardBalance:
+    """A gift card's value, fixed when it was issued, and what its uses took net of the uses
+    cancelled since."""
+
+    value_minor: int
+    spent_minor: int
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.spent_minor <= self.value_minor, self
+
+    @property
+    def remaining_minor(self) -> int:
+        return self.value_minor - self.spent_minor
+
+    def take(self, amount_minor: int) -> GiftCardBalance:
+        """The balance after spending ``amount_minor``; refused past what remains, never
+        clamped to it."""
+        if not 0 < amount_minor <= self.remaining_minor:
+            raise GiftCardBalanceShort(
+                amount_minor=amount_minor, remaining_minor=self.remaining_minor
+            )
+        return GiftCardBalance(self.value_minor, self.spent_minor + amount_minor)
+
+    def give_back(self, amount_minor: int) -> GiftCardBalance:
+        return GiftCardBalance(self.value_minor, self.spent_minor - amount_minor)
 
 
 FULFILMENT_STATES = ("pending", "processing", "shipped", "fulfilled")
