@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import threading
 
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from loyalty.adapters.db.engine import make_engine
+from loyalty.adapters.db.tables import coupon_lookup_failures
 from loyalty.application.audit import audit_ledger
 from loyalty.domain.catalog import new_code, normalise_code
+from loyalty.entrypoints.api.app import create_app
 from tests.e2e.test_api_support import assert_problem
 
 REWARDS = [
@@ -228,6 +234,27 @@ def test_a_key_guessing_codes_is_stopped_and_other_keys_are_not(api):
     token = other.json()["token"]
     ok = api.request("POST", f"{url}/{code}/validate", json=cart, token=token)
     assert ok.status_code == 200 and ok.json()["valid"] is True
+
+    # The failures are counted in the database, not in this process: another server process
+    # on the same database sees them, and stops the key too (but not the other key).
+    with api.engine.connect() as conn:
+        counted = conn.execute(select(func.count()).select_from(coupon_lookup_failures))
+        assert counted.scalar_one() == 30
+    second = make_engine(api.engine.url.render_as_string(hide_password=False))
+    try:
+        with TestClient(create_app(second)) as client:
+            there = client.post(
+                f"{url}/{code}/validate",
+                json=cart,
+                headers={"Authorization": f"Bearer {api.token}"},
+            )
+            assert_problem(there, 429, "too_many_attempts")
+            fine = client.post(
+                f"{url}/{code}/validate", json=cart, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert fine.status_code == 200, fine.text
+    finally:
+        second.dispose()
 
 
 SEGMENTS = [

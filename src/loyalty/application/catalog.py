@@ -5,18 +5,22 @@ being used, used once, or cancelled with its points back."""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.adapters.db.locking import lock_wallet
-from loyalty.adapters.db.tables import redemptions, reward_issues, reward_stock
+from loyalty.adapters.db.tables import (
+    coupon_lookup_failures,
+    redemptions,
+    reward_issues,
+    reward_stock,
+)
 from loyalty.adapters.ids import new_id
 from loyalty.application import gift_cards, memberships
 from loyalty.application.access import Principal, Scope
@@ -330,55 +334,69 @@ def redeem_reward(
     return run_transaction(engine, work)
 
 
+T = TypeVar("T")
+
 CODE_FAILURES_MAX = 30
 CODE_FAILURES_WINDOW_S = 60
 
 
-class _FailedLookups:
-    """Unknown or mistyped codes per API key in a sliding window: past the limit, lookups
-    from that key are refused for a while, so codes can't be enumerated through the API.
-    Counted per server process (each worker counts its own)."""
+def _check_attempts(conn: Connection, key_id: str, now: datetime) -> None:
+    """Refuse lookups from a key past CODE_FAILURES_MAX failures in the window, so codes can't
+    be enumerated through the API. Counted in the database, so every server process sees the
+    same count; two failures racing may each be let through at the limit, which only moves
+    it by a few attempts."""
+    f = coupon_lookup_failures.c
+    count, oldest = conn.execute(
+        select(func.count(), func.min(f.failed_at)).where(
+            and_(f.key_id == key_id, f.failed_at > now - timedelta(seconds=CODE_FAILURES_WINDOW_S))
+        )
+    ).one()
+    if count >= CODE_FAILURES_MAX:
+        wait = int((oldest - now).total_seconds()) + CODE_FAILURES_WINDOW_S + 1
+        raise TooManyAttempts(
+            retry_after_s=max(wait, 1), limit=CODE_FAILURES_MAX, window_s=CODE_FAILURES_WINDOW_S
+        )
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[str, deque[float]] = defaultdict(deque)
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        seen = self._seen[key]
-        while seen and seen[0] <= now - CODE_FAILURES_WINDOW_S:
-            seen.popleft()
-        return seen
+def _record_failure(engine: Engine, key_id: str, now: datetime) -> None:
+    """Count a failed lookup, in a transaction of its own: the request's was rolled back."""
 
-    def check(self, key: str, now: float) -> None:
-        with self._lock:
-            seen = self._recent(key, now)
-            if len(seen) >= CODE_FAILURES_MAX:
-                wait = int(seen[0] + CODE_FAILURES_WINDOW_S - now) + 1
-                raise TooManyAttempts(
-                    retry_after_s=max(wait, 1),
-                    limit=CODE_FAILURES_MAX,
-                    window_s=CODE_FAILURES_WINDOW_S,
+    def work(conn: Connection) -> None:
+        f = coupon_lookup_failures.c
+        conn.execute(
+            delete(coupon_lookup_failures).where(
+                and_(
+                    f.key_id == key_id,
+                    f.failed_at <= now - timedelta(seconds=CODE_FAILURES_WINDOW_S),
                 )
+            )
+        )
+        conn.execute(
+            insert(coupon_lookup_failures),
+            {"id": new_id("clf"), "key_id": key_id, "failed_at": now},
+        )
 
-    def failed(self, key: str, now: float) -> None:
-        with self._lock:
-            self._recent(key, now).append(now)
+    run_transaction(engine, work)
 
 
-FAILED_LOOKUPS = _FailedLookups()
+def _counting_failures(
+    engine: Engine, principal: Principal, now: datetime, call: Callable[[], T]
+) -> T:
+    """Run a use case that looks up a code, counting an unknown or mistyped one."""
+    try:
+        return call()
+    except (CouponCodeInvalid, CouponNotFound):
+        _record_failure(engine, principal.key_id, now)
+        raise
 
 
 def _lookup(
     conn: Connection, principal: Principal, program_id: str, code: str, now: datetime, **kw: Any
 ) -> Any:
-    """Find a coupon for ``principal``, counting its failures against the limit."""
-    at = now.timestamp()
-    FAILED_LOOKUPS.check(principal.key_id, at)
-    try:
-        return _find_coupon(conn, program_id, code, **kw)
-    except (CouponCodeInvalid, CouponNotFound):
-        FAILED_LOOKUPS.failed(principal.key_id, at)
-        raise
+    """Find a coupon for ``principal``, unless it has failed too often lately (the failure
+    itself is counted by ``_counting_failures``, outside the request's transaction)."""
+    _check_attempts(conn, principal.key_id, now)
+    return _find_coupon(conn, program_id, code, **kw)
 
 
 def _find_coupon(conn: Connection, program_id: str, code: str, *, lock: bool = False) -> Any:
@@ -415,35 +433,41 @@ def validate_coupon(
     now: datetime,
 ) -> dict[str, Any]:
     """Whether a code applies to a cart and what it takes off, without using it."""
-    with reading(engine) as conn:
-        ctx = load_program(conn, principal, program_id, Scope.READ)
-        row = _lookup(conn, principal, program_id, code, now)
-        reward = _reward(ctx, row.reward_id)
-        status = _status_now(row, now)
-        card = _card(conn, ctx, row)
-        # A gift card gives what remains of it, at most what the lines it applies to cost.
-        applied = replace(reward, value_minor=card.remaining_minor) if card else reward
-        discount = (
-            discount_for(applied, lines, total_minor) if currency == ctx.settings.currency else 0
-        )
-        reasons: list[dict[str, Any]] = []
-        if status != "issued":
-            reasons.append({"code": f"coupon_{status}"})
-        if currency != ctx.settings.currency:
-            reasons.append({"code": "currency_mismatch", "expected": ctx.settings.currency})
-        elif total_minor < reward.min_order_minor:
-            reasons.append({"code": "below_minimum", "min_order_minor": reward.min_order_minor})
-        elif card is not None and card.remaining_minor == 0:
-            reasons.append({"code": "gift_card_empty"})
-        elif discount == 0:
-            reasons.append({"code": "no_applicable_lines", "skus": sorted(reward.skus)})
-        return {
-            "valid": not reasons,
-            "reasons": reasons,
-            "discount_minor": discount if not reasons else 0,
-            "coupon": _issue_view(row, card) | {"status": status},
-            "reward": _reward_view(reward, None),
-        }
+
+    def read() -> dict[str, Any]:
+        with reading(engine) as conn:
+            ctx = load_program(conn, principal, program_id, Scope.READ)
+            row = _lookup(conn, principal, program_id, code, now)
+            reward = _reward(ctx, row.reward_id)
+            status = _status_now(row, now)
+            card = _card(conn, ctx, row)
+            # A gift card gives what remains of it, at most what the lines it applies to cost.
+            applied = replace(reward, value_minor=card.remaining_minor) if card else reward
+            discount = (
+                discount_for(applied, lines, total_minor)
+                if currency == ctx.settings.currency
+                else 0
+            )
+            reasons: list[dict[str, Any]] = []
+            if status != "issued":
+                reasons.append({"code": f"coupon_{status}"})
+            if currency != ctx.settings.currency:
+                reasons.append({"code": "currency_mismatch", "expected": ctx.settings.currency})
+            elif total_minor < reward.min_order_minor:
+                reasons.append({"code": "below_minimum", "min_order_minor": reward.min_order_minor})
+            elif card is not None and card.remaining_minor == 0:
+                reasons.append({"code": "gift_card_empty"})
+            elif discount == 0:
+                reasons.append({"code": "no_applicable_lines", "skus": sorted(reward.skus)})
+            return {
+                "valid": not reasons,
+                "reasons": reasons,
+                "discount_minor": discount if not reasons else 0,
+                "coupon": _issue_view(row, card) | {"status": status},
+                "reward": _reward_view(reward, None),
+            }
+
+    return _counting_failures(engine, principal, now, read)
 
 
 def use_coupon(
@@ -496,7 +520,7 @@ def use_coupon(
         )
         return Outcome(200, view, replayed=False)
 
-    return run_transaction(engine, work)
+    return _counting_failures(engine, principal, now, lambda: run_transaction(engine, work))
 
 
 def _move_gift_card(
@@ -586,7 +610,7 @@ def cancel_gift_card_use(
             now=now,
         )
 
-    return run_transaction(engine, work)
+    return _counting_failures(engine, principal, now, lambda: run_transaction(engine, work))
 
 
 def cancel_coupon(
@@ -625,7 +649,7 @@ def cancel_coupon(
         )
         return {**view, "points_returned": restored["points"], "balance": restored["balance"]}
 
-    return run_transaction(engine, work)
+    return _counting_failures(engine, principal, now, lambda: run_transaction(engine, work))
 
 
 def _issue_row(conn: Connection, program_id: str, issue_id: str) -> Any:

@@ -561,4 +561,16 @@ gift_card_uses = Table(
 one (``cancel``, its negative), at most one of each per order; what remains of a card is its
 value minus the sum of these."""
 
+coupon_lookup_failures = Table(
+    "coupon_lookup_failures",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("key_id", ID, nullable=False),
+    Column("failed_at", TS, nullable=False),
+    Index("ix_coupon_lookup_failures_key", "key_id", "failed_at"),
+)
+"""Unknown or mistyped coupon codes, per API key, over the last minute: shared by every server
+process, so the limit on guessing holds however many there are. Rows older than the window
+are deleted as new ones are written."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]
