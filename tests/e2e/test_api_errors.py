@@ -333,6 +333,7 @@ def test_openapi_lists_the_v1_routes_and_docs_are_served(api):
         "/v1/programs/{program_id}/reward-issues/{issue_id}/fulfilment": {"post"},
         "/v1/programs/{program_id}/coupons/{code}/use": {"post"},
         "/v1/programs/{program_id}/coupons/{code}/cancel": {"post"},
+        "/v1/programs/{program_id}/coupons/{code}/cancel-use": {"post"},
         "/v1/programs/{program_id}/holds/{hold_id}": {"get"},
         "/v1/programs/{program_id}/holds/{hold_id}/capture": {"post"},
         "/v1/programs/{program_id}/holds/{hold_id}/release": {"post"},

@@ -40,6 +40,7 @@ NORMALISED = {
     "discounts": None,
     "plans": [],
     "rewards": [],
+    "segments": [],
     "transfers": {"enabled": False, "max_points_per_transfer": None, "max_points_per_month": None},
     "cashback": None,
     "checkout": CHECKOUT_DEFAULTS,
@@ -95,6 +96,7 @@ def test_create_fills_documented_defaults(api):
         "discounts": None,
         "plans": [],
         "rewards": [],
+        "segments": [],
         "transfers": {
             "enabled": False,
             "max_points_per_transfer": None,
@@ -137,6 +139,7 @@ def test_update_publishes_version_2_and_keeps_version_1_readable(api):
         "discounts": None,
         "plans": [],
         "rewards": [],
+        "segments": [],
         "transfers": {
             "enabled": False,
             "max_points_per_transfer": None,

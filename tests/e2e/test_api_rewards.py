@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import threading
 
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from loyalty.adapters.db.engine import make_engine
+from loyalty.adapters.db.tables import coupon_lookup_failures
 from loyalty.application.audit import audit_ledger
 from loyalty.domain.catalog import new_code, normalise_code
+from loyalty.entrypoints.api.app import create_app
 from tests.e2e.test_api_support import assert_problem
 
 REWARDS = [
@@ -228,3 +234,234 @@ def test_a_key_guessing_codes_is_stopped_and_other_keys_are_not(api):
     token = other.json()["token"]
     ok = api.request("POST", f"{url}/{code}/validate", json=cart, token=token)
     assert ok.status_code == 200 and ok.json()["valid"] is True
+
+    # The failures are counted in the database, not in this process: another server process
+    # on the same database sees them, and stops the key too (but not the other key).
+    with api.engine.connect() as conn:
+        counted = conn.execute(select(func.count()).select_from(coupon_lookup_failures))
+        assert counted.scalar_one() == 30
+    second = make_engine(api.engine.url.render_as_string(hide_password=False))
+    try:
+        with TestClient(create_app(second)) as client:
+            there = client.post(
+                f"{url}/{code}/validate",
+                json=cart,
+                headers={"Authorization": f"Bearer {api.token}"},
+            )
+            assert_problem(there, 429, "too_many_attempts")
+            fine = client.post(
+                f"{url}/{code}/validate", json=cart, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert fine.status_code == 200, fine.text
+    finally:
+        second.dispose()
+
+
+SEGMENTS = [
+    {
+        "id": "lyon",
+        "name": "Members in Lyon",
+        "condition": "'city' in member.attributes && member.attributes.city == 'Lyon'",
+    },
+    {
+        "id": "birthday-month",
+        "name": "Birthday this month",
+        "condition": "member.birth_date != '' && "
+        "timestamp(member.birth_date + 'T00:00:00Z').getMonth() == now.getMonth()",
+    },
+]
+LOCAL_REWARDS = [
+    {
+        "id": "lyon-tasting",
+        "name": "A tasting at the Lyon shop",
+        "type": "experience",
+        "cost_points": 30,
+        "segments": ["lyon"],
+    },
+    {
+        "id": "barista-class",
+        "name": "A barista class, for members of a year's standing who opted in",
+        "type": "experience",
+        "cost_points": 30,
+        "condition": "member.marketing_consent && 'level' in member.attributes && "
+        "member.attributes.level >= 3",
+    },
+]
+
+
+def _reasons(api, program, member="ext:C1"):
+    body = api.request("GET", f"/v1/programs/{program}/members/{member}/rewards").json()
+    return body["segments"], {i["id"]: [r["code"] for r in i["reasons"]] for i in body["items"]}
+
+
+def test_a_reward_for_a_segment_or_a_condition_says_why_not_and_refuses_to_redeem(api):
+    program = api.create_program(
+        segments=SEGMENTS,
+        rewards=LOCAL_REWARDS,
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    api.enroll(program, "C1", attributes={"city": "Paris", "level": 1})
+    api.purchase(program, "O1", "C1", [{"unit_price_minor": 10_000}])
+    segments, reasons = _reasons(api, program)
+    assert segments == []
+    assert reasons == {"lyon-tasting": ["not_in_segment"], "barista-class": ["condition_not_met"]}
+    items = api.request("GET", f"/v1/programs/{program}/members/ext:C1/rewards").json()["items"]
+    assert items[0]["reasons"] == [{"code": "not_in_segment", "segments": ["lyon"]}]
+    # Refused, and nothing moved: no points burnt, nothing issued.
+    for reward, reason in (
+        ("lyon-tasting", "not_in_segment"),
+        ("barista-class", "condition_not_met"),
+    ):
+        body = assert_problem(
+            _redeem(api, program, reward, f"k-{reward}"), 422, "reward_not_available"
+        )
+        assert [r["code"] for r in body["reasons"]] == [reason]
+    assert api.balance(program, "ext:C1")["balance"] == 100
+    # The member moves to Lyon and opts in at level 3: both rewards open up.
+    r = api.request(
+        "PATCH",
+        f"/v1/programs/{program}/members/ext:C1",
+        json={"attributes": {"city": "Lyon", "level": 3}, "marketing_consent": True},
+    )
+    assert r.status_code == 200, r.text
+    segments, reasons = _reasons(api, program)
+    assert segments == ["lyon"]
+    assert reasons == {"lyon-tasting": [], "barista-class": []}
+    assert _redeem(api, program, "lyon-tasting", "k2").status_code == 201
+    assert _redeem(api, program, "barista-class", "k3").status_code == 201
+    assert api.balance(program, "ext:C1")["balance"] == 40
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_birthday_segment_follows_the_calendar(api):
+    from datetime import UTC, datetime
+
+    program = api.create_program(segments=SEGMENTS, enrollment={"auto_enroll_on_purchase": True})
+    this_month = datetime.now(UTC).month
+    other_month = this_month % 12 + 1
+    api.enroll(program, "B1", birth_date=f"1990-{this_month:02d}-01")
+    api.enroll(program, "B2", birth_date=f"1990-{other_month:02d}-01")
+    api.enroll(program, "B3")
+    assert _reasons(api, program, "ext:B1")[0] == ["birthday-month"]
+    assert _reasons(api, program, "ext:B2")[0] == []
+    assert _reasons(api, program, "ext:B3")[0] == []
+
+
+def test_a_segment_or_condition_is_checked_when_the_program_is_saved(api):
+    def refused(**document):
+        r = api.request("POST", "/v1/programs", json={"name": "P", "currency": "EUR", **document})
+        return assert_problem(r, 422, r.json()["code"])
+
+    typo = refused(segments=[{"id": "gold", "name": "Gold", "condition": "member.teir == 'gold'"}])
+    assert typo["errors"][0]["field"] == "segments[0].condition"
+    assert "did you mean 'member.tier'" in typo["errors"][0]["message"]
+    purchase = refused(rewards=[{**LOCAL_REWARDS[1], "condition": "purchase.total_minor > 1000"}])
+    assert purchase["errors"][0]["field"] == "rewards[0].condition"
+    assert "'purchase'" in purchase["errors"][0]["message"]
+    unknown = refused(rewards=[LOCAL_REWARDS[0]])
+    assert "names segment 'lyon', not in 'segments'" in str(unknown)
+    too_long = refused(segments=[{"id": "x", "name": "X", "condition": "true || " * 300 + "true"}])
+    assert too_long["code"] == "validation_error"
+
+
+GIFT_CARD = {
+    "id": "gift-50",
+    "name": "EUR 50 gift card",
+    "type": "gift_card",
+    "cost_points": 50,
+    "value_minor": 5000,
+}
+
+
+def test_a_gift_card_is_spent_in_parts_over_several_orders(api):
+    program = _program(api, 200, rewards=[GIFT_CARD])
+    code = _redeem(api, program, "gift-50", "g1").json()["code"]
+    url = f"/v1/programs/{program}/coupons/{code}"
+    cart = {"currency": "EUR", "lines": [{"sku": "X", "unit_price_minor": 3000}]}
+    check = api.request("POST", f"{url}/validate", json=cart).json()
+    assert (check["valid"], check["discount_minor"]) == (True, 3000)
+    assert (check["coupon"]["value_minor"], check["coupon"]["remaining_minor"]) == (5000, 5000)
+
+    first = api.request("POST", f"{url}/use", json={"order_reference": "T-1", "amount_minor": 3000})
+    assert first.status_code == 200, first.text
+    assert (first.json()["taken_minor"], first.json()["remaining_minor"]) == (3000, 2000)
+    assert first.json()["status"] == "issued"
+    # The same order again is a replay, not a second spend; another amount is a conflict.
+    again = api.request("POST", f"{url}/use", json={"order_reference": "T-1", "amount_minor": 3000})
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["remaining_minor"] == 2000
+    assert_problem(
+        api.request("POST", f"{url}/use", json={"order_reference": "T-1", "amount_minor": 100}),
+        409,
+        "idempotency_conflict",
+    )
+    # Past what remains: refused, never clamped, and nothing taken.
+    short = api.request("POST", f"{url}/use", json={"order_reference": "T-2", "amount_minor": 2500})
+    body = assert_problem(short, 422, "gift_card_balance_short")
+    assert (body["amount_minor"], body["remaining_minor"]) == (2500, 2000)
+    check = api.request("POST", f"{url}/validate", json=cart).json()
+    assert (check["discount_minor"], check["coupon"]["remaining_minor"]) == (2000, 2000)
+
+    second = api.request(
+        "POST", f"{url}/use", json={"order_reference": "T-2", "amount_minor": 2000}
+    )
+    assert (second.json()["taken_minor"], second.json()["remaining_minor"]) == (2000, 0)
+    empty = api.request("POST", f"{url}/validate", json=cart).json()
+    assert (empty["valid"], empty["reasons"]) == (False, [{"code": "gift_card_empty"}])
+
+    # The first order is returned: its 30.00 goes back on the card, once.
+    back = api.request("POST", f"{url}/cancel-use", json={"order_reference": "T-1"})
+    assert back.status_code == 200, back.text
+    assert (back.json()["returned_minor"], back.json()["remaining_minor"]) == (3000, 3000)
+    twice = api.request("POST", f"{url}/cancel-use", json={"order_reference": "T-1"})
+    assert twice.headers.get("Idempotent-Replayed") == "true"
+    assert (
+        api.request("GET", f"/v1/programs/{program}/reward-issues/{first.json()['id']}").json()[
+            "remaining_minor"
+        ]
+        == 3000
+    )
+    assert_problem(
+        api.request("POST", f"{url}/cancel-use", json={"order_reference": "T-9"}),
+        404,
+        "gift_card_use_not_found",
+    )
+    # A card partly spent can't be cancelled for its points.
+    assert_problem(api.request("POST", f"{url}/cancel"), 409, "gift_card_spent")
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_gift_card_use_needs_an_amount_and_a_coupon_takes_none(api):
+    program = _program(api, 400, rewards=[GIFT_CARD, REWARDS[0]])
+    gift = _redeem(api, program, "gift-50", "g1").json()["code"]
+    coupon = _redeem(api, program, "five-off", "c1").json()["code"]
+    url = f"/v1/programs/{program}/coupons"
+    assert_problem(
+        api.request("POST", f"{url}/{gift}/use", json={"order_reference": "T-1"}),
+        422,
+        "gift_card_use_incomplete",
+    )
+    assert_problem(
+        api.request("POST", f"{url}/{gift}/use", json={"amount_minor": 100}),
+        422,
+        "gift_card_use_incomplete",
+    )
+    assert_problem(
+        api.request("POST", f"{url}/{coupon}/use", json={"amount_minor": 100}),
+        422,
+        "not_a_gift_card",
+    )
+    assert_problem(
+        api.request("POST", f"{url}/{coupon}/cancel-use", json={"order_reference": "T-1"}),
+        422,
+        "not_a_gift_card",
+    )
+    assert (
+        api.request(
+            "POST", f"{url}/{gift}/use", json={"amount_minor": 0, "order_reference": "T"}
+        ).status_code
+        == 422
+    )
+    # An unspent gift card can still be cancelled for its points.
+    cancelled = api.request("POST", f"{url}/{gift}/cancel")
+    assert (cancelled.status_code, cancelled.json()["points_returned"]) == (200, 50)

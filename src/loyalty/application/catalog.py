@@ -5,26 +5,33 @@ being used, used once, or cancelled with its points back."""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from loyalty.adapters.db.engine import reading, run_transaction
 from loyalty.adapters.db.locking import lock_wallet
-from loyalty.adapters.db.tables import redemptions, reward_issues, reward_stock
+from loyalty.adapters.db.tables import (
+    coupon_lookup_failures,
+    redemptions,
+    reward_issues,
+    reward_stock,
+)
 from loyalty.adapters.ids import new_id
-from loyalty.application import memberships
+from loyalty.application import gift_cards, memberships
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
+from loyalty.application.expressions import MemberConditions, member_conditions, member_variables
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.members import find_member, resolve_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.application.redemptions import burn_points, restore_redemption
 from loyalty.domain.catalog import (
+    GiftCardBalance,
     Reward,
     RewardType,
     code_hash,
@@ -37,7 +44,11 @@ from loyalty.domain.errors import (
     CouponCodeInvalid,
     CouponNotFound,
     CouponNotUsable,
+    GiftCardSpent,
+    GiftCardUseIncomplete,
+    IdempotencyConflict,
     MemberNotFound,
+    NotAGiftCard,
     NotFulfilled,
     RewardIssueNotFound,
     RewardNotAvailable,
@@ -62,8 +73,42 @@ def _reward(ctx: ProgramContext, reward_id: str) -> Reward:
     raise UnknownReward(reward_id)
 
 
-def _tier(conn: Connection, ctx: ProgramContext, member_id: str, now: datetime) -> str | None:
-    return memberships.standing(conn, ctx, member_id, now=now)[0]
+@dataclass(frozen=True, slots=True)
+class _Standing:
+    """What the catalog's eligibility reads of a member now."""
+
+    tier: str | None
+    conditions: MemberConditions
+
+    def why_not(
+        self,
+        reward: Reward,
+        *,
+        available_points: int,
+        issued_total: int,
+        issued_to_member_in_period: int,
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        return why_not(
+            reward,
+            available_points=available_points,
+            tier=self.tier,
+            issued_total=issued_total,
+            issued_to_member_in_period=issued_to_member_in_period,
+            now=now,
+            member_segments=self.conditions.segments,
+            condition_met=self.conditions.rewards.get(reward.reward_id, True),
+        )
+
+
+def _standing(conn: Connection, ctx: ProgramContext, member: Any, now: datetime) -> _Standing:
+    """The member's tier and plans, and what the program's segments and reward conditions say
+    of them, bound once for the whole catalog."""
+    tier, plans = memberships.standing(conn, ctx, member.id, now=now)
+    conditions = member_conditions(
+        ctx.settings, member=member_variables(member, tier=tier, plans=plans), now=now
+    )
+    return _Standing(tier, conditions)
 
 
 def _issued_total(conn: Connection, ctx: ProgramContext, reward_id: str) -> int:
@@ -110,32 +155,50 @@ def member_rewards(
     engine: Engine, principal: Principal, program_id: str, member_ref: str, *, now: datetime
 ) -> dict[str, Any]:
     """Every reward of the catalog for this member: ``available``, or the reasons it isn't
-    (``points_short`` by N, ``tier_too_low``, ``out_of_stock``, ``limit_reached``,
-    ``not_available_now``)."""
+    (``points_short`` by N, ``tier_too_low``, ``not_in_segment``, ``condition_not_met``,
+    ``out_of_stock``, ``limit_reached``, ``not_available_now``); and the segments the member
+    is in now."""
     with reading(engine) as conn:
         ctx = load_program(conn, principal, program_id, Scope.READ)
         member = find_member(conn, program_id, member_ref)
         if member is None:
             raise MemberNotFound(member_ref)
-        tier = _tier(conn, ctx, member.id, now)
+        standing = _standing(conn, ctx, member, now)
         available_points = balance_view(conn, program_id, member.id, now=now)["available"]
         items = []
         for reward in ctx.settings.rewards:
-            reasons = why_not(
+            reasons = standing.why_not(
                 reward,
                 available_points=available_points,
-                tier=tier,
                 issued_total=_issued_total(conn, ctx, reward.reward_id),
                 issued_to_member_in_period=_issued_to_member(conn, ctx, reward, member.id, now),
                 now=now,
             )
             items.append(
-                {**_reward_view(reward, tier), "available": not reasons, "reasons": reasons}
+                {
+                    **_reward_view(reward, standing.tier),
+                    "available": not reasons,
+                    "reasons": reasons,
+                }
             )
-    return {"member_id": member.id, "available_points": available_points, "items": items}
+    return {
+        "member_id": member.id,
+        "available_points": available_points,
+        "segments": sorted(standing.conditions.segments),
+        "items": items,
+    }
 
 
-def _issue_view(row: Any, *, code: str | None = None) -> dict[str, Any]:
+def _card(conn: Connection, ctx: ProgramContext, row: Any) -> GiftCardBalance | None:
+    """The balance of ``row`` when it is a gift card."""
+    reward = next((r for r in ctx.settings.rewards if r.reward_id == row.reward_id), None)
+    gift = reward is not None and reward.type is RewardType.GIFT_CARD
+    return gift_cards.balance(
+        conn, row, unopened_value_minor=reward.value_minor if reward and gift else None
+    )
+
+
+def _issue_view(row: Any, card: GiftCardBalance | None = None) -> dict[str, Any]:
     return {
         "id": row.id,
         "member_id": row.member_id,
@@ -143,13 +206,15 @@ def _issue_view(row: Any, *, code: str | None = None) -> dict[str, Any]:
         "redemption_id": row.redemption_id,
         "status": row.status,
         "fulfilment": row.fulfilment,
-        "code": code,
+        "code": None,
         "code_hint": row.code_hint,
         "created_at": row.created_at.isoformat(),
         "expires_at": row.expires_at.isoformat() if row.expires_at else None,
         "used_at": row.used_at.isoformat() if row.used_at else None,
         "used_reference": row.used_reference,
         "cancelled_at": row.cancelled_at.isoformat() if row.cancelled_at else None,
+        "value_minor": card.value_minor if card else None,
+        "remaining_minor": card.remaining_minor if card else None,
     }
 
 
@@ -192,11 +257,11 @@ def redeem_reward(
                         "issued": 0,
                     },
                 )
-            tier = _tier(conn, ctx, member.id, now)
-            reasons = why_not(
+            standing = _standing(conn, ctx, member, now)
+            tier = standing.tier
+            reasons = standing.why_not(
                 reward,
                 available_points=balance_view(conn, program_id, member.id, now=now)["available"],
-                tier=tier,
                 issued_total=int(stock.issued) if stock else 0,
                 issued_to_member_in_period=_issued_to_member(conn, ctx, reward, member.id, now),
                 now=now,
@@ -238,10 +303,16 @@ def redeem_reward(
             )
             if code:
                 shown["code"] = code
+            card = None
+            if reward.type is RewardType.GIFT_CARD:
+                gift_cards.open_card(
+                    conn, program_id=program_id, issue_id=issue_id, value_minor=reward.value_minor
+                )
+                card = GiftCardBalance(reward.value_minor, 0)
             row = conn.execute(select(reward_issues).where(reward_issues.c.id == issue_id)).one()
             # What is stored for a replay holds no code: a code is shown once.
             return 201, {
-                **_issue_view(row),
+                **_issue_view(row, card),
                 "points": reward.cost_for(tier),
                 "balance": burnt["balance"],
             }
@@ -263,55 +334,69 @@ def redeem_reward(
     return run_transaction(engine, work)
 
 
+T = TypeVar("T")
+
 CODE_FAILURES_MAX = 30
 CODE_FAILURES_WINDOW_S = 60
 
 
-class _FailedLookups:
-    """Unknown or mistyped codes per API key in a sliding window: past the limit, lookups
-    from that key are refused for a while, so codes can't be enumerated through the API.
-    Counted per server process (each worker counts its own)."""
+def _check_attempts(conn: Connection, key_id: str, now: datetime) -> None:
+    """Refuse lookups from a key past CODE_FAILURES_MAX failures in the window, so codes can't
+    be enumerated through the API. Counted in the database, so every server process sees the
+    same count; two failures racing may each be let through at the limit, which only moves
+    it by a few attempts."""
+    f = coupon_lookup_failures.c
+    count, oldest = conn.execute(
+        select(func.count(), func.min(f.failed_at)).where(
+            and_(f.key_id == key_id, f.failed_at > now - timedelta(seconds=CODE_FAILURES_WINDOW_S))
+        )
+    ).one()
+    if count >= CODE_FAILURES_MAX:
+        wait = int((oldest - now).total_seconds()) + CODE_FAILURES_WINDOW_S + 1
+        raise TooManyAttempts(
+            retry_after_s=max(wait, 1), limit=CODE_FAILURES_MAX, window_s=CODE_FAILURES_WINDOW_S
+        )
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[str, deque[float]] = defaultdict(deque)
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        seen = self._seen[key]
-        while seen and seen[0] <= now - CODE_FAILURES_WINDOW_S:
-            seen.popleft()
-        return seen
+def _record_failure(engine: Engine, key_id: str, now: datetime) -> None:
+    """Count a failed lookup, in a transaction of its own: the request's was rolled back."""
 
-    def check(self, key: str, now: float) -> None:
-        with self._lock:
-            seen = self._recent(key, now)
-            if len(seen) >= CODE_FAILURES_MAX:
-                wait = int(seen[0] + CODE_FAILURES_WINDOW_S - now) + 1
-                raise TooManyAttempts(
-                    retry_after_s=max(wait, 1),
-                    limit=CODE_FAILURES_MAX,
-                    window_s=CODE_FAILURES_WINDOW_S,
+    def work(conn: Connection) -> None:
+        f = coupon_lookup_failures.c
+        conn.execute(
+            delete(coupon_lookup_failures).where(
+                and_(
+                    f.key_id == key_id,
+                    f.failed_at <= now - timedelta(seconds=CODE_FAILURES_WINDOW_S),
                 )
+            )
+        )
+        conn.execute(
+            insert(coupon_lookup_failures),
+            {"id": new_id("clf"), "key_id": key_id, "failed_at": now},
+        )
 
-    def failed(self, key: str, now: float) -> None:
-        with self._lock:
-            self._recent(key, now).append(now)
+    run_transaction(engine, work)
 
 
-FAILED_LOOKUPS = _FailedLookups()
+def _counting_failures(
+    engine: Engine, principal: Principal, now: datetime, call: Callable[[], T]
+) -> T:
+    """Run a use case that looks up a code, counting an unknown or mistyped one."""
+    try:
+        return call()
+    except (CouponCodeInvalid, CouponNotFound):
+        _record_failure(engine, principal.key_id, now)
+        raise
 
 
 def _lookup(
     conn: Connection, principal: Principal, program_id: str, code: str, now: datetime, **kw: Any
 ) -> Any:
-    """Find a coupon for ``principal``, counting its failures against the limit."""
-    at = now.timestamp()
-    FAILED_LOOKUPS.check(principal.key_id, at)
-    try:
-        return _find_coupon(conn, program_id, code, **kw)
-    except (CouponCodeInvalid, CouponNotFound):
-        FAILED_LOOKUPS.failed(principal.key_id, at)
-        raise
+    """Find a coupon for ``principal``, unless it has failed too often lately (the failure
+    itself is counted by ``_counting_failures``, outside the request's transaction)."""
+    _check_attempts(conn, principal.key_id, now)
+    return _find_coupon(conn, program_id, code, **kw)
 
 
 def _find_coupon(conn: Connection, program_id: str, code: str, *, lock: bool = False) -> Any:
@@ -348,30 +433,41 @@ def validate_coupon(
     now: datetime,
 ) -> dict[str, Any]:
     """Whether a code applies to a cart and what it takes off, without using it."""
-    with reading(engine) as conn:
-        ctx = load_program(conn, principal, program_id, Scope.READ)
-        row = _lookup(conn, principal, program_id, code, now)
-        reward = _reward(ctx, row.reward_id)
-        status = _status_now(row, now)
-        discount = (
-            discount_for(reward, lines, total_minor) if currency == ctx.settings.currency else 0
-        )
-        reasons: list[dict[str, Any]] = []
-        if status != "issued":
-            reasons.append({"code": f"coupon_{status}"})
-        if currency != ctx.settings.currency:
-            reasons.append({"code": "currency_mismatch", "expected": ctx.settings.currency})
-        elif total_minor < reward.min_order_minor:
-            reasons.append({"code": "below_minimum", "min_order_minor": reward.min_order_minor})
-        elif discount == 0:
-            reasons.append({"code": "no_applicable_lines", "skus": sorted(reward.skus)})
-        return {
-            "valid": not reasons,
-            "reasons": reasons,
-            "discount_minor": discount if not reasons else 0,
-            "coupon": _issue_view(row) | {"status": status},
-            "reward": _reward_view(reward, None),
-        }
+
+    def read() -> dict[str, Any]:
+        with reading(engine) as conn:
+            ctx = load_program(conn, principal, program_id, Scope.READ)
+            row = _lookup(conn, principal, program_id, code, now)
+            reward = _reward(ctx, row.reward_id)
+            status = _status_now(row, now)
+            card = _card(conn, ctx, row)
+            # A gift card gives what remains of it, at most what the lines it applies to cost.
+            applied = replace(reward, value_minor=card.remaining_minor) if card else reward
+            discount = (
+                discount_for(applied, lines, total_minor)
+                if currency == ctx.settings.currency
+                else 0
+            )
+            reasons: list[dict[str, Any]] = []
+            if status != "issued":
+                reasons.append({"code": f"coupon_{status}"})
+            if currency != ctx.settings.currency:
+                reasons.append({"code": "currency_mismatch", "expected": ctx.settings.currency})
+            elif total_minor < reward.min_order_minor:
+                reasons.append({"code": "below_minimum", "min_order_minor": reward.min_order_minor})
+            elif card is not None and card.remaining_minor == 0:
+                reasons.append({"code": "gift_card_empty"})
+            elif discount == 0:
+                reasons.append({"code": "no_applicable_lines", "skus": sorted(reward.skus)})
+            return {
+                "valid": not reasons,
+                "reasons": reasons,
+                "discount_minor": discount if not reasons else 0,
+                "coupon": _issue_view(row, card) | {"status": status},
+                "reward": _reward_view(reward, None),
+            }
+
+    return _counting_failures(engine, principal, now, read)
 
 
 def use_coupon(
@@ -381,14 +477,36 @@ def use_coupon(
     code: str,
     *,
     order_reference: str | None,
+    amount_minor: int | None = None,
     now: datetime,
-) -> dict[str, Any]:
+) -> Outcome:
     """Use a coupon, once: the row is locked and moved from ``issued`` to ``used`` in one
-    step, so two tills racing with the same code can't both have it."""
+    step, so two tills racing with the same code can't both have it. A gift card is spent
+    in part instead (see ``_move_gift_card``).
 
-    def work(conn: Connection) -> dict[str, Any]:
-        load_program(conn, principal, program_id, Scope.WRITE)
+    Raises CouponCodeInvalid, CouponNotFound, TooManyAttempts, CouponNotUsable, NotAGiftCard
+    (an amount for a single-use coupon), GiftCardUseIncomplete, GiftCardBalanceShort,
+    IdempotencyConflict (an order's use replayed with another amount)."""
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
         row = _lookup(conn, principal, program_id, code, now, lock=True)
+        card = _card(conn, ctx, row)
+        if card is not None:
+            if amount_minor is None or order_reference is None:
+                raise GiftCardUseIncomplete()
+            return _move_gift_card(
+                conn,
+                principal,
+                row,
+                card,
+                kind=gift_cards.USE,
+                amount_minor=amount_minor,
+                order_reference=order_reference,
+                now=now,
+            )
+        if amount_minor is not None:
+            raise NotAGiftCard()
         status = _status_now(row, now)
         if status != "issued":
             raise CouponNotUsable(status=status, used_at=row.used_at)
@@ -397,11 +515,102 @@ def use_coupon(
             .where(and_(reward_issues.c.id == row.id, reward_issues.c.status == "issued"))
             .values(status="used", used_at=now, used_reference=order_reference)
         )
-        return _issue_view(
+        view = _issue_view(
             conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one()
         )
+        return Outcome(200, view, replayed=False)
 
-    return run_transaction(engine, work)
+    return _counting_failures(engine, principal, now, lambda: run_transaction(engine, work))
+
+
+def _move_gift_card(
+    conn: Connection,
+    principal: Principal,
+    row: Any,
+    card: GiftCardBalance,
+    *,
+    kind: str,
+    amount_minor: int | None,
+    order_reference: str,
+    now: datetime,
+) -> Outcome:
+    """Take ``amount_minor`` off a gift card for an order (``use``), or give back what the
+    order's use took (``cancel``, ``amount_minor`` None), the card's row being locked. The
+    order reference is the idempotency key: the same request again replays the answer, a use
+    of the same order with another amount is a conflict."""
+
+    def effect() -> tuple[int, dict[str, Any]]:
+        if kind == gift_cards.USE:
+            status = _status_now(row, now)
+            if status != "issued":
+                raise CouponNotUsable(status=status, used_at=row.used_at)
+        if gift_cards.find_use(conn, row.id, order_reference, kind) is not None:
+            # Done for this order by a twin request that committed while this one waited for
+            # the lock: run_idempotent replays its answer (or finds a conflict).
+            raise IdempotencyConflict(order_reference)
+        amount = (
+            amount_minor
+            if amount_minor is not None
+            else gift_cards.use_to_cancel(conn, row.id, order_reference)
+        )
+        after = gift_cards.record(
+            conn,
+            row,
+            card,
+            kind=kind,
+            amount_minor=amount,
+            order_reference=order_reference,
+            actor=principal.key_id,
+            now=now,
+        )
+        moved = "taken_minor" if kind == gift_cards.USE else "returned_minor"
+        return 200, {**_issue_view(row, after), moved: amount}
+
+    return run_idempotent(
+        conn,
+        tenant_id=principal.tenant_id,
+        scope=row.program_id,
+        key=f"gift-card-{kind}:{row.id}:{order_reference}",
+        client_key=order_reference,
+        request_fingerprint=fingerprint(amount_minor),
+        now=now,
+        work=effect,
+    )
+
+
+def cancel_gift_card_use(
+    engine: Engine,
+    principal: Principal,
+    program_id: str,
+    code: str,
+    *,
+    order_reference: str,
+    now: datetime,
+) -> Outcome:
+    """Give back what an order took of a gift card (the order was returned or voided), as a
+    new row reversing the use; the same cancellation again replays its answer.
+
+    Raises CouponCodeInvalid, CouponNotFound, TooManyAttempts, NotAGiftCard,
+    GiftCardUseNotFound."""
+
+    def work(conn: Connection) -> Outcome:
+        ctx = load_program(conn, principal, program_id, Scope.WRITE)
+        row = _lookup(conn, principal, program_id, code, now, lock=True)
+        card = _card(conn, ctx, row)
+        if card is None:
+            raise NotAGiftCard()
+        return _move_gift_card(
+            conn,
+            principal,
+            row,
+            card,
+            kind=gift_cards.CANCEL,
+            amount_minor=None,
+            order_reference=order_reference,
+            now=now,
+        )
+
+    return _counting_failures(engine, principal, now, lambda: run_transaction(engine, work))
 
 
 def cancel_coupon(
@@ -417,6 +626,9 @@ def cancel_coupon(
         row = _find_coupon(conn, program_id, code, lock=True)
         if row.status != "issued":
             raise CouponNotUsable(status=row.status, used_at=row.used_at)
+        card = _card(conn, ctx, row)
+        if card is not None and card.spent_minor > 0:
+            raise GiftCardSpent(spent_minor=card.spent_minor)
         red = conn.execute(select(redemptions).where(redemptions.c.id == row.redemption_id)).one()
         restored = restore_redemption(
             conn, ctx, red, reason="coupon cancelled", actor=principal.key_id, now=now
@@ -433,11 +645,11 @@ def cancel_coupon(
             .values(status="cancelled", cancelled_at=now)
         )
         view = _issue_view(
-            conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one()
+            conn.execute(select(reward_issues).where(reward_issues.c.id == row.id)).one(), card
         )
         return {**view, "points_returned": restored["points"], "balance": restored["balance"]}
 
-    return run_transaction(engine, work)
+    return _counting_failures(engine, principal, now, lambda: run_transaction(engine, work))
 
 
 def _issue_row(conn: Connection, program_id: str, issue_id: str) -> Any:
@@ -455,8 +667,9 @@ def get_issue(
     engine: Engine, principal: Principal, program_id: str, issue_id: str
 ) -> dict[str, Any]:
     with reading(engine) as conn:
-        load_program(conn, principal, program_id, Scope.READ)
-        return _issue_view(_issue_row(conn, program_id, issue_id))
+        ctx = load_program(conn, principal, program_id, Scope.READ)
+        row = _issue_row(conn, program_id, issue_id)
+        return _issue_view(row, _card(conn, ctx, row))
 
 
 def set_fulfilment(

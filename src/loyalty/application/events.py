@@ -115,6 +115,7 @@ def _expressions(
     purchase: dict[str, Any] | None,
     event: dict[str, Any],
     tier: str | None = None,
+    plans: frozenset[str] = frozenset(),
 ) -> ExpressionOutcomes:
     """Merchant expressions of the program's rules, bound once to this event."""
     if not ctx.settings.expressions and not ctx.settings.formulas:
@@ -123,7 +124,7 @@ def _expressions(
     return evaluate_expressions(
         ctx.settings,
         purchase=purchase,
-        member=member_variables(row, tier=tier) if row is not None else None,
+        member=member_variables(row, tier=tier, plans=plans) if row is not None else None,
         event=event,
         now=now,
     )
@@ -332,6 +333,7 @@ def _record_purchase(
         purchase=purchase_variables(purchase),
         event={"type": "purchase", "action": None, "attributes": {}},
         tier=tier,
+        plans=plans,
     )
     earning, evaluation = earn_on_purchase(
         settings,
@@ -828,7 +830,9 @@ def _points_kept(
     outcomes = evaluate_expressions(
         settings,
         purchase=purchase_variables(rest),
-        member=member_variables(member, tier=details["tier"]) if member is not None else None,
+        member=member_variables(member, tier=details["tier"], plans=details.get("plans", []))
+        if member is not None
+        else None,
         event={"type": "purchase", "action": None, "attributes": {}},
         now=rest.occurred_at,
     )
@@ -929,6 +933,7 @@ def _record_action(
         purchase=None,
         event={"type": "action", "action": event.action, "attributes": event.attributes},
         tier=tier,
+        plans=plans,
     )
     evaluation = earn_on_action(
         settings,

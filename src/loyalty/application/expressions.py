@@ -7,6 +7,7 @@ the member and the time are bound once, and every rule's expression runs against
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -46,9 +47,20 @@ def check_document_expressions(
             )
         if rule.effect.formula is not None:
             checks.append((f"rules[{index}].effect.formula", rule.effect.formula, "formula"))
+    member_only = {f"segments[{i}].condition" for i in range(len(document.segments))}
+    checks.extend(
+        (f"segments[{i}].condition", segment.condition, "condition")
+        for i, segment in enumerate(document.segments)
+    )
+    for index, reward in enumerate(document.rewards):
+        if reward.condition is not None:
+            member_only.add(f"rewards[{index}].condition")
+            checks.append((f"rewards[{index}].condition", reward.condition, "condition"))
     for field, source, kind in checks:
         try:
-            compile_expression(source, kind=kind)
+            compiled = compile_expression(source, kind=kind)
+            if field in member_only:
+                _reads_only_the_member(compiled)
             dry_run(source, kind=kind, timeout_s=dry_run_timeout_s or DRY_RUN_TIMEOUT_S)
         except ExpressionError as exc:
             error: dict[str, Any] = {"field": field, "message": exc.message}
@@ -60,6 +72,19 @@ def check_document_expressions(
     if errors:
         raise InvalidProgramDocument(
             f"{len(errors)} expression(s) cannot be accepted.", errors=errors
+        )
+
+
+MEMBER_ROOTS = frozenset({"member", "now"})
+"""What a segment's or a reward's condition may read: it is about the member, not an event."""
+
+
+def _reads_only_the_member(compiled: CompiledExpression) -> None:
+    others = sorted(compiled.references.roots - MEMBER_ROOTS)
+    if others:
+        raise ExpressionError(
+            f"this condition is about the member and may read only 'member' and 'now', not "
+            f"{' or '.join(repr(name) for name in others)}"
         )
 
 
@@ -92,9 +117,12 @@ def purchase_variables(purchase: Purchase) -> dict[str, Any]:
     }
 
 
-def member_variables(row: Any, *, tier: str | None = None) -> dict[str, Any]:
+def member_variables(
+    row: Any, *, tier: str | None = None, plans: Iterable[str] = ()
+) -> dict[str, Any]:
     return {
         "tier": tier,
+        "plans": sorted(plans),
         "id": row.id,
         "external_id": row.external_id,
         "email": row.email,
@@ -162,3 +190,38 @@ def expression_results(
     return evaluate_expressions(
         settings, purchase=purchase, member=member, event=event, now=now
     ).conditions
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConditions:
+    """What the program's member conditions say of one member now."""
+
+    segments: frozenset[str]
+    """The segments the member is in."""
+    rewards: dict[str, bool]
+    """Each conditioned reward's condition, by reward id."""
+
+
+def member_conditions(
+    settings: ProgramSettings, *, member: dict[str, Any], now: datetime
+) -> MemberConditions:
+    """Every segment's and every reward's condition for ``member``, bound once. A condition
+    that fails at run time (an attribute the member lacks) does not hold, as in rules."""
+    conditioned = [(r.reward_id, r.condition) for r in settings.rewards if r.condition]
+    if not settings.segments and not conditioned:
+        return MemberConditions(frozenset(), {})
+    try:
+        context = bind_context(purchase=None, member=member, event=None, now=now.astimezone(UTC))
+    except BindingError:
+        return MemberConditions(frozenset(), {reward_id: False for reward_id, _ in conditioned})
+
+    def holds(source: str) -> bool:
+        try:
+            return evaluate_condition(_compiled(source), context)
+        except ExpressionError:
+            return False
+
+    return MemberConditions(
+        frozenset(s.segment_id for s in settings.segments if holds(s.condition)),
+        {reward_id: holds(source) for reward_id, source in conditioned},
+    )

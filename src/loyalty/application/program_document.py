@@ -48,6 +48,7 @@ from loyalty.domain.rules import (
     Rule,
     Trigger,
 )
+from loyalty.domain.segments import Segment
 from loyalty.domain.stamps import StampCard, StampPer
 from loyalty.domain.tiers import Tier, TierMetric, TierSet, Window, WindowKind
 
@@ -471,6 +472,20 @@ class PlanDocument(_Strict):
 
 
 REWARDS_MAX = 200
+Expression = Annotated[str, Field(min_length=1, max_length=EXPRESSION_LENGTH_MAX)]
+SEGMENTS_MAX = 50
+SEGMENTS_MAX_IN_REWARD = 20
+
+
+class SegmentDocument(_Strict):
+    """A named group of members, defined by a CEL condition over ``member`` and ``now``
+    (attributes, tier, plans, enrolment date, birthday...). Rewards name segments to say who
+    may redeem them."""
+
+    id: Slug
+    name: Label
+    description: Annotated[str, Field(max_length=1_000)] | None = None
+    condition: Expression
 
 
 class RewardLimitDocument(_Strict):
@@ -501,6 +516,12 @@ class RewardDocument(_Strict):
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime | None = None
     tiers: Annotated[list[Slug], Field(min_length=1, max_length=TIERS_MAX)] | None = None
+    segments: (
+        Annotated[list[Slug], Field(min_length=1, max_length=SEGMENTS_MAX_IN_REWARD)] | None
+    ) = Field(default=None, description="Only members in at least one of these segments.")
+    condition: Expression | None = Field(
+        default=None, description="Only members for whom this CEL condition holds."
+    )
     valid_days: Annotated[StrictInt, Field(ge=1, le=3_650)] = 90
 
     @model_validator(mode="after")
@@ -603,6 +624,9 @@ class ProgramDocument(_Strict):
     rewards: Annotated[list[RewardDocument], Field(max_length=REWARDS_MAX)] = Field(
         default_factory=list
     )
+    segments: Annotated[list[SegmentDocument], Field(max_length=SEGMENTS_MAX)] = Field(
+        default_factory=list
+    )
     transfers: TransfersDocument = Field(default_factory=TransfersDocument)
     cashback: CashbackDocument | None = None
     checkout: CheckoutDocument = Field(default_factory=CheckoutDocument)
@@ -633,10 +657,18 @@ class ProgramDocument(_Strict):
         reward_ids = [reward.id for reward in self.rewards]
         if len(reward_ids) != len(set(reward_ids)):
             raise ValueError("reward ids must be unique")
+        segments = {segment.id for segment in self.segments}
+        if len(segments) != len(self.segments):
+            raise ValueError("segment ids must be unique")
         for reward in self.rewards:
             for tier in [*(reward.tiers or []), *reward.cost_by_tier]:
                 if tier not in known:
                     raise ValueError(f"reward {reward.id!r} names tier {tier!r}, not in 'tiers'")
+            for segment in reward.segments or []:
+                if segment not in segments:
+                    raise ValueError(
+                        f"reward {reward.id!r} names segment {segment!r}, not in 'segments'"
+                    )
         for tier in self.cashback.rate_bp_by_tier if self.cashback else []:
             if tier not in known:
                 raise ValueError(f"cashback names tier {tier!r}, which is not in 'tiers.levels'")
@@ -891,9 +923,20 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
                 starts_at=r.starts_at,
                 ends_at=r.ends_at,
                 tiers=frozenset(r.tiers) if r.tiers is not None else None,
+                segments=frozenset(r.segments) if r.segments is not None else None,
+                condition=r.condition,
                 valid_days=r.valid_days,
             )
             for r in document.rewards
+        ),
+        segments=tuple(
+            Segment(
+                segment_id=segment.id,
+                name=segment.name,
+                condition=segment.condition,
+                description=segment.description,
+            )
+            for segment in document.segments
         ),
         plans=tuple(
             Plan(

@@ -11,6 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from loyalty.domain.errors import GiftCardBalanceShort
 from loyalty.domain.rules import Period
 
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -47,6 +48,10 @@ class Reward:
     starts_at: datetime | None = None
     ends_at: datetime | None = None
     tiers: frozenset[str] | None = None
+    segments: frozenset[str] | None = None
+    """The member must be in at least one of these segments."""
+    condition: str | None = None
+    """A CEL condition over ``member`` and ``now`` the member must meet."""
     valid_days: int = 90
 
     def cost_for(self, tier: str | None) -> int:
@@ -61,13 +66,21 @@ def why_not(
     issued_total: int,
     issued_to_member_in_period: int,
     now: datetime,
+    member_segments: frozenset[str] = frozenset(),
+    condition_met: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every reason the member can't redeem ``reward`` now (empty: they can)."""
+    """Every reason the member can't redeem ``reward`` now (empty: they can).
+    ``member_segments`` are the segments the member is in now; ``condition_met`` is what the
+    reward's own condition said of them (true when it has none)."""
     reasons: list[dict[str, Any]] = []
     if (reward.starts_at and now < reward.starts_at) or (reward.ends_at and now >= reward.ends_at):
         reasons.append({"code": "not_available_now"})
     if reward.tiers is not None and tier not in reward.tiers:
         reasons.append({"code": "tier_too_low", "tiers": sorted(reward.tiers)})
+    if reward.segments is not None and not reward.segments & member_segments:
+        reasons.append({"code": "not_in_segment", "segments": sorted(reward.segments)})
+    if reward.condition is not None and not condition_met:
+        reasons.append({"code": "condition_not_met"})
     if reward.stock is not None and issued_total >= reward.stock:
         reasons.append({"code": "out_of_stock"})
     if reward.limit_count is not None and issued_to_member_in_period >= reward.limit_count:
@@ -130,6 +143,34 @@ def discount_for(reward: Reward, lines: list[tuple[str | None, int, int]], total
     if reward.type is RewardType.COUPON_PERCENT:
         return sum(applicable) * reward.percent // 100
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class GiftCardBalance:
+    """A gift card's value, fixed when it was issued, and what its uses took net of the uses
+    cancelled since."""
+
+    value_minor: int
+    spent_minor: int
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.spent_minor <= self.value_minor, self
+
+    @property
+    def remaining_minor(self) -> int:
+        return self.value_minor - self.spent_minor
+
+    def take(self, amount_minor: int) -> GiftCardBalance:
+        """The balance after spending ``amount_minor``; refused past what remains, never
+        clamped to it."""
+        if not 0 < amount_minor <= self.remaining_minor:
+            raise GiftCardBalanceShort(
+                amount_minor=amount_minor, remaining_minor=self.remaining_minor
+            )
+        return GiftCardBalance(self.value_minor, self.spent_minor + amount_minor)
+
+    def give_back(self, amount_minor: int) -> GiftCardBalance:
+        return GiftCardBalance(self.value_minor, self.spent_minor - amount_minor)
 
 
 FULFILMENT_STATES = ("pending", "processing", "shipped", "fulfilled")

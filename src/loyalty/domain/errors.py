@@ -87,6 +87,16 @@ class CouponNotFound(NotFound):
         super().__init__("No coupon with this code in this program.")
 
 
+class GiftCardUseNotFound(NotFound):
+    code = "gift_card_use_not_found"
+
+    def __init__(self, order_reference: str) -> None:
+        super().__init__(
+            f"This gift card was not used for order {order_reference!r}.",
+            order_reference=order_reference,
+        )
+
+
 class OrderNotFound(NotFound):
     code = "order_not_found"
 
@@ -148,6 +158,17 @@ class CouponNotUsable(Conflict):
             f"This coupon is {status}; it can't be used or cancelled.",
             coupon_status=status,
             used_at=used_at.isoformat() if used_at else None,
+        )
+
+
+class GiftCardSpent(Conflict):
+    code = "gift_card_spent"
+
+    def __init__(self, *, spent_minor: int) -> None:
+        super().__init__(
+            f"{spent_minor} of this gift card's value is spent; it can't be cancelled for its "
+            "points until those uses are cancelled.",
+            spent_minor=spent_minor,
         )
 
 
@@ -259,6 +280,37 @@ class RewardNotAvailable(Unprocessable):
             + ".",
             reward=reward_id,
             reasons=reasons,
+        )
+
+
+class GiftCardBalanceShort(Unprocessable):
+    code = "gift_card_balance_short"
+
+    def __init__(self, *, amount_minor: int, remaining_minor: int) -> None:
+        super().__init__(
+            f"{amount_minor} was asked of this gift card but only {remaining_minor} remains.",
+            amount_minor=amount_minor,
+            remaining_minor=remaining_minor,
+        )
+
+
+class GiftCardUseIncomplete(Unprocessable):
+    code = "gift_card_use_incomplete"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This code is a gift card: say how much to take in 'amount_minor', and the order "
+            "in 'order_reference'."
+        )
+
+
+class NotAGiftCard(Unprocessable):
+    code = "not_a_gift_card"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This code is a single-use coupon, not a gift card: it is used whole, without "
+            "'amount_minor', and a use of it can't be cancelled."
         )
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from loyalty.domain.discounts import DiscountPolicy
     from loyalty.domain.memberships import Plan
     from loyalty.domain.rules import Rule
+    from loyalty.domain.segments import Segment
     from loyalty.domain.stamps import StampCard
     from loyalty.domain.tiers import TierSet
 
@@ -129,6 +130,7 @@ class ProgramSettings:
     discounts: DiscountPolicy = field(default_factory=lambda: _no_discounts())
     plans: tuple[Plan, ...] = ()
     rewards: tuple[Reward, ...] = ()
+    segments: tuple[Segment, ...] = ()
     transfers: TransferRules = field(default_factory=TransferRules)
     cashback: CashbackPolicy | None = None
     """Cashback credited on purchases, when the program pays any."""

@@ -534,4 +534,49 @@ reward_issues = Table(
 """A reward issued to a member for points: its coupon code (hashed; shown once), and its
 lifecycle: ``issued`` -> ``used`` once, or ``cancelled`` (points back) or ``expired``."""
 
+gift_cards = Table(
+    "gift_cards",
+    metadata,
+    Column("issue_id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("value_minor", BigInteger, nullable=False),
+    Column("spent_minor", BigInteger, nullable=False),
+    CheckConstraint("spent_minor >= 0 AND spent_minor <= value_minor", name="never_overdrawn"),
+)
+"""A gift card's value, fixed when it was issued, and what is spent of it: a projection of
+``gift_card_uses`` written in the same transaction, and the database refuses an overdraft."""
+
+gift_card_uses = Table(
+    "gift_card_uses",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("program_id", ID, nullable=False),
+    Column("issue_id", ID, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("order_reference", String(128), nullable=False),
+    Column("actor", String(64), nullable=True),
+    Column("created_at", TS, nullable=False),
+    UniqueConstraint("issue_id", "kind", "order_reference", name="uq_gift_card_uses_order"),
+    CheckConstraint(
+        "(kind = 'use' AND amount_minor > 0) OR (kind = 'cancel' AND amount_minor < 0)",
+        name="signed_by_kind",
+    ),
+)
+"""Append-only: each spend of a gift card (``use``, a positive amount) and each reversal of
+one (``cancel``, its negative), at most one of each per order; what remains of a card is its
+value minus the sum of these."""
+
+coupon_lookup_failures = Table(
+    "coupon_lookup_failures",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("key_id", ID, nullable=False),
+    Column("failed_at", TS, nullable=False),
+    Index("ix_coupon_lookup_failures_key", "key_id", "failed_at"),
+)
+"""Unknown or mistyped coupon codes, per API key, over the last minute: shared by every server
+process, so the limit on guessing holds however many there are. Rows older than the window
+are deleted as new ones are written."""
+
 ALL_TABLES = [t.name for t in metadata.sorted_tables]

@@ -146,6 +146,7 @@ MEMBER = Record(
         "enrolled_at": FieldSpec(TIMESTAMP, required=True),
         "attributes": FieldSpec(FREE_MAP),
         "tier": FieldSpec(STRING),
+        "plans": FieldSpec(ListOf(STRING)),
     },
 )
 EVENT = Record(
@@ -205,6 +206,8 @@ class References:
 
     attribute_paths: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
     """``("member", "tier")`` for ``member.attributes.tier``; literal keys only."""
+    roots: frozenset[str] = field(default_factory=frozenset)
+    """The context variables read (``member``, ``now``...)."""
 
 
 _NUMERIC = frozenset({"int", "uint", "double"})
@@ -249,13 +252,14 @@ def check_references(tree: Node, source: str, *, kind: Kind) -> References:
             f"but this expression produces {_article(result.type.name)}",
             position=tree.start,
         )
-    return References(frozenset(checker.attribute_paths))
+    return References(frozenset(checker.attribute_paths), frozenset(checker.roots))
 
 
 class _Checker:
     def __init__(self, source: str) -> None:
         self._source = source
         self.attribute_paths: set[tuple[str, ...]] = set()
+        self.roots: set[str] = set()
 
     def check(self, node: Node, scope: Mapping[str, FieldType], body: _MacroBody | None) -> _Typed:
         match node:
@@ -312,6 +316,7 @@ class _Checker:
         if node.name in scope:
             return _Typed(scope[node.name], "element")
         if node.name in ROOT:
+            self.roots.add(node.name)
             return _Typed(ROOT[node.name], "root")
         if node.name in TYPE_NAMES:
             return _Typed(TYPE, "fresh")

@@ -706,6 +706,8 @@ class MemberReward(RewardView):
 class MemberRewards(_Body):
     member_id: str
     available_points: int
+    segments: list[str]
+    """The program's segments the member is in now."""
     items: list[MemberReward]
 
 
@@ -725,6 +727,14 @@ class RewardIssue(_Body):
     used_at: str | None
     used_reference: str | None
     cancelled_at: str | None
+    value_minor: int | None = None
+    """A gift card's value, fixed when it was issued."""
+    remaining_minor: int | None = None
+    """What remains of a gift card: its value less what its uses took."""
+    taken_minor: int | None = None
+    """A gift card use: what it took."""
+    returned_minor: int | None = None
+    """A cancelled gift card use: what it gave back."""
     points: int | None = None
     points_returned: int | None = None
     balance: BalanceOut | None = None

@@ -42,6 +42,7 @@ from loyalty.entrypoints.api.schemas import (
     AdjustPoints,
     AssignTier,
     BacktestRequest,
+    CancelGiftCardUse,
     CancelRedemption,
     CapturePoints,
     CouponCart,
@@ -780,15 +781,45 @@ def use_coupon(
     principal: Auth,
     engine: EngineDep,
     body: UseCoupon | None = None,
-) -> dict[str, Any]:
-    """Use a coupon, once (atomically): a second use is `409 coupon_not_usable`."""
-    return catalog.use_coupon(
-        engine,
-        principal,
-        program_id,
-        code,
-        order_reference=body.order_reference if body else None,
-        now=utc_now(),
+) -> JSONResponse:
+    """Use a coupon, once (atomically): a second use is `409 coupon_not_usable`. A gift card
+    is spent in part: send `amount_minor` and `order_reference` (its idempotency key); past
+    what remains is `422 gift_card_balance_short`."""
+    return respond(
+        catalog.use_coupon(
+            engine,
+            principal,
+            program_id,
+            code,
+            order_reference=body.order_reference if body else None,
+            amount_minor=body.amount_minor if body else None,
+            now=utc_now(),
+        )
+    )
+
+
+@router.post(
+    "/programs/{program_id}/coupons/{code}/cancel-use",
+    tags=["rewards"],
+    responses=bodies.documented(200, bodies.RewardIssue, "The gift card, with the amount back."),
+)
+def cancel_gift_card_use(
+    program_id: ProgramId,
+    code: CouponCode,
+    body: CancelGiftCardUse,
+    principal: Auth,
+    engine: EngineDep,
+) -> JSONResponse:
+    """Give back to a gift card what an order took of it (the order was returned)."""
+    return respond(
+        catalog.cancel_gift_card_use(
+            engine,
+            principal,
+            program_id,
+            code,
+            order_reference=body.order_reference,
+            now=utc_now(),
+        )
     )
 
 

@@ -234,8 +234,25 @@ class CouponCart(_Strict):
     total_minor: Annotated[StrictInt, Field(ge=0, le=10**13)] | None = None
 
 
+GIFT_CARD_AMOUNT_MAX = 10**9
+"""A gift card is worth at most 10^9 minor units (``rewards[].value_minor``)."""
+
+
 class UseCoupon(_Strict):
-    order_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    order_reference: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None,
+        description="Your order. Required for a gift card, where it is the idempotency key: "
+        "the same order and amount again replays the answer.",
+    )
+    amount_minor: Annotated[StrictInt, Field(ge=1, le=GIFT_CARD_AMOUNT_MAX)] | None = Field(
+        default=None,
+        description="Gift cards only, and required for them: how much to take, in minor "
+        "units of the program's currency; never more than remains.",
+    )
+
+
+class CancelGiftCardUse(_Strict):
+    order_reference: Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class TransferPoints(_Strict):
