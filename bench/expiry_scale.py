@@ -36,7 +36,11 @@ from bench.harness import (
 )
 from loyalty.adapters.db.engine import make_engine
 from loyalty.application.audit import audit_ledger
-from loyalty.application.expiry import EXPIRY_BATCH_DEFAULT, expire_due_lots
+from loyalty.application.expiry import (
+    EXPIRY_BATCH_DEFAULT,
+    EXPIRY_WORKERS_DEFAULT,
+    expire_due_lots,
+)
 
 GOAL = "goal: 10,000,000 due lots expired in <= 60 s, set-based, safe to run twice"
 
@@ -117,7 +121,7 @@ def _seed(engine: Engine, program_id: str, *, lots: int, per_member: int, t0: da
     seed_set_based(engine, _SEED, params, analyse=_ANALYSE)
 
 
-def _run_job(engine: Engine, *, now: datetime, batch_size: int, label: str) -> None:
+def _run_job(engine: Engine, *, now: datetime, batch_size: int, workers: int, label: str) -> None:
     batch_ends: list[float] = []
     times = StatementTimes()
     started = time.perf_counter()
@@ -127,6 +131,7 @@ def _run_job(engine: Engine, *, now: datetime, batch_size: int, label: str) -> N
             now=now,
             batch_size=batch_size,
             on_batch=lambda _lots, _points: batch_ends.append(time.perf_counter()),
+            workers=workers,
         )
     elapsed = time.perf_counter() - started
     rate = report.lots_expired / elapsed if elapsed else 0.0
@@ -156,11 +161,12 @@ def _audit(engine: Engine, label: str) -> None:
     print(f"ledger audit {label}: {verdict} ({time.perf_counter() - started:.1f} s)", flush=True)
 
 
-def run(*, lots: int, per_member: int, batch_size: int, audit: bool) -> None:
+def run(*, lots: int, per_member: int, batch_size: int, workers: int, audit: bool) -> None:
     members = -(-lots // per_member)
     print(
         f"expiry job at scale: PostgreSQL, {lots:,} due lots, {per_member} per member "
-        f"({members:,} members), batch size {batch_size:,} members, one process. {GOAL}."
+        f"({members:,} members), batch size {batch_size:,} members, one process, "
+        f"{workers} worker transaction(s) at once. {GOAL}."
     )
     print(setting_line(), flush=True)
     now = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
@@ -172,8 +178,8 @@ def run(*, lots: int, per_member: int, batch_size: int, audit: bool) -> None:
             _seed(engine, program_id, lots=lots, per_member=per_member, t0=t0)
             if audit:
                 _audit(engine, "after the seed")
-            _run_job(engine, now=now, batch_size=batch_size, label="first run")
-            _run_job(engine, now=now, batch_size=batch_size, label="second run")
+            for label in ("first run", "second run"):
+                _run_job(engine, now=now, batch_size=batch_size, workers=workers, label=label)
             if audit:
                 _audit(engine, "after both runs")
         finally:
@@ -187,12 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lots", type=int, default=1_000_000)
     parser.add_argument("--lots-per-member", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=EXPIRY_BATCH_DEFAULT)
+    parser.add_argument("--workers", type=int, default=EXPIRY_WORKERS_DEFAULT)
     parser.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     run(
         lots=args.lots,
         per_member=args.lots_per_member,
         batch_size=args.batch_size,
+        workers=args.workers,
         audit=args.audit,
     )
 

@@ -19,9 +19,10 @@ from tests.reliability.helpers import NOW, lot_movement_rows, lot_rows, make_set
 EXPIRY = {"points": {"expiry": {"policy": "after_days", "days": 30}}}
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("window_rows", [1, 2, 5, 1_000])
 def test_a_member_due_across_windows_gets_one_entry_and_each_lot_expires_once(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, window_rows: int
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, window_rows: int, workers: int
 ) -> None:
     monkeypatch.setattr(expiry, "EXPIRY_WINDOW_ROWS", window_rows)
     s = make_setup(engine, **EXPIRY)
@@ -33,7 +34,8 @@ def test_a_member_due_across_windows_gets_one_entry_and_each_lot_expires_once(
             )
         s.purchase(member, f"FRESH-{i}", points=5, now=NOW - timedelta(days=1))
 
-    report = expire_due_lots(engine, now=NOW, batch_size=3)
+    # Batches of one member: with several workers, batches of a window run at once.
+    report = expire_due_lots(engine, now=NOW, batch_size=1, workers=workers)
 
     assert (report.lots_expired, report.points_expired, report.members_touched) == (
         12,
@@ -56,7 +58,7 @@ def test_a_member_due_across_windows_gets_one_entry_and_each_lot_expires_once(
     points_of = {m: 3 * (10 + i) for i, m in enumerate(members)}
     assert [(leg.leg, leg.member_id, leg.amount) for leg in legs] == [
         row
-        for e in entries
+        for e in sorted(entries, key=lambda e: e.id)
         for row in ((0, e.member_id, -points_of[e.member_id]), (1, None, points_of[e.member_id]))
     ]
     expired_per_lot = Counter(m.lot_id for m in lot_movement_rows(engine) if m.kind == "expire")

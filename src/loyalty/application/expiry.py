@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,8 @@ from loyalty.domain.program import ExpiryPolicy, ProgramSettings
 
 EXPIRY_BATCH_DEFAULT = 2_000
 EXPIRY_BATCH_MAX = 50_000
+EXPIRY_WORKERS_DEFAULT = 2
+EXPIRY_WORKERS_MAX = 8
 
 
 Counts = tuple[int, int, int]
@@ -420,39 +423,58 @@ def expire_due_lots(
     now: datetime,
     batch_size: int = EXPIRY_BATCH_DEFAULT,
     on_batch: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> ExpiryReport:
     """Expire every lot whose ``expires_at`` is at or before ``now``, one transaction per batch
     of ``batch_size`` members. ``on_batch(lots, points)`` reports progress.
 
     One pass over the due lots: a lot that becomes due and unspent behind the pass while it
     runs (a backdated earn) is left to the next run, and to any burn before then, which
-    expires a member's overdue lots before it spends."""
+    expires a member's overdue lots before it spends.
+
+    ``workers`` transactions run at once on PostgreSQL, each on its own batch: a window's
+    batches hold disjoint members, so they never wait on each other's locks, and the next
+    window starts once the current one is done (a member due on several days can appear in
+    two windows, never in two running batches). SQLite serialises writers: one worker."""
     assert 1 <= batch_size <= EXPIRY_BATCH_MAX
+    assert 1 <= workers <= EXPIRY_WORKERS_MAX
+    if engine.dialect.name != "postgresql":
+        workers = 1
     lots_total = points_total = members_total = batches = 0
     after: _Cursor | None = None
-    while True:
-        window = run_transaction(
-            engine,
-            functools.partial(_due_window, now=now, after=after, rows_max=EXPIRY_WINDOW_ROWS),
-            write=False,
-        )
-        if not window:
-            break
-        members = sorted({(p, m) for _, p, m in window})
-        for start in range(0, len(members), batch_size):
-            keys = members[start : start + batch_size]
-            n_lots, n_points, n_members = run_transaction(
-                engine, functools.partial(_expire_batch, keys=keys, now=now)
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        while True:
+            window = run_transaction(
+                engine,
+                functools.partial(_due_window, now=now, after=after, rows_max=EXPIRY_WINDOW_ROWS),
+                write=False,
             )
-            if n_lots == 0:
-                continue
-            batches += 1
-            lots_total += n_lots
-            points_total += n_points
-            members_total += n_members
-            if on_batch is not None:
-                on_batch(n_lots, n_points)
-        if len(window) < EXPIRY_WINDOW_ROWS:
-            break
-        after = window[-1]
+            if not window:
+                break
+            members = sorted({(p, m) for _, p, m in window})
+            jobs = [
+                functools.partial(_expire_batch, keys=members[start : start + batch_size], now=now)
+                for start in range(0, len(members), batch_size)
+            ]
+            results = (
+                pool.map(lambda job: run_transaction(engine, job), jobs)
+                if pool is not None
+                else (run_transaction(engine, job) for job in jobs)
+            )
+            for n_lots, n_points, n_members in results:
+                if n_lots == 0:
+                    continue
+                batches += 1
+                lots_total += n_lots
+                points_total += n_points
+                members_total += n_members
+                if on_batch is not None:
+                    on_batch(n_lots, n_points)
+            if len(window) < EXPIRY_WINDOW_ROWS:
+                break
+            after = window[-1]
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return ExpiryReport(lots_total, points_total, members_total, batches)

@@ -194,7 +194,6 @@ lots = Table(
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
     Index("ix_lots_member", "program_id", "member_id", "expires_at"),
-    Index("ix_lots_expiry", "expires_at"),
     Index("ix_lots_entry", "entry_id"),
     # Only lots the expiry job can still act on: an expired or spent lot leaves this index, so
     # finding due lots costs what is due, not every lot ever expired.

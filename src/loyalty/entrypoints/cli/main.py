@@ -23,7 +23,13 @@ from loyalty.application.audit import audit_ledger
 from loyalty.application.batch import record_events_batch
 from loyalty.application.demo import load_demo
 from loyalty.application.events import AnyEvent
-from loyalty.application.expiry import expire_due_lots
+from loyalty.application.expiry import (
+    EXPIRY_BATCH_DEFAULT,
+    EXPIRY_BATCH_MAX,
+    EXPIRY_WORKERS_DEFAULT,
+    EXPIRY_WORKERS_MAX,
+    expire_due_lots,
+)
 from loyalty.application.limits import IMPORT_BATCH_DEFAULT, IMPORT_BATCH_MAX
 from loyalty.bootstrap import Settings, build_engine
 from loyalty.domain.errors import DomainError
@@ -339,7 +345,15 @@ def ledger_audit(database_url: DatabaseUrl = None) -> None:
 @jobs_run_app.command("expire")
 def jobs_run_expire(
     now: Annotated[str | None, typer.Option(help="Run as of this ISO time (default: now).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, max=50_000)] = 2_000,
+    batch_size: Annotated[int, typer.Option(min=1, max=EXPIRY_BATCH_MAX)] = EXPIRY_BATCH_DEFAULT,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=EXPIRY_WORKERS_MAX,
+            help="Batches expired at once on PostgreSQL (SQLite: always one).",
+        ),
+    ] = EXPIRY_WORKERS_DEFAULT,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Expire every lot that is due; safe to run twice or concurrently."""
@@ -351,7 +365,9 @@ def jobs_run_expire(
         def on_batch(lots: int, points: int) -> None:
             progress.update(task, description=f"Expiring lots: {lots} more ({points} points)")
 
-        report = expire_due_lots(engine, now=when, batch_size=batch_size, on_batch=on_batch)
+        report = expire_due_lots(
+            engine, now=when, batch_size=batch_size, on_batch=on_batch, workers=workers
+        )
     console.print(
         f"Expired {report.lots_expired} lots ({report.points_expired} points) as of "
         f"{when.isoformat()}."
