@@ -53,7 +53,7 @@ def _enroll_on(api, program, external_id, enrolled_at):
     return member_id
 
 
-def _buy(api, program, order_id, member, euros, at):
+def buy_at(api, program, order_id, member, euros, at):
     r = api.purchase(
         program, order_id, member, [{"unit_price_minor": euros * 100}], occurred_at=at.isoformat()
     )
@@ -101,10 +101,13 @@ def test_reviews_in_batches_give_each_member_their_own_anniversary_and_catch_up(
     _enroll_on(api, program, "Q", _utc(2025, 6, 15, 22, 30))  # 16 June, local time
     _enroll_on(api, program, "R", _utc(2025, 1, 10, 9))
     _enroll_on(api, program, "S", _utc(2025, 5, 5, 9))
-    assert _buy(api, program, "P1", "P", 600, _utc(2025, 3, 10, 9))["tier_change"]["to"] == "gold"
-    assert _buy(api, program, "Q1", "Q", 150, _utc(2025, 7, 1, 9))["tier_change"]["to"] == "silver"
-    assert _buy(api, program, "R1", "R", 600, _utc(2025, 2, 1, 9))["tier_change"]["to"] == "gold"
-    _buy(api, program, "R2", "R", 600, _utc(2026, 2, 1, 9))  # R's next membership year
+    for order, member, euros, at, tier in [
+        ("P1", "P", 600, _utc(2025, 3, 10, 9), "gold"),
+        ("Q1", "Q", 150, _utc(2025, 7, 1, 9), "silver"),
+        ("R1", "R", 600, _utc(2025, 2, 1, 9), "gold"),
+    ]:
+        assert buy_at(api, program, order, member, euros, at)["tier_change"]["to"] == tier
+    buy_at(api, program, "R2", "R", 600, _utc(2026, 2, 1, 9))  # R's next membership year
     _assign_gold(api, program, "S", until=_utc(2026, 3, 1), now=_utc(2026, 1, 20))
     ctx = _ctx(api, program)
 
@@ -152,12 +155,12 @@ def test_recalculation_in_batches_measures_each_members_own_anniversary_year(api
     ]:
         _enroll_on(api, program, member, enrolled_at)
     # A's membership year started on 28 February 2026 (no 29th): only the second purchase.
-    _buy(api, program, "A1", "A", 400, _utc(2026, 2, 27, 12))
-    _buy(api, program, "A2", "A", 100, _utc(2026, 2, 28, 10))
+    buy_at(api, program, "A1", "A", 400, _utc(2026, 2, 27, 12))
+    buy_at(api, program, "A2", "A", 100, _utc(2026, 2, 28, 10))
     # B's started at midnight on 16 June, Paris time: 22:00 UTC on the 15th.
-    _buy(api, program, "B1", "B", 400, _utc(2026, 6, 15, 21, 30))
-    _buy(api, program, "B2", "B", 100, _utc(2026, 6, 15, 22, 15))
-    _buy(api, program, "C1", "C", 600, _utc(2025, 12, 1, 9))
+    buy_at(api, program, "B1", "B", 400, _utc(2026, 6, 15, 21, 30))
+    buy_at(api, program, "B2", "B", 100, _utc(2026, 6, 15, 22, 15))
+    buy_at(api, program, "C1", "C", 600, _utc(2025, 12, 1, 9))
     principal = _assign_gold(api, program, "D", until=_utc(2026, 12, 1), now=_utc(2026, 6, 1))
     change_levels(api, program, LEVELS)
     now = _utc(2026, 7, 1, 10)

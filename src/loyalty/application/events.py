@@ -116,6 +116,7 @@ def _expressions(
     purchase: dict[str, Any] | None,
     event: dict[str, Any],
     tier: str | None = None,
+    tiers_held: dict[str, str] | None = None,
 ) -> ExpressionOutcomes:
     """Merchant expressions of the program's rules, bound once to this event."""
     if not ctx.settings.expressions and not ctx.settings.formulas:
@@ -124,7 +125,7 @@ def _expressions(
     return evaluate_expressions(
         ctx.settings,
         purchase=purchase,
-        member=member_variables(row, tier=tier) if row is not None else None,
+        member=member_variables(row, tier=tier, tiers=tiers_held) if row is not None else None,
         event=event,
         now=now,
     )
@@ -320,6 +321,7 @@ def _record_purchase(
     # With limited rules the member's usage is read under the wallet lock, so it is taken first.
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
     tier, plans = memberships.standing(conn, ctx, member_id, now=earned_at)
+    by_set = memberships.tiers_by_set(conn, ctx, member_id, tier=tier, plans=plans)
     member_average = (
         _member_average(conn, ctx.program_id, member_id) if uses_member_average(settings) else None
     )
@@ -331,6 +333,7 @@ def _record_purchase(
         purchase=purchase_variables(purchase),
         event={"type": "purchase", "action": None, "attributes": {}},
         tier=tier,
+        tiers_held=by_set,
     )
     earning, evaluation = earn_on_purchase(
         settings,
@@ -342,6 +345,7 @@ def _record_purchase(
         member_average_minor=member_average,
         member_tier=tier,
         member_plans=plans,
+        member_tiers=frozenset(by_set.values()),
     )
     event_id = new_id("evt")
     entry_id: str | None = None
@@ -370,6 +374,7 @@ def _record_purchase(
                 "rules": earning.rules,
                 # What a return needs to recalculate the rest of the basket as it was.
                 "tier": tier,
+                "tiers": by_set,
                 "plans": sorted(plans),
                 "member_average_minor": member_average,
                 "member_discount_minor": event.member_discount_minor,
@@ -786,7 +791,9 @@ def _points_kept(
     outcomes = evaluate_expressions(
         settings,
         purchase=purchase_variables(rest),
-        member=member_variables(member, tier=details["tier"]) if member is not None else None,
+        member=member_variables(member, tier=details["tier"], tiers=details.get("tiers"))
+        if member is not None
+        else None,
         event={"type": "purchase", "action": None, "attributes": {}},
         now=rest.occurred_at,
     )
@@ -799,6 +806,7 @@ def _points_kept(
         member_average_minor=details.get("member_average_minor"),
         member_tier=details["tier"],
         member_plans=frozenset(details.get("plans", [])),
+        member_tiers=frozenset(details.get("tiers", {}).values()),
     )
     again = {r.rule_id: r.points for r in evaluation.results}
     rules = [
@@ -879,6 +887,7 @@ def _record_action(
     limited = _limited_rules(settings)
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
     tier, plans = memberships.standing(conn, ctx, member_id, now=earned_at)
+    by_set = memberships.tiers_by_set(conn, ctx, member_id, tier=tier, plans=plans)
     outcomes = _expressions(
         conn,
         ctx,
@@ -887,6 +896,7 @@ def _record_action(
         purchase=None,
         event={"type": "action", "action": event.action, "attributes": event.attributes},
         tier=tier,
+        tiers_held=by_set,
     )
     evaluation = earn_on_action(
         settings,
@@ -898,6 +908,7 @@ def _record_action(
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
         member_tier=tier,
         member_plans=plans,
+        member_tiers=frozenset(by_set.values()),
     )
     points, rules = evaluation.points, rule_totals(evaluation)
     event_id = new_id("evt")

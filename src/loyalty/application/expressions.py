@@ -7,6 +7,7 @@ the member and the time are bound once, and every rule's expression runs against
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -92,9 +93,15 @@ def purchase_variables(purchase: Purchase) -> dict[str, Any]:
     }
 
 
-def member_variables(row: Any, *, tier: str | None = None) -> dict[str, Any]:
+def member_variables(
+    row: Any, *, tier: str | None = None, tiers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The member as expressions see it: ``tier`` is the main tier set's tier, ``tiers`` the
+    tiers held in every set (``tiers`` maps set ids to them; tier ids are unique across
+    sets, so ``'regular' in member.tiers`` needs no set name)."""
     return {
         "tier": tier,
+        "tiers": sorted((tiers or {}).values()),
         "id": row.id,
         "external_id": row.external_id,
         "email": row.email,

@@ -40,7 +40,12 @@ from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
 from loyalty.application.members import find_member
 from loyalty.application.programs import ProgramContext, all_programs, load_program
-from loyalty.domain.errors import MemberNotFound, TiersNotConfigured, UnknownTier
+from loyalty.domain.errors import (
+    MemberNotFound,
+    TiersNotConfigured,
+    UnknownTier,
+    UnknownTierSet,
+)
 from loyalty.domain.tiers import (
     Tier,
     TierMetric,
@@ -114,8 +119,10 @@ def metric_between(
     member_id: str,
     start: datetime | None,
     end: datetime | None,
+    tier_set: TierSet | None = None,
 ) -> int:
-    tier_set = ctx.settings.tier_set
+    """The member's metric (of ``tier_set``, by default the main set) over ``[start, end)``."""
+    tier_set = tier_set or ctx.settings.tier_set
     assert tier_set is not None
     a = member_activity.c
     where = [a.program_id == ctx.program_id, a.member_id == member_id]
@@ -127,8 +134,10 @@ def metric_between(
     return int(conn.execute(stmt).scalar_one())
 
 
-def _row(conn: Connection, ctx: ProgramContext, member_id: str) -> Any:
-    tier_set = ctx.settings.tier_set
+def _row(
+    conn: Connection, ctx: ProgramContext, member_id: str, tier_set: TierSet | None = None
+) -> Any:
+    tier_set = tier_set or ctx.settings.tier_set
     assert tier_set is not None
     t = member_tiers.c
     return conn.execute(
@@ -154,13 +163,48 @@ def current_tier(conn: Connection, ctx: ProgramContext, member_id: str) -> str |
     return str(row.tier)
 
 
-def with_granted(ctx: ProgramContext, tier: str | None, granted: list[str]) -> str | None:
-    """The higher of the member's own tier and the tiers their memberships grant."""
-    tier_set = ctx.settings.tier_set
+def with_granted(
+    ctx: ProgramContext, tier: str | None, granted: list[str], tier_set: TierSet | None = None
+) -> str | None:
+    """The higher of the member's own tier and the tiers their memberships grant in
+    ``tier_set`` (by default the main set)."""
+    tier_set = tier_set or ctx.settings.tier_set
     if tier_set is None or tier is None:
         return tier
     candidates = [tier, *(t for t in granted if t in tier_set.index)]
     return max(candidates, key=tier_set.level)
+
+
+def other_tiers(
+    conn: Connection, ctx: ProgramContext, member_id: str, granted: list[str]
+) -> dict[str, str]:
+    """The member's tier in each tier set other than the main one (by set id), the higher of
+    their own and what their memberships grant there."""
+    others = ctx.settings.tier_sets[1:]
+    if not others:
+        return {}
+    t = member_tiers.c
+    rows: dict[str, str] = {
+        str(row.tier_set): str(row.tier)
+        for row in conn.execute(
+            select(t.tier_set, t.tier).where(
+                t.program_id == ctx.program_id,
+                t.member_id == member_id,
+                t.tier_set.in_([tier_set.set_id for tier_set in others]),
+            )
+        )
+    }
+    held: dict[str, str] = {}
+    for tier_set in others:
+        own = rows.get(tier_set.set_id)
+        own = own if own in tier_set.index else tier_set.lowest.tier_id
+        held[tier_set.set_id] = str(with_granted(ctx, own, granted, tier_set))
+    return held
+
+
+def set_of_tier(ctx: ProgramContext, tier_id: str) -> TierSet | None:
+    """The tier set holding ``tier_id`` (tier ids are unique across a program's sets)."""
+    return next((ts for ts in ctx.settings.tier_sets if tier_id in ts.index), None)
 
 
 def _set_tier(
@@ -179,9 +223,8 @@ def _set_tier(
     metric: int | None,
     now: datetime,
     actor: str | None,
+    tier_set: TierSet,
 ) -> None:
-    tier_set = ctx.settings.tier_set
-    assert tier_set is not None
     values = {
         "tier": tier.tier_id,
         "since": since,
@@ -266,17 +309,37 @@ def upgrade_if_qualified(
     actor: str | None,
 ) -> dict[str, Any] | None:
     """Inside an event's transaction, after its activity is recorded: move the member up at
-    once if the metric in the current window reaches a higher tier. Never moves down."""
-    tier_set = ctx.settings.tier_set
-    if tier_set is None:
+    once, in every tier set, if the metric in the set's current window reaches a higher tier.
+    Never moves down. Returns the main set's move (None: no move there)."""
+    if not ctx.settings.tier_sets:
         return None
     lock_wallet(conn, ctx.program_id, member_id)  # one tier change at a time per member
-    previous = _row(conn, ctx, member_id)
-    current = previous.tier if previous is not None else tier_set.lowest.tier_id
     enrolled_at = _enrolled_at(conn, ctx, member_id)
+    moves = [
+        _upgrade_in(
+            conn, ctx, tier_set, member_id, at=at, now=now, actor=actor, enrolled_at=enrolled_at
+        )
+        for tier_set in ctx.settings.tier_sets
+    ]
+    return moves[0]
+
+
+def _upgrade_in(
+    conn: Connection,
+    ctx: ProgramContext,
+    tier_set: TierSet,
+    member_id: str,
+    *,
+    at: datetime,
+    now: datetime,
+    actor: str | None,
+    enrolled_at: datetime,
+) -> dict[str, Any] | None:
+    previous = _row(conn, ctx, member_id, tier_set)
+    current = previous.tier if previous is not None else tier_set.lowest.tier_id
     zone = _zone(ctx)
     start, _ = window_at(tier_set.window, at, enrolled_at=enrolled_at, zone=zone)
-    metric = metric_between(conn, ctx, member_id, start, None)
+    metric = metric_between(conn, ctx, member_id, start, None, tier_set)
     qualified = tier_set.qualifying(metric)
     if tier_set.level(qualified.tier_id) <= tier_set.level(current):
         return None
@@ -296,6 +359,7 @@ def upgrade_if_qualified(
         metric=metric,
         now=now,
         actor=actor,
+        tier_set=tier_set,
     )
     return {"from": current, "to": qualified.tier_id, "metric": metric}
 
@@ -325,40 +389,50 @@ def _context(engine: Engine, principal: Principal, program_id: str, scope: Scope
 def get_member_tier(
     engine: Engine, principal: Principal, program_id: str, member_ref: str, *, now: datetime
 ) -> dict[str, Any]:
-    """Everything a progress bar needs: the tier, since and until when, the metric so far,
-    what the next tier needs, what keeping this one needs by the review, and the tier the
-    member would get at the review if nothing more happened."""
+    """Everything a progress bar needs, for the main tier set: the tier, since and until
+    when, the metric so far, what the next tier needs, what keeping this one needs by the
+    review, and the tier the member would get at the review if nothing more happened; the
+    same for each other tier set in ``other_sets``."""
     ctx = _context(engine, principal, program_id, Scope.READ)
-    tier_set = ctx.settings.tier_set
-    assert tier_set is not None
-    zone = _zone(ctx)
     with reading(engine) as conn:
         member = find_member(conn, program_id, member_ref)
         if member is None:
             raise MemberNotFound(member_ref)
-        row = _row(conn, ctx, member.id)
-        tier_id = row.tier if row is not None and row.tier in tier_set.index else None
-        tier = tier_set.tiers[tier_set.level(tier_id)] if tier_id else tier_set.lowest
-        start, _ = window_at(tier_set.window, now, enrolled_at=member.enrolled_at, zone=zone)
-        metric = metric_between(conn, ctx, member.id, start, None)
-        review_at = row.review_at if row is not None else None
-        review_metric: int | None = None
-        projected: Tier | None = None
-        if review_at is not None:
-            review_from = row.review_from
-            review_metric = metric_between(conn, ctx, member.id, review_from, review_at)
-            projected = tier_set.after_review(tier.tier_id, review_metric)
-        changes = conn.execute(
-            select(tier_changes)
-            .where(
-                and_(
-                    tier_changes.c.program_id == program_id,
-                    tier_changes.c.member_id == member.id,
-                )
+        main, *others = (
+            _member_tier_in(conn, ctx, tier_set, member, now=now)
+            for tier_set in ctx.settings.tier_sets
+        )
+    return {**main, "other_sets": others}
+
+
+def _member_tier_in(
+    conn: Connection, ctx: ProgramContext, tier_set: TierSet, member: Any, *, now: datetime
+) -> dict[str, Any]:
+    zone = _zone(ctx)
+    row = _row(conn, ctx, member.id, tier_set)
+    tier_id = row.tier if row is not None and row.tier in tier_set.index else None
+    tier = tier_set.tiers[tier_set.level(tier_id)] if tier_id else tier_set.lowest
+    start, _ = window_at(tier_set.window, now, enrolled_at=member.enrolled_at, zone=zone)
+    metric = metric_between(conn, ctx, member.id, start, None, tier_set)
+    review_at = row.review_at if row is not None else None
+    review_metric: int | None = None
+    projected: Tier | None = None
+    if review_at is not None:
+        review_from = row.review_from
+        review_metric = metric_between(conn, ctx, member.id, review_from, review_at, tier_set)
+        projected = tier_set.after_review(tier.tier_id, review_metric)
+    changes = conn.execute(
+        select(tier_changes)
+        .where(
+            and_(
+                tier_changes.c.program_id == ctx.program_id,
+                tier_changes.c.member_id == member.id,
+                tier_changes.c.tier_set == tier_set.set_id,
             )
-            .order_by(tier_changes.c.id.desc())
-            .limit(10)
-        ).all()
+        )
+        .order_by(tier_changes.c.id.desc())
+        .limit(10)
+    ).all()
     upcoming = tier_set.next_above(tier.tier_id)
     grace = timedelta(days=tier_set.grace_days)
     return {
@@ -417,13 +491,14 @@ def assign_tier(
     until: datetime | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """Put a member in a tier by hand, with a reason and an optional end: at ``until`` the
-    member is reviewed like anyone else (without one, at the set's usual next review)."""
+    """Put a member in a tier (of whichever set holds it) by hand, with a reason and an
+    optional end: at ``until`` the member is reviewed like anyone else (without one, at the
+    set's usual next review)."""
     ctx = _context(engine, principal, program_id, Scope.ADMIN)
-    tier_set = ctx.settings.tier_set
-    assert tier_set is not None
-    if tier_id not in tier_set.index:
-        raise UnknownTier(tier_id, known=[t.tier_id for t in tier_set.tiers])
+    tier_set = set_of_tier(ctx, tier_id)
+    if tier_set is None:
+        known = [t.tier_id for ts in ctx.settings.tier_sets for t in ts.tiers]
+        raise UnknownTier(tier_id, known=known)
     zone = _zone(ctx)
 
     def work(conn: Connection) -> str:
@@ -431,7 +506,7 @@ def assign_tier(
         if member is None:
             raise MemberNotFound(member_ref)
         lock_wallet(conn, program_id, member.id)
-        previous = _row(conn, ctx, member.id)
+        previous = _row(conn, ctx, member.id, tier_set)
         review_at, review_from = _schedule(
             tier_set, now, enrolled_at=member.enrolled_at, zone=zone, review_at=until
         )
@@ -450,6 +525,7 @@ def assign_tier(
             metric=None,
             now=now,
             actor=principal.key_id,
+            tier_set=tier_set,
         )
         return str(member.id)
 
@@ -653,13 +729,20 @@ def _change(
 
 
 def review_tiers(engine: Engine, ctx: ProgramContext, *, now: datetime) -> dict[str, int]:
-    """Review every member whose tier is due (review date plus grace days at or before
-    ``now``): keep, renew or move down by at most ``max_levels_down``. Each batch is one
-    transaction; a member reviewed once is not due again until the next review date, so
-    running it twice changes nothing."""
-    tier_set = ctx.settings.tier_set
-    if tier_set is None:
-        return {}
+    """Review every member whose tier is due (review date plus the set's grace days at or
+    before ``now``), in each tier set on its own: keep, renew or move down by at most
+    ``max_levels_down``. Each batch is one transaction; a member reviewed once is not due
+    again until the next review date, so running it twice changes nothing. Returns the
+    members reviewed, kept, downgraded and upgraded, over all the sets."""
+    totals: Counter[str] = Counter()
+    for tier_set in ctx.settings.tier_sets:
+        totals.update(_review_set(engine, ctx, tier_set, now=now))
+    return {key: count for key, count in totals.items() if count}
+
+
+def _review_set(
+    engine: Engine, ctx: ProgramContext, tier_set: TierSet, *, now: datetime
+) -> Counter[str]:
     cutoff = now - timedelta(days=tier_set.grace_days)
     totals: Counter[str] = Counter()
     # Each pass walks the due members in id order, a batch after the last member of the one
@@ -682,7 +765,7 @@ def review_tiers(engine: Engine, ctx: ProgramContext, *, now: datetime) -> dict[
             tally, after_member = run_transaction(engine, batch)
             reviewed_in_pass += tally["reviewed"]
             totals.update(tally)
-    return {key: count for key, count in totals.items() if count}
+    return totals
 
 
 def _moving(
@@ -886,15 +969,19 @@ def recalculate_tiers(
     *,
     now: datetime,
     apply: bool,
+    set_id: str | None = None,
 ) -> dict[str, Any]:
-    """What the current thresholds say each member's tier is, measured over the window in
-    force now, against the tier they have: the moves, by from and to tier. With ``apply``,
-    the moves are made, in batches of members (one transaction each, set-based), and recorded
-    with the reason ``recalculated``; members assigned by hand keep their tier until their
-    assignment ends. A second run finds no one left to move."""
+    """What the current thresholds of one tier set (by default the main one) say each
+    member's tier is, measured over the window in force now, against the tier they have: the
+    moves, by from and to tier. With ``apply``, the moves are made, in batches of members
+    (one transaction each, set-based), and recorded with the reason ``recalculated``; members
+    assigned by hand keep their tier until their assignment ends. A second run finds no one
+    left to move. Raises ``UnknownTierSet``."""
     ctx = _context(engine, principal, program_id, Scope.ADMIN if apply else Scope.READ)
-    tier_set = ctx.settings.tier_set
-    assert tier_set is not None
+    sets = {tier_set.set_id: tier_set for tier_set in ctx.settings.tier_sets}
+    tier_set = sets.get(set_id) if set_id is not None else ctx.settings.tier_set
+    if tier_set is None:
+        raise UnknownTierSet(str(set_id), known=list(sets))
     moves: Counter[tuple[str, str]] = Counter()
     measured = 0
     if apply:
@@ -922,6 +1009,7 @@ def recalculate_tiers(
                 select(func.count()).where(members.c.program_id == program_id)
             ).scalar_one()
     return {
+        "tier_set": tier_set.set_id,
         "members": measured,
         "changes": [
             {"from": before, "to": after, "members": count}
@@ -935,5 +1023,5 @@ def recalculate_tiers(
 def review_all(engine: Engine, *, now: datetime) -> dict[str, dict[str, int]]:
     """Run the review for every program that has tiers; by program id."""
     with reading(engine) as conn:
-        contexts = [ctx for ctx in all_programs(conn) if ctx.settings.tier_set is not None]
+        contexts = [ctx for ctx in all_programs(conn) if ctx.settings.tier_sets]
     return {ctx.program_id: review_tiers(engine, ctx, now=now) for ctx in contexts}

@@ -146,6 +146,7 @@ MEMBER = Record(
         "enrolled_at": FieldSpec(TIMESTAMP, required=True),
         "attributes": FieldSpec(FREE_MAP),
         "tier": FieldSpec(STRING),
+        "tiers": FieldSpec(ListOf(STRING)),
     },
 )
 EVENT = Record(

@@ -480,7 +480,7 @@ class TierHistoryItem(_Body):
     at: str
 
 
-class MemberTierOut(_Body):
+class MemberTierSetOut(_Body):
     member_id: str
     tier_set: str
     metric: str
@@ -496,6 +496,12 @@ class MemberTierOut(_Body):
     history: list[TierHistoryItem]
 
 
+class MemberTierOut(MemberTierSetOut):
+    """The main tier set's view, and the same for each other tier set."""
+
+    other_sets: list[MemberTierSetOut]
+
+
 class TierMove(_Body):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     from_: str = Field(alias="from")
@@ -504,6 +510,7 @@ class TierMove(_Body):
 
 
 class RecalculationOut(_Body):
+    tier_set: str
     members: int
     changes: list[TierMove]
     members_moving: int
