@@ -7,7 +7,8 @@ activity seeded set-based into a fresh, migrated database, then the functions be
 The program has one tier set: spend over the calendar year (UTC), bronze 0, silver 50,000,
 gold 150,000 (minor units), 31 grace days. Each member is given a year's spend, spread evenly
 from 0 to 249,999, written as ``--activity-per-member`` ``member_activity`` rows spread over
-2026 (so about 20% are bronze, 40% silver, 40% gold). What the upgrades inside purchases would
+2026 (so about 20% are bronze, 40% silver, 40% gold), and a points wallet (the row a review
+or recalculation locks, as enrolment creates it). What the upgrades inside purchases would
 have written is seeded too: a ``member_tiers`` row (review on 1 January 2027, measured from 1
 January 2026) and an ``upgrade`` tier change for every silver and gold member, plus a bronze
 row for every tenth bronze member; every hundredth member's row is a manual assignment.
@@ -89,6 +90,15 @@ _SPEND = "((m::bigint * 7919) % :spend_span)"
 _SEED = [
     SEED_MEMBERS,
     (
+        "wallets",
+        """
+        INSERT INTO wallets (program_id, member_id, asset, balance, debt, updated_at)
+        SELECT CAST(:program_id AS text), 'mbr_' || lpad(m::text, 26, '0'), 'PTS', 0, 0,
+               :enrolled_at
+        FROM generate_series(1, :members) AS m
+        """,
+    ),
+    (
         "member_activity",
         f"""
         INSERT INTO member_activity (id, program_id, member_id, event_id, occurred_at,
@@ -133,7 +143,7 @@ _SEED = [
         """,
     ),
 ]
-_ANALYSE = ["members", "member_activity", "member_tiers", "tier_changes"]
+_ANALYSE = ["members", "wallets", "member_activity", "member_tiers", "tier_changes"]
 
 
 def _seed(engine: Engine, program_id: str, *, members: int, per_member: int) -> None:

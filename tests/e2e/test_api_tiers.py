@@ -57,6 +57,17 @@ def _buy(api, program, order_id, member, euros, at=None):
     return r.json()
 
 
+def change_levels(api, program, levels):
+    """Edit the program's tier thresholds (which moves no one by itself)."""
+    document = api.request("GET", f"/v1/programs/{program}").json()["document"]
+    r = api.request(
+        "PUT",
+        f"/v1/programs/{program}",
+        json={**document, "tiers": {**document["tiers"], "levels": levels}},
+    )
+    assert r.status_code == 200, r.text
+
+
 def _tier(api, program, member):
     r = api.request("GET", f"/v1/programs/{program}/members/{member}/tier")
     assert r.status_code == 200, r.text
@@ -204,13 +215,7 @@ def test_changing_thresholds_moves_no_one_until_a_recalculation_is_applied(api):
         {**LEVELS[1], "threshold": 2_000},
         {**LEVELS[2], "threshold": 8_000},
     ]
-    document = api.request("GET", f"/v1/programs/{program}").json()["document"]
-    r = api.request(
-        "PUT",
-        f"/v1/programs/{program}",
-        json={**document, "tiers": {**document["tiers"], "levels": lowered}},
-    )
-    assert r.status_code == 200, r.text
+    change_levels(api, program, lowered)
     assert _tier(api, program, "ext:C1")["tier"]["id"] == "bronze"
     url = f"/v1/programs/{program}/tiers/recalculate"
     preview = api.request("POST", url, json={}).json()

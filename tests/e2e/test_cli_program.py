@@ -78,6 +78,7 @@ def test_every_worked_example_is_valid(example):
 
 def test_the_worked_examples_exist():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
+        "cafe-two-ladders.yaml",
         "cafe.yaml",
         "cashback-grocer.yaml",
         "coffee-stamps.yaml",

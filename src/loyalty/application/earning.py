@@ -91,6 +91,7 @@ def earn_on_purchase(
     formula_results: Mapping[str, int] | None = None,
     member_tier: str | None = None,
     member_plans: frozenset[str] = frozenset(),
+    member_tiers: frozenset[str] = frozenset(),
 ) -> tuple[PurchaseEarning, RuleEvaluation]:
     """What a purchase earns, and the (capped) evaluation behind it. Raises
     ``CurrencyMismatch``."""
@@ -106,6 +107,7 @@ def earn_on_purchase(
             base_minor=base_of(purchase),
             member_average_minor=member_average_minor,
             member_tier=member_tier,
+            member_tiers=member_tiers,
             member_plans=member_plans,
         ),
         lines=purchase.lines,
@@ -168,6 +170,7 @@ def earn_on_action(
     formula_results: Mapping[str, int] | None = None,
     member_tier: str | None = None,
     member_plans: frozenset[str] = frozenset(),
+    member_tiers: frozenset[str] = frozenset(),
 ) -> RuleEvaluation:
     evaluation = evaluate_action(
         settings.rules,
@@ -180,6 +183,7 @@ def earn_on_action(
         formula_results=formula_results,
         member_tier=member_tier,
         member_plans=member_plans,
+        member_tiers=member_tiers,
     )
     return cap(evaluation) if cap is not None else evaluation
 

@@ -116,6 +116,7 @@ def _expressions(
     event: dict[str, Any],
     tier: str | None = None,
     plans: frozenset[str] = frozenset(),
+    tiers_held: dict[str, str] | None = None,
 ) -> ExpressionOutcomes:
     """Merchant expressions of the program's rules, bound once to this event."""
     if not ctx.settings.expressions and not ctx.settings.formulas:
@@ -124,7 +125,9 @@ def _expressions(
     return evaluate_expressions(
         ctx.settings,
         purchase=purchase,
-        member=member_variables(row, tier=tier, plans=plans) if row is not None else None,
+        member=member_variables(row, tier=tier, plans=plans, tiers=tiers_held)
+        if row is not None
+        else None,
         event=event,
         now=now,
     )
@@ -322,6 +325,7 @@ def _record_purchase(
     # With limited rules the member's usage is read under the wallet lock, so it is taken first.
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
     tier, plans = memberships.standing(conn, ctx, member_id, now=earned_at)
+    by_set = memberships.tiers_by_set(conn, ctx, member_id, tier=tier, plans=plans)
     member_average = (
         _member_average(conn, ctx.program_id, member_id) if uses_member_average(settings) else None
     )
@@ -334,6 +338,7 @@ def _record_purchase(
         event={"type": "purchase", "action": None, "attributes": {}},
         tier=tier,
         plans=plans,
+        tiers_held=by_set,
     )
     earning, evaluation = earn_on_purchase(
         settings,
@@ -345,6 +350,7 @@ def _record_purchase(
         member_average_minor=member_average,
         member_tier=tier,
         member_plans=plans,
+        member_tiers=frozenset(by_set.values()),
     )
     event_id = new_id("evt")
     entry_id: str | None = None
@@ -373,6 +379,7 @@ def _record_purchase(
                 "rules": earning.rules,
                 # What a return needs to recalculate the rest of the basket as it was.
                 "tier": tier,
+                "tiers": by_set,
                 "plans": sorted(plans),
                 "member_average_minor": member_average,
                 "member_discount_minor": event.member_discount_minor,
@@ -830,7 +837,12 @@ def _points_kept(
     outcomes = evaluate_expressions(
         settings,
         purchase=purchase_variables(rest),
-        member=member_variables(member, tier=details["tier"], plans=details.get("plans", []))
+        member=member_variables(
+            member,
+            tier=details["tier"],
+            plans=details.get("plans", []),
+            tiers=details.get("tiers"),
+        )
         if member is not None
         else None,
         event={"type": "purchase", "action": None, "attributes": {}},
@@ -845,6 +857,7 @@ def _points_kept(
         member_average_minor=details.get("member_average_minor"),
         member_tier=details["tier"],
         member_plans=frozenset(details.get("plans", [])),
+        member_tiers=frozenset(details.get("tiers", {}).values()),
     )
     again = {r.rule_id: r.points for r in evaluation.results}
     rules = [
@@ -925,6 +938,7 @@ def _record_action(
     limited = _limited_rules(settings)
     wallet = lock_wallet(conn, ctx.program_id, member_id) if limited else None
     tier, plans = memberships.standing(conn, ctx, member_id, now=earned_at)
+    by_set = memberships.tiers_by_set(conn, ctx, member_id, tier=tier, plans=plans)
     outcomes = _expressions(
         conn,
         ctx,
@@ -934,6 +948,7 @@ def _record_action(
         event={"type": "action", "action": event.action, "attributes": event.attributes},
         tier=tier,
         plans=plans,
+        tiers_held=by_set,
     )
     evaluation = earn_on_action(
         settings,
@@ -945,6 +960,7 @@ def _record_action(
         cap=_capper(conn, ctx, member_id, earned_at) if limited else None,
         member_tier=tier,
         member_plans=plans,
+        member_tiers=frozenset(by_set.values()),
     )
     points, rules = evaluation.points, rule_totals(evaluation)
     event_id = new_id("evt")

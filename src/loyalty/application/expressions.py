@@ -7,7 +7,7 @@ the member and the time are bound once, and every rule's expression runs against
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -118,10 +118,19 @@ def purchase_variables(purchase: Purchase) -> dict[str, Any]:
 
 
 def member_variables(
-    row: Any, *, tier: str | None = None, plans: Iterable[str] = ()
+    row: Any,
+    *,
+    tier: str | None = None,
+    plans: Iterable[str] = (),
+    tiers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The member as expressions see it: ``tier`` is the main tier set's tier, ``tiers`` the
+    tiers held in every set (``tiers`` maps set ids to them; tier ids are unique across
+    sets, so ``'regular' in member.tiers`` needs no set name), ``plans`` the paid plans in
+    force."""
     return {
         "tier": tier,
+        "tiers": sorted((tiers or {}).values()),
         "plans": sorted(plans),
         "id": row.id,
         "external_id": row.external_id,

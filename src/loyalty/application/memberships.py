@@ -111,6 +111,25 @@ def standing(
     return tier, plans
 
 
+def tiers_by_set(
+    conn: Connection,
+    ctx: ProgramContext,
+    member_id: str,
+    *,
+    tier: str | None,
+    plans: frozenset[str],
+) -> dict[str, str]:
+    """The member's tier in every tier set, by set id: the main set's as :func:`standing`
+    gives it (``tier``), the others likewise with what memberships grant there."""
+    main = ctx.settings.tier_set
+    if main is None or tier is None:
+        return {}
+    return {
+        main.set_id: tier,
+        **tiers.other_tiers(conn, ctx, member_id, granted_tiers(ctx, plans)),
+    }
+
+
 def _row(conn: Connection, program_id: str, membership_id: str) -> Any:
     row = conn.execute(
         select(memberships).where(

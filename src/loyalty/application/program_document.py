@@ -319,6 +319,10 @@ class RuleDocument(_Strict):
 
 
 TIERS_MAX = 20
+TIER_SETS_MAX = 5
+"""The main set and up to four more."""
+TIER_MULTIPLIER_GROUP = "tier-multipliers"
+"""The exclusive group of the tier multipliers when a program has several tier sets."""
 PERKS_MAX = 20
 
 
@@ -616,6 +620,11 @@ class ProgramDocument(_Strict):
     enrollment: EnrollmentDocument = Field(default_factory=EnrollmentDocument)
     rules: Annotated[list[RuleDocument], Field(max_length=RULES_MAX)] = Field(default_factory=list)
     tiers: TierSetDocument | None = None
+    tier_sets: Annotated[list[TierSetDocument], Field(max_length=TIER_SETS_MAX - 1)] = Field(
+        default_factory=list,
+        description="Further tier sets, each tracked, reviewed and recalculated on its own "
+        "(the main one is 'tiers').",
+    )
     stamp_cards: Annotated[list[StampCardDocument], Field(max_length=STAMP_CARDS_MAX)] = Field(
         default_factory=list
     )
@@ -639,9 +648,32 @@ class ProgramDocument(_Strict):
             raise ValueError("stamp card ids must be unique")
         return cards
 
+    def all_tier_sets(self) -> list[TierSetDocument]:
+        """The main tier set first, then the others."""
+        return [self.tiers, *self.tier_sets] if self.tiers is not None else []
+
+    @model_validator(mode="after")
+    def _tier_sets_are_distinct(self) -> ProgramDocument:
+        if self.tier_sets and self.tiers is None:
+            raise ValueError("'tier_sets' needs a main tier set in 'tiers'")
+        set_ids: set[str] = set()
+        tier_sets: dict[str, str] = {}
+        for tier_set in self.all_tier_sets():
+            if tier_set.id in set_ids:
+                raise ValueError(f"tier set id {tier_set.id!r} is used twice")
+            set_ids.add(tier_set.id)
+            for level in tier_set.levels:
+                if level.id in tier_sets:
+                    raise ValueError(
+                        f"tier id {level.id!r} is in tier sets {tier_sets[level.id]!r} and "
+                        f"{tier_set.id!r}: tier ids must be unique across a program's sets"
+                    )
+                tier_sets[level.id] = tier_set.id
+        return self
+
     @model_validator(mode="after")
     def _rules_name_known_tiers(self) -> ProgramDocument:
-        known = {level.id for level in self.tiers.levels} if self.tiers else set()
+        known = {level.id for tier_set in self.all_tier_sets() for level in tier_set.levels}
         plans = {plan.id for plan in self.plans}
         if len(plans) != len(self.plans):
             raise ValueError("plan ids must be unique")
@@ -649,7 +681,7 @@ class ProgramDocument(_Strict):
             for tier in rule.conditions.tiers or []:
                 if tier not in known:
                     raise ValueError(
-                        f"rule {rule.id!r} names tier {tier!r}, which is not in 'tiers.levels'"
+                        f"rule {rule.id!r} names tier {tier!r}, which is in no tier set"
                     )
             for plan in rule.conditions.plans or []:
                 if plan not in plans:
@@ -660,23 +692,28 @@ class ProgramDocument(_Strict):
         segments = {segment.id for segment in self.segments}
         if len(segments) != len(self.segments):
             raise ValueError("segment ids must be unique")
+        # Tier-only rewards, tier prices and tier cashback rates follow the main set (what
+        # ``member.tier`` is).
+        main = {level.id for level in self.tiers.levels} if self.tiers else set()
         for reward in self.rewards:
             for tier in [*(reward.tiers or []), *reward.cost_by_tier]:
-                if tier not in known:
-                    raise ValueError(f"reward {reward.id!r} names tier {tier!r}, not in 'tiers'")
+                if tier not in main:
+                    raise ValueError(
+                        f"reward {reward.id!r} names tier {tier!r}, not in the main set 'tiers'"
+                    )
             for segment in reward.segments or []:
                 if segment not in segments:
                     raise ValueError(
                         f"reward {reward.id!r} names segment {segment!r}, not in 'segments'"
                     )
         for tier in self.cashback.rate_bp_by_tier if self.cashback else []:
-            if tier not in known:
-                raise ValueError(f"cashback names tier {tier!r}, which is not in 'tiers.levels'")
+            if tier not in main:
+                raise ValueError(f"cashback names tier {tier!r}, not in the main set 'tiers'")
         for plan_doc in self.plans:
             if plan_doc.grants_tier is not None and plan_doc.grants_tier not in known:
                 raise ValueError(
-                    f"plan {plan_doc.id!r} grants tier {plan_doc.grants_tier!r}, which is not "
-                    "in 'tiers.levels'"
+                    f"plan {plan_doc.id!r} grants tier {plan_doc.grants_tier!r}, which is in no "
+                    "tier set"
                 )
         return self
 
@@ -690,6 +727,11 @@ class ProgramDocument(_Strict):
             if rule.id.startswith("tier-"):
                 raise ValueError(
                     f"rule id {rule.id!r}: ids starting 'tier-' are reserved for tier multipliers"
+                )
+            if rule.exclusive_group == TIER_MULTIPLIER_GROUP:
+                raise ValueError(
+                    f"rule {rule.id!r}: exclusive group {TIER_MULTIPLIER_GROUP!r} is reserved "
+                    "for tier multipliers"
                 )
             if rule.id in seen:
                 raise ValueError(f"rule id {rule.id!r} is used twice")
@@ -817,20 +859,23 @@ def discount_policy(doc: DiscountsDocument | None) -> DiscountPolicy:
 def tier_rules(document: ProgramDocument) -> list[Rule]:
     """A tier's earn multiplier, as a multiplier rule for members of that tier: evaluated,
     capped and explained like any other rule (its id is ``tier-<tier id>``)."""
-    if document.tiers is None:
-        return []
+    several = len(document.all_tier_sets()) > 1
     return [
         Rule(
             rule_id=f"tier-{level.id}",
             name=f"{level.name} tier multiplier",
             trigger=Trigger.PURCHASE,
             priority=-1001,
+            # A member in several sets gets the best of their tiers' multipliers, not their
+            # product: the group pays only the one that earns the most.
+            exclusive_group=TIER_MULTIPLIER_GROUP if several else None,
             conditions=Conditions(tiers=frozenset({level.id})),
             effect=Effect(
                 EffectKind.MULTIPLIER, factor_percent=level.benefits.earn_multiplier_percent
             ),
         )
-        for level in document.tiers.levels
+        for tier_set in document.all_tier_sets()
+        for level in tier_set.levels
         if level.benefits.earn_multiplier_percent > 100
     ]
 
@@ -894,6 +939,7 @@ def settings_from_document(document: ProgramDocument, *, version: int) -> Progra
             *tier_rules(document),
         ),
         tier_set=tier_set_from_document(document.tiers) if document.tiers else None,
+        tier_sets=tuple(tier_set_from_document(doc) for doc in document.all_tier_sets()),
         discounts=discount_policy(document.discounts),
         cashback=cashback_policy(document),
         checkout=checkout_rules(document.checkout),

@@ -100,9 +100,17 @@ def _discounts(
     tier_percent = 0
     if member is not None:
         spend = tiers.lifetime_spend(conn, ctx.program_id, member.id)
-        tier_id, _ = memberships.standing(conn, ctx, member.id, now=now)
-        if tier_id is not None and settings.tier_set is not None:
-            tier_percent = tier_by_id(settings.tier_set, tier_id).discount_percent
+        tier_id, plans = memberships.standing(conn, ctx, member.id, now=now)
+        held = memberships.tiers_by_set(conn, ctx, member.id, tier=tier_id, plans=plans)
+        # A member in several tier sets gets the best of their tiers' discounts.
+        tier_percent = max(
+            (
+                tier_by_id(tier_set, held[tier_set.set_id]).discount_percent
+                for tier_set in settings.tier_sets
+                if tier_set.set_id in held
+            ),
+            default=0,
+        )
     lines = list(cart.to_purchase().lines)
     offered = line_discounts(
         settings.discounts, lines, cumulative_spend_minor=spend, tier_percent=tier_percent

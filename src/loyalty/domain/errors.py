@@ -249,6 +249,17 @@ class UnknownTier(Unprocessable):
         )
 
 
+class UnknownTierSet(Unprocessable):
+    code = "unknown_tier_set"
+
+    def __init__(self, tier_set: str, *, known: list[str]) -> None:
+        super().__init__(
+            f"Tier set {tier_set!r} is not one of the program's tier sets ({', '.join(known)}).",
+            tier_set=tier_set,
+            known_tier_sets=known,
+        )
+
+
 class NotFulfilled(Unprocessable):
     code = "not_fulfilled"
 

@@ -126,6 +126,10 @@ class ProgramSettings:
     formulas: Mapping[str, str] = field(default_factory=dict)
     """Merchant formulas (CEL source giving points) by rule id."""
     tier_set: TierSet | None = None
+    """The main tier set: what ``member.tier`` means."""
+    tier_sets: tuple[TierSet, ...] = ()
+    """Every tier set, the main one first (empty: no tiers). Tier ids are unique across
+    them, so a tier id names its set."""
     stamp_cards: tuple[StampCard, ...] = ()
     discounts: DiscountPolicy = field(default_factory=lambda: _no_discounts())
     plans: tuple[Plan, ...] = ()

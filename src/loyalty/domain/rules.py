@@ -168,6 +168,9 @@ class OrderFacts:
     """The member's average order base before this one (None: no past orders)."""
     member_tier: str | None = None
     """The member's tier before this event (None: the program has no tiers)."""
+    member_tiers: frozenset[str] = frozenset()
+    """Every tier the member holds, one per tier set (the main one included); a rule naming
+    tiers applies when the member holds any of them."""
     member_plans: frozenset[str] = frozenset()
     """Plans whose membership grants the member benefits now."""
 
@@ -213,6 +216,12 @@ def _in_window(local: time, start: time | None, end: time | None) -> bool:
     return local >= start or local < end
 
 
+def _tiers_held(order: OrderFacts) -> frozenset[str]:
+    if order.member_tier is None:
+        return order.member_tiers
+    return order.member_tiers | {order.member_tier}
+
+
 def order_conditions_hold(
     conditions: Conditions,
     order: OrderFacts,
@@ -237,7 +246,7 @@ def order_conditions_hold(
         average = order.member_average_minor
         if average is None or order.base_minor * 100 < average * (100 + c.above_average_percent):
             return False
-    if c.tiers is not None and order.member_tier not in c.tiers:
+    if c.tiers is not None and not (c.tiers & _tiers_held(order)):
         return False
     if c.plans is not None and not (c.plans & order.member_plans):
         return False
@@ -417,12 +426,19 @@ def evaluate_action(
     formula_results: Mapping[str, int] | None = None,
     member_tier: str | None = None,
     member_plans: frozenset[str] = frozenset(),
+    member_tiers: frozenset[str] = frozenset(),
 ) -> RuleEvaluation:
     """Fixed points for a custom action (a review, a referral, a profile completed...) or, with
     ``trigger=Trigger.ENROLLMENT`` or ``Trigger.RETURN``, for joining the program or for a
     return."""
     order = OrderFacts(
-        occurred_at, 0, None, None, member_tier=member_tier, member_plans=member_plans
+        occurred_at,
+        0,
+        None,
+        None,
+        member_tier=member_tier,
+        member_tiers=member_tiers,
+        member_plans=member_plans,
     )
     results: list[tuple[Rule, RuleResult]] = []
     for rule in sorted(rules, key=lambda r: -r.priority):

@@ -157,3 +157,26 @@ def lock_wallet_keys(
         },
     ).all()
     return {(r.program_id, r.member_id) for r in rows}
+
+
+def lock_wallet_range(
+    conn: Connection, program_id: str, *, after_member: str, last_member: str, asset: str = POINTS
+) -> int:
+    """Lock the wallets of a program's members after ``after_member`` up to ``last_member``, in
+    member order, with one statement: for set-based jobs that change a batch of members in
+    place (a tier review), so no event or assignment on any of them runs in between. Returns
+    how many were locked."""
+    stmt = (
+        select(wallets.c.member_id)
+        .where(
+            and_(
+                wallets.c.program_id == program_id,
+                wallets.c.asset == asset,
+                wallets.c.member_id > after_member,
+                wallets.c.member_id <= last_member,
+            )
+        )
+        .order_by(wallets.c.member_id)
+        .with_for_update()
+    )
+    return len(conn.execute(stmt).all())

@@ -147,6 +147,7 @@ MEMBER = Record(
         "attributes": FieldSpec(FREE_MAP),
         "tier": FieldSpec(STRING),
         "plans": FieldSpec(ListOf(STRING)),
+        "tiers": FieldSpec(ListOf(STRING)),
     },
 )
 EVENT = Record(

@@ -84,6 +84,7 @@ def sample_context(
         "marketing_consent": True,
         "enrolled_at": NOW - timedelta(days=400),
         "tier": "gold",
+        "tiers": ["gold", "regular"],
         "attributes": attributes.get("member", {}),
     }
     event = {"type": "purchase", "action": "", "attributes": attributes.get("event", {})}

@@ -564,7 +564,7 @@ class TierHistoryItem(_Body):
     at: str
 
 
-class MemberTierOut(_Body):
+class MemberTierSetOut(_Body):
     member_id: str
     tier_set: str
     metric: str
@@ -580,6 +580,12 @@ class MemberTierOut(_Body):
     history: list[TierHistoryItem]
 
 
+class MemberTierOut(MemberTierSetOut):
+    """The main tier set's view, and the same for each other tier set."""
+
+    other_sets: list[MemberTierSetOut]
+
+
 class TierMove(_Body):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     from_: str = Field(alias="from")
@@ -588,6 +594,7 @@ class TierMove(_Body):
 
 
 class RecalculationOut(_Body):
+    tier_set: str
     members: int
     changes: list[TierMove]
     members_moving: int

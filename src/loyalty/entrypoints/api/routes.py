@@ -1070,8 +1070,11 @@ def recalculate_tiers(
 ) -> dict[str, Any]:
     """After changing thresholds: which members the current thresholds would move, by from
     and to tier (`apply: false`, a `read` key), or make those moves (`apply: true`, an
-    `admin` key). Members assigned by hand keep their tier until their assignment ends."""
-    return tiers.recalculate_tiers(engine, principal, program_id, now=utc_now(), apply=body.apply)
+    `admin` key), in one tier set (`tier_set`, default the main one). Members assigned by hand
+    keep their tier until their assignment ends."""
+    return tiers.recalculate_tiers(
+        engine, principal, program_id, now=utc_now(), apply=body.apply, set_id=body.tier_set
+    )
 
 
 @router.post(

@@ -162,6 +162,9 @@ class RecalculateTiers(_Strict):
     apply: bool = Field(
         default=False, description="false: only show what would change. true: make the moves."
     )
+    tier_set: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Which tier set to recalculate (default: the main one)."
+    )
 
 
 class JoinPlan(_Strict):

@@ -412,20 +412,25 @@ def tiers_recalculate(
     apply: Annotated[
         bool, typer.Option("--apply", help="Make the moves (default: only show them).")
     ] = False,
+    tier_set: Annotated[
+        str | None, typer.Option("--tier-set", help="Tier set id (default: the main one).")
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """After changing thresholds: show which members the current thresholds would move, by
-    from and to tier; with --apply, move them (recorded as 'recalculated')."""
+    """After changing thresholds: show which members the current thresholds of a tier set
+    would move, by from and to tier; with --apply, move them (recorded as 'recalculated')."""
     engine = _engine(database_url)
     principal = _principal_for_program(engine, program)
     try:
         report = tiers.recalculate_tiers(
-            engine, principal, program, now=_parse_when(None), apply=apply
+            engine, principal, program, now=_parse_when(None), apply=apply, set_id=tier_set
         )
     except DomainError as exc:
         err.print(f"[red]{exc.code}: {exc.detail}[/red]")
         raise typer.Exit(2) from None
-    table = Table(title=f"Tier moves ({'applied' if apply else 'not applied'})")
+    table = Table(
+        title=f"Tier moves in {report['tier_set']} ({'applied' if apply else 'not applied'})"
+    )
     for column in ("from", "to", "members"):
         table.add_column(column)
     for move in report["changes"]:
