@@ -1,5 +1,6 @@
 """Recording many events in one transaction, each still individually idempotent and
-individually reported: a rejected event rolls back to its own savepoint and the rest go on."""
+individually reported: a rejected event leaves nothing behind and the rest go on (runs of
+purchases are written in bulk, see ``purchase_batches``; other events each in a savepoint)."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def submit_batch(
     now: datetime,
 ) -> list[BatchItem | Invalid]:
     """Up to ``BATCH_EVENTS_MAX`` events in one transaction: each is validated on its own,
-    recorded in its own savepoint and idempotent on its own id, and reported in order. A
+    recorded or refused on its own, idempotent on its own id, and reported in order. A
     program the key can't use refuses the whole batch."""
     assert len(raw) <= BATCH_EVENTS_MAX
     with reading(engine) as conn:
