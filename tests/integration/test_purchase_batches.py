@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -238,3 +239,29 @@ def test_a_run_of_purchases_in_bulk_records_and_answers_each_as_alone(engine):
     assert all(i.replayed for i in again if i.accepted)
     assert [i.body for i in again if i.accepted] == [i.body for i in items if i.accepted]
     assert _state(engine, bulk) == before
+
+
+def test_batches_racing_on_the_same_customers_and_events_apply_each_event_once(engine):
+    principal = _principal(engine)
+    program = create_program(
+        engine, principal, ProgramDocument.model_validate(DOCUMENT), now=NOW
+    ).body["id"]
+    raw = [_purchase(f"o-{n}", {"external_id": f"C{n % 7}"}, 1 + n % 5) for n in range(60)]
+    forward = [PurchaseEvent.model_validate(r) for r in raw]
+    backward = list(reversed(forward))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = list(
+            pool.map(
+                lambda batch: record_events_batch(engine, principal, program, batch, now=NOW),
+                [forward, backward, forward, backward],
+            )
+        )
+    # Every run answers every event; each event is recorded once and replayed by the others.
+    assert all(item.accepted for run in runs for item in run)
+    assert sum(not item.replayed for run in runs for item in run) == len(raw)
+    first = {r.body["order_id"]: r.body["event_id"] for run in runs for r in run if not r.replayed}
+    assert all(r.body["event_id"] == first[r.body["order_id"]] for run in runs for r in run)
+    state = _state(engine, program)
+    assert len(state["events"]) == len(raw) and state["keys"] == len(raw)
+    assert len({m for m, *_ in state["wallets"]}) == 7
+    assert audit_ledger(engine) == []
