@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, select
@@ -41,26 +42,23 @@ _EXPIRING = (
 )
 
 
+_PENDING = case(
+    (
+        and_(
+            lots.c.available_at > bindparam("now"),
+            or_(lots.c.expires_at.is_(None), lots.c.expires_at > bindparam("now")),
+        ),
+        lots.c.remaining,
+    ),
+    else_=0,
+)
+"""What a lot holds that is still in its pending period (and not past its expiry)."""
 _HELD = select(
     # One pass over the member's live lots for both figures (this runs on every event).
     func.coalesce(
         func.sum(case((lots.c.expires_at <= bindparam("now"), lots.c.remaining), else_=0)), 0
     ).label("overdue"),
-    func.coalesce(
-        func.sum(
-            case(
-                (
-                    and_(
-                        lots.c.available_at > bindparam("now"),
-                        or_(lots.c.expires_at.is_(None), lots.c.expires_at > bindparam("now")),
-                    ),
-                    lots.c.remaining,
-                ),
-                else_=0,
-            )
-        ),
-        0,
-    ).label("pending"),
+    func.coalesce(func.sum(_PENDING), 0).label("pending"),
 ).where(
     and_(
         lots.c.program_id == bindparam("program_id"),
@@ -109,18 +107,7 @@ def balance_view(
         conn, {**params, "asset": POINTS}, balance=wallet.balance, now=now
     )
     cash = wallet_rows.get(CASH)
-    cashback: dict[str, Any] | None = None
-    if cash is not None:
-        cash_available, cash_pending, cash_expiring = _wallet_figures(
-            conn, {**params, "asset": CASH}, balance=cash.balance, now=now
-        )
-        cashback = {
-            "balance_minor": cash.balance,
-            "available_minor": cash_available,
-            "pending_minor": cash_pending,
-            "debt_minor": cash.debt,
-            "expiring": _buckets(cash_expiring, "amount_minor", now=now),
-        }
+    cashback = _cashback_view(conn, params, cash, now=now) if cash is not None else None
     return {
         "member_id": member_id,
         "balance": wallet.balance,
@@ -131,6 +118,136 @@ def balance_view(
         "cashback": cashback,
         "as_of": now.isoformat(),
     }
+
+
+def _cashback_view(
+    conn: Connection, params: dict[str, Any], cash: Any, *, now: datetime
+) -> dict[str, Any]:
+    cash_available, cash_pending, cash_expiring = _wallet_figures(
+        conn, {**params, "asset": CASH}, balance=cash.balance, now=now
+    )
+    return {
+        "balance_minor": cash.balance,
+        "available_minor": cash_available,
+        "pending_minor": cash_pending,
+        "debt_minor": cash.debt,
+        "expiring": _buckets(cash_expiring, "amount_minor", now=now),
+    }
+
+
+@dataclass(slots=True)
+class RunningBalance:
+    """One member's ``balance_view`` kept in Python while a batch credits new lots under the
+    wallet's lock, so each event can answer its balance without reading it back: the figures
+    are those ``balance_view`` would read after the event (the wallet lock keeps every other
+    writer of the member's points out until commit, and ``now`` is the batch's)."""
+
+    member_id: str
+    balance: int
+    debt: int
+    expiring: dict[datetime, int]
+    """Points left in live lots with an expiry, by when they expire."""
+    overdue: int
+    """Points left in lots already past their expiry (not spendable)."""
+    pending: int
+    """Points left in lots still in their pending period (and not past their expiry)."""
+    cashback: dict[str, Any] | None
+    """The cashback figures, which a batch of purchases without cashback leaves as they are."""
+
+    def credit(self, points: int, *, debt_repaid: int) -> None:
+        """An entry credited ``points`` to the account, of which ``debt_repaid`` repaid debt."""
+        self.balance += points
+        self.debt -= debt_repaid
+
+    def add_lot(
+        self,
+        remaining: int,
+        *,
+        expires_at: datetime | None,
+        available_at: datetime | None,
+        now: datetime,
+    ) -> None:
+        if remaining <= 0:
+            return
+        if expires_at is not None:
+            at = expires_at.astimezone(UTC)
+            self.expiring[at] = self.expiring.get(at, 0) + remaining
+            if at <= now:
+                self.overdue += remaining
+                return
+        if available_at is not None and available_at > now:
+            self.pending += remaining
+
+    def view(self, *, now: datetime) -> dict[str, Any]:
+        """What ``balance_view`` answers for these figures."""
+        expiring = sorted(self.expiring.items())[:EXPIRY_BUCKETS_MAX]
+        return {
+            "member_id": self.member_id,
+            "balance": self.balance,
+            "available": max(self.balance - self.overdue - self.pending, 0),
+            "pending": self.pending,
+            "debt": self.debt,
+            "expiring": [
+                {"expires_at": at.isoformat(), "points": points, "expired": at <= now}
+                for at, points in expiring
+            ],
+            "cashback": self.cashback,
+            "as_of": now.isoformat(),
+        }
+
+
+_LIVE_LOTS = (
+    select(
+        lots.c.member_id,
+        lots.c.expires_at,
+        func.sum(lots.c.remaining).label("points"),
+        func.sum(_PENDING).label("pending"),
+    )
+    .where(
+        and_(
+            lots.c.program_id == bindparam("program_id"),
+            lots.c.member_id.in_(bindparam("member_ids", expanding=True)),
+            lots.c.asset == POINTS,
+            lots.c.remaining > 0,
+        )
+    )
+    .group_by(lots.c.member_id, lots.c.expires_at)
+)
+_OTHER_WALLETS = select(wallets.c.member_id, wallets.c.balance, wallets.c.debt).where(
+    and_(
+        wallets.c.program_id == bindparam("program_id"),
+        wallets.c.member_id.in_(bindparam("member_ids", expanding=True)),
+        wallets.c.asset == CASH,
+    )
+)
+
+
+def running_balances(
+    conn: Connection, program_id: str, locked: dict[str, tuple[int, int]], *, now: datetime
+) -> dict[str, RunningBalance]:
+    """The balance figures of members whose points wallets the caller holds locked (``locked``:
+    member id -> (balance, debt) as read under the lock), read in two statements for all of
+    them (plus ``balance_view``'s for the cashback of the few who have a cashback wallet)."""
+    running = {
+        member_id: RunningBalance(member_id, balance, debt, {}, 0, 0, None)
+        for member_id, (balance, debt) in locked.items()
+    }
+    if not running:
+        return running
+    params = {"program_id": program_id, "member_ids": sorted(running)}
+    for row in conn.execute(_LIVE_LOTS, {**params, "now": now}):
+        figures = running[row.member_id]
+        figures.pending += int(row.pending)
+        if row.expires_at is not None:
+            figures.expiring[row.expires_at] = int(row.points)
+            if row.expires_at <= now:
+                figures.overdue += int(row.points)
+    for cash in conn.execute(_OTHER_WALLETS, params).all():
+        figures = running[cash.member_id]
+        figures.cashback = _cashback_view(
+            conn, {"program_id": program_id, "member_id": cash.member_id}, cash, now=now
+        )
+    return running
 
 
 def get_balance(

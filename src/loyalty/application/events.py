@@ -24,6 +24,7 @@ from loyalty.application.balances import balance_view
 from loyalty.application.cashback import charged_by_returns
 from loyalty.application.earning import (
     Cap,
+    PurchaseEarning,
     earn_on_action,
     earn_on_purchase,
     held_portions,
@@ -220,7 +221,7 @@ def _credit_evaluation(
     return credit
 
 
-def _lot_views(credit: Credit) -> list[dict[str, Any]]:
+def lot_views(credit: Credit) -> list[dict[str, Any]]:
     """The lots an event created, spendable soonest first (one unless rules hold their points
     for different pending periods)."""
     return [
@@ -268,9 +269,8 @@ def _member_for_event(
     raise MemberNotFound(ref)
 
 
-def _insert_event(
-    conn: Connection,
-    ctx: ProgramContext,
+def event_row(
+    program_id: str,
     *,
     event_id: str,
     member_id: str,
@@ -280,24 +280,22 @@ def _insert_event(
     entry_id: str | None,
     points: int,
     cashback_minor: int = 0,
-) -> None:
-    conn.execute(
-        _INSERT_EVENT,
-        {
-            "id": event_id,
-            "program_id": ctx.program_id,
-            "member_id": member_id,
-            "type": event.type,
-            "source_id": event.id,
-            "action": event.action if isinstance(event, ActionEvent) else None,
-            "occurred_at": event.occurred_at,
-            "received_at": now,
-            "payload": body,
-            "entry_id": entry_id,
-            "points": points,
-            "cashback_minor": cashback_minor,
-        },
-    )
+) -> dict[str, Any]:
+    """The ``events`` row of an event recorded at ``now``."""
+    return {
+        "id": event_id,
+        "program_id": program_id,
+        "member_id": member_id,
+        "type": event.type,
+        "source_id": event.id,
+        "action": event.action if isinstance(event, ActionEvent) else None,
+        "occurred_at": event.occurred_at,
+        "received_at": now,
+        "payload": body,
+        "entry_id": entry_id,
+        "points": points,
+        "cashback_minor": cashback_minor,
+    }
 
 
 def _record_purchase(
@@ -368,25 +366,19 @@ def _record_purchase(
             source_type="purchase",
             source_id=event.id,
             actor=actor,
-            details={
-                "event_id": event_id,
-                "base_minor": earning.base_minor,
-                "rate": {
-                    "points": settings.earn.points,
-                    "per_spend_minor": settings.earn.per_spend_minor,
-                    "rounding": settings.earn.rounding.value,
-                },
-                "rules": earning.rules,
-                # What a return needs to recalculate the rest of the basket as it was.
-                "tier": tier,
-                "tiers": by_set,
-                "plans": sorted(plans),
-                "member_average_minor": member_average,
-                "member_discount_minor": event.member_discount_minor,
-            },
+            details=purchase_entry_details(
+                settings,
+                event,
+                event_id=event_id,
+                earning=earning,
+                tier=tier,
+                plans=plans,
+                tiers=by_set,
+                member_average=member_average,
+            ),
         )
         entry_id = credit.entry_id
-        lots_view = _lot_views(credit)
+        lots_view = lot_views(credit)
     if settings.cashback is not None:
         wallet = wallet or lock_wallet(conn, ctx.program_id, member_id)
     cashback_view = cashback.credit_cashback(
@@ -401,17 +393,19 @@ def _record_purchase(
         now=now,
         actor=actor,
     )
-    _insert_event(
-        conn,
-        ctx,
-        event_id=event_id,
-        member_id=member_id,
-        event=event,
-        body=body,
-        now=now,
-        entry_id=entry_id,
-        points=earning.points,
-        cashback_minor=cashback_view["earned_minor"] if cashback_view else 0,
+    conn.execute(
+        _INSERT_EVENT,
+        event_row(
+            ctx.program_id,
+            event_id=event_id,
+            member_id=member_id,
+            event=event,
+            body=body,
+            now=now,
+            entry_id=entry_id,
+            points=earning.points,
+            cashback_minor=cashback_view["earned_minor"] if cashback_view else 0,
+        ),
     )
     tiers.record_activity(
         conn,
@@ -441,21 +435,99 @@ def _record_purchase(
     if purchase.lines:
         conn.execute(
             _INSERT_LINES,
-            [
-                {
-                    "event_id": event_id,
-                    "line_no": i,
-                    "program_id": ctx.program_id,
-                    "member_id": member_id,
-                    "line_id": le.line_id,
-                    "sku": pl.sku,
-                    "quantity": pl.quantity,
-                    "base_minor": le.base_minor,
-                    "points": le.points,
-                }
-                for i, (le, pl) in enumerate(zip(earning.lines, purchase.lines, strict=True))
-            ],
+            purchase_line_rows(
+                ctx.program_id, member_id, event_id=event_id, earning=earning, purchase=purchase
+            ),
         )
+    return purchase_body(
+        event,
+        purchase,
+        earning,
+        event_id=event_id,
+        member_id=member_id,
+        enrolled=enrolled,
+        entry_id=entry_id,
+        lots_view=lots_view,
+        tier=tier,
+        tier_change=tier_change,
+        stamped=stamped,
+        cashback_view=cashback_view,
+        balance=balance_view(conn, ctx.program_id, member_id, now=now),
+    )
+
+
+def purchase_entry_details(
+    settings: ProgramSettings,
+    event: PurchaseEvent,
+    *,
+    event_id: str,
+    earning: PurchaseEarning,
+    tier: str | None,
+    plans: frozenset[str],
+    member_average: int | None,
+    tiers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The details of a purchase's earn entry; ``tiers`` the tier held in each tier set."""
+    return {
+        "event_id": event_id,
+        "base_minor": earning.base_minor,
+        "rate": {
+            "points": settings.earn.points,
+            "per_spend_minor": settings.earn.per_spend_minor,
+            "rounding": settings.earn.rounding.value,
+        },
+        "rules": earning.rules,
+        # What a return needs to recalculate the rest of the basket as it was.
+        "tier": tier,
+        "tiers": tiers if tiers is not None else {},
+        "plans": sorted(plans),
+        "member_average_minor": member_average,
+        "member_discount_minor": event.member_discount_minor,
+    }
+
+
+def purchase_line_rows(
+    program_id: str,
+    member_id: str,
+    *,
+    event_id: str,
+    earning: PurchaseEarning,
+    purchase: Purchase,
+) -> list[dict[str, Any]]:
+    """The ``purchase_lines`` rows of a purchase: what each line earned, for its returns."""
+    return [
+        {
+            "event_id": event_id,
+            "line_no": i,
+            "program_id": program_id,
+            "member_id": member_id,
+            "line_id": le.line_id,
+            "sku": pl.sku,
+            "quantity": pl.quantity,
+            "base_minor": le.base_minor,
+            "points": le.points,
+        }
+        for i, (le, pl) in enumerate(zip(earning.lines, purchase.lines, strict=True))
+    ]
+
+
+def purchase_body(
+    event: PurchaseEvent,
+    purchase: Purchase,
+    earning: PurchaseEarning,
+    *,
+    event_id: str,
+    member_id: str,
+    enrolled: bool,
+    entry_id: str | None,
+    lots_view: list[dict[str, Any]],
+    tier: str | None,
+    tier_change: dict[str, Any] | None,
+    stamped: list[dict[str, Any]],
+    cashback_view: dict[str, Any] | None,
+    balance: dict[str, Any],
+) -> dict[str, Any]:
+    """What a recorded purchase answers (and what its idempotency key replays)."""
     return {
         "event_id": event_id,
         "type": "purchase",
@@ -485,7 +557,7 @@ def _record_purchase(
             }
             for le, pl in zip(earning.lines, purchase.lines, strict=True)
         ],
-        "balance": balance_view(conn, ctx.program_id, member_id, now=now),
+        "balance": balance,
     }
 
 
@@ -717,17 +789,19 @@ def _record_return(
         if settings.stamp_cards
         else []
     )
-    _insert_event(
-        conn,
-        ctx,
-        event_id=event_id,
-        member_id=member_id,
-        event=event,
-        body=body,
-        now=now,
-        entry_id=entry_id,
-        points=-charge,
-        cashback_minor=-cashback_view["charged_minor"] if cashback_view else 0,
+    conn.execute(
+        _INSERT_EVENT,
+        event_row(
+            ctx.program_id,
+            event_id=event_id,
+            member_id=member_id,
+            event=event,
+            body=body,
+            now=now,
+            entry_id=entry_id,
+            points=-charge,
+            cashback_minor=-cashback_view["charged_minor"] if cashback_view else 0,
+        ),
     )
     line_rows = [
         {
@@ -981,7 +1055,7 @@ def _record_action(
             details={"event_id": event_id, "action": event.action, "rules": rules},
         )
         entry_id = credit.entry_id
-        lots_view = _lot_views(credit)
+        lots_view = lot_views(credit)
     tier_change = None
     if points > 0:
         tiers.record_activity(
@@ -999,16 +1073,18 @@ def _record_action(
             conn, ctx, member_id, at=earned_at, now=now, actor=actor
         )
         extend_on_activity(conn, settings, ctx.program_id, member_id, at=earned_at, now=now)
-    _insert_event(
-        conn,
-        ctx,
-        event_id=event_id,
-        member_id=member_id,
-        event=event,
-        body=body,
-        now=now,
-        entry_id=entry_id,
-        points=points,
+    conn.execute(
+        _INSERT_EVENT,
+        event_row(
+            ctx.program_id,
+            event_id=event_id,
+            member_id=member_id,
+            event=event,
+            body=body,
+            now=now,
+            entry_id=entry_id,
+            points=points,
+        ),
     )
     return {
         "event_id": event_id,

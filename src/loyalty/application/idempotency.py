@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select, text
+from sqlalchemy import Connection, bindparam, insert, select, text
 
 from loyalty.adapters.db.engine import RetryTransaction
 from loyalty.adapters.db.tables import idempotency_keys
@@ -37,17 +37,16 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_FIND = select(
+_STORED = select(
+    idempotency_keys.c.key,
     idempotency_keys.c.fingerprint,
     idempotency_keys.c.status_code,
     idempotency_keys.c.response,
 ).where(
-    and_(
-        idempotency_keys.c.tenant_id == bindparam("tenant_id"),
-        idempotency_keys.c.scope == bindparam("scope"),
-        idempotency_keys.c.key == bindparam("key"),
-    )
+    idempotency_keys.c.tenant_id == bindparam("tenant_id"),
+    idempotency_keys.c.scope == bindparam("scope"),
 )
+_FIND = _STORED.where(idempotency_keys.c.key == bindparam("key"))
 # Written as text because SQLAlchemy cannot cache a compiled ON CONFLICT statement, and this
 # runs on every write; the SQL is the same on PostgreSQL and SQLite (3.35+).
 _INSERT = text(
@@ -63,6 +62,48 @@ _INSERT = text(
 
 def find(conn: Connection, *, tenant_id: str, scope: str, key: str) -> Any:
     return conn.execute(_FIND, {"tenant_id": tenant_id, "scope": scope, "key": key}).first()
+
+
+_FIND_MANY = _STORED.where(idempotency_keys.c.key.in_(bindparam("keys", expanding=True)))
+_INSERT_MANY = insert(idempotency_keys)
+
+
+def find_many(conn: Connection, *, tenant_id: str, scope: str, keys: set[str]) -> dict[str, Any]:
+    """The stored keys among ``keys``, in one statement."""
+    if not keys:
+        return {}
+    params = {"tenant_id": tenant_id, "scope": scope, "keys": sorted(keys)}
+    return {row.key: row for row in conn.execute(_FIND_MANY, params)}
+
+
+def store_many(
+    conn: Connection,
+    *,
+    tenant_id: str,
+    scope: str,
+    now: datetime,
+    outcomes: list[tuple[str, str, Outcome]],
+) -> None:
+    """Store ``(key, fingerprint, outcome)`` for many writes made in this transaction, in one
+    statement and in key order. A key a concurrent transaction stored first is a unique
+    violation: the whole transaction is re-run, finds that key, and replays it."""
+    if not outcomes:
+        return
+    conn.execute(
+        _INSERT_MANY,
+        [
+            {
+                "tenant_id": tenant_id,
+                "scope": scope,
+                "key": key,
+                "fingerprint": request_fingerprint,
+                "status_code": outcome.status_code,
+                "response": outcome.body,
+                "created_at": now,
+            }
+            for key, request_fingerprint, outcome in sorted(outcomes, key=lambda o: o[0])
+        ],
+    )
 
 
 def run_idempotent(

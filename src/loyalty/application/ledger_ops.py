@@ -10,7 +10,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from loyalty.adapters.db.ledger_store import EntryRecord, insert_lot, move_lots, write_entry
+from loyalty.adapters.db.ledger_store import (
+    EntryRecord,
+    insert_lots,
+    lot_row,
+    move_lots,
+    write_entry,
+)
 from loyalty.adapters.db.locking import WalletState
 from loyalty.adapters.ids import new_id
 from loyalty.domain.ledger import (
@@ -47,6 +53,112 @@ class Credit:
         return self.lots[0].lot_id
 
 
+@dataclass(frozen=True, slots=True)
+class CreditRows:
+    """What crediting points writes: the entry with its posting and debt change, and the new
+    lots (each already net of the debt it repays) with their repayment movements."""
+
+    entry: EntryRecord
+    postings: list[Posting]
+    debt_delta: dict[str, int] | None
+    lots: list[dict[str, Any]]
+    movements: list[dict[str, Any]]
+    credit: Credit
+
+
+def plan_credit(
+    *,
+    program_id: str,
+    member_id: str,
+    debt: int,
+    points: int,
+    kind: EntryKind,
+    from_purpose: str,
+    program_version: int,
+    now: datetime,
+    expires_at: datetime | None,
+    earned_at: datetime | None = None,
+    available_at: datetime | None = None,
+    held: Sequence[tuple[int, datetime | None]] | None = None,
+    reason: str | None = None,
+    source_type: str | None = None,
+    source_id: str | None = None,
+    actor: str | None = None,
+    details: dict[str, Any] | None = None,
+    asset: str = POINTS,
+) -> CreditRows:
+    """The rows of ``credit_points`` for a member who owes ``debt``, without writing them."""
+    assert points > 0
+    portions = [(p, at) for p, at in (held or [(points, available_at)]) if p > 0]
+    assert sum(p for p, _ in portions) == points
+    portions.sort(key=lambda portion: (portion[1] is not None, portion[1] or now))
+    plan = plan_earn(points, debt=debt)
+    entry_id = new_id("ent")
+    entry = EntryRecord(
+        entry_id=entry_id,
+        program_id=program_id,
+        member_id=member_id,
+        kind=kind,
+        program_version=program_version,
+        created_at=now,
+        reason=reason,
+        source_type=source_type,
+        source_id=source_id,
+        actor=actor,
+        details={**(details or {}), "debt_repaid": plan.debt_repaid}
+        if plan.debt_repaid
+        else (details or {}),
+    )
+    posting = Posting(
+        program_account(program_id, from_purpose, asset),
+        member_account(member_id, asset),
+        points,
+        asset,
+    )
+    lots: list[dict[str, Any]] = []
+    movements: list[dict[str, Any]] = []
+    credited: list[CreditedLot] = []
+    owed = plan.debt_repaid
+    for portion, portion_available_at in portions:
+        lot_id = new_id("lot")
+        repaid = min(owed, portion)
+        owed -= repaid
+        lots.append(
+            lot_row(
+                lot_id=lot_id,
+                program_id=program_id,
+                member_id=member_id,
+                entry_id=entry_id,
+                amount=portion,
+                remaining=portion - repaid,
+                earned_at=earned_at or now,
+                expires_at=expires_at,
+                available_at=portion_available_at,
+                asset=asset,
+            )
+        )
+        if repaid:
+            movements.append(
+                {
+                    "entry_id": entry_id,
+                    "lot_id": lot_id,
+                    "program_id": program_id,
+                    "member_id": member_id,
+                    "kind": MovementKind.DEBT_REPAYMENT.value,
+                    "amount": -repaid,
+                }
+            )
+        credited.append(CreditedLot(lot_id, portion, portion_available_at, repaid))
+    return CreditRows(
+        entry,
+        [posting],
+        {member_id: -plan.debt_repaid} if plan.debt_repaid else None,
+        lots,
+        movements,
+        Credit(entry_id, tuple(credited), points, plan.debt_repaid, expires_at),
+    )
+
+
 def credit_points(
     conn: Connection,
     *,
@@ -76,71 +188,29 @@ def credit_points(
     with different pending periods); the portions must add up to ``points``. A debt left by an
     earlier return is repaid first, out of the lots spendable soonest. ``asset`` names the
     wallet (``wallet`` is that wallet's state)."""
-    assert points > 0
-    portions = [(p, at) for p, at in (held or [(points, available_at)]) if p > 0]
-    assert sum(p for p, _ in portions) == points
-    portions.sort(key=lambda portion: (portion[1] is not None, portion[1] or now))
-    plan = plan_earn(points, debt=wallet.debt)
-    entry_id = new_id("ent")
-    write_entry(
-        conn,
-        EntryRecord(
-            entry_id=entry_id,
-            program_id=program_id,
-            member_id=member_id,
-            kind=kind,
-            program_version=program_version,
-            created_at=now,
-            reason=reason,
-            source_type=source_type,
-            source_id=source_id,
-            actor=actor,
-            details={**(details or {}), "debt_repaid": plan.debt_repaid}
-            if plan.debt_repaid
-            else (details or {}),
-        ),
-        [
-            Posting(
-                program_account(program_id, from_purpose, asset),
-                member_account(member_id, asset),
-                points,
-                asset,
-            )
-        ],
-        debt_delta={member_id: -plan.debt_repaid} if plan.debt_repaid else None,
-        debt_asset=asset,
+    rows = plan_credit(
+        program_id=program_id,
+        member_id=member_id,
+        debt=wallet.debt,
+        points=points,
+        kind=kind,
+        from_purpose=from_purpose,
+        program_version=program_version,
+        now=now,
+        expires_at=expires_at,
+        earned_at=earned_at,
+        available_at=available_at,
+        held=held,
+        reason=reason,
+        source_type=source_type,
+        source_id=source_id,
+        actor=actor,
+        details=details,
+        asset=asset,
     )
-    credited: list[CreditedLot] = []
-    owed = plan.debt_repaid
-    for portion, portion_available_at in portions:
-        lot_id = new_id("lot")
-        insert_lot(
-            conn,
-            lot_id=lot_id,
-            program_id=program_id,
-            member_id=member_id,
-            entry_id=entry_id,
-            amount=portion,
-            remaining=portion,
-            earned_at=earned_at or now,
-            expires_at=expires_at,
-            available_at=portion_available_at,
-            asset=asset,
-        )
-        repaid = min(owed, portion)
-        owed -= repaid
-        credited.append(CreditedLot(lot_id, portion, portion_available_at, repaid))
-    repayments = [(lot.lot_id, -lot.debt_repaid) for lot in credited if lot.debt_repaid]
-    if repayments:
-        move_lots(
-            conn,
-            entry_id=entry_id,
-            program_id=program_id,
-            member_id=member_id,
-            kind=MovementKind.DEBT_REPAYMENT,
-            changes=repayments,
-        )
-    return Credit(entry_id, tuple(credited), points, plan.debt_repaid, expires_at)
+    write_entry(conn, rows.entry, rows.postings, debt_delta=rows.debt_delta, debt_asset=asset)
+    insert_lots(conn, rows.lots, rows.movements)
+    return rows.credit
 
 
 def debit_lots(

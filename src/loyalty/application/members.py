@@ -125,29 +125,13 @@ def insert_member(
     ).first()
     if existing is not None:
         raise MemberAlreadyExists(external_id, existing.id)
-    member_id = new_id("mbr")
+    row = member_row(
+        program_id=program_id, external_id=external_id, profile=profile, source=source, now=now
+    )
+    member_id = str(row["id"])
     # A prebuilt statement with a parameter dict: building ``insert().values(...)`` on every
     # enrolment cost more than running it (auto-enrolment happens on the earn path).
-    conn.execute(
-        _INSERT_MEMBER,
-        {
-            "id": member_id,
-            "program_id": program_id,
-            "external_id": external_id,
-            "email": normalise_email(profile.email),
-            "phone": profile.phone,
-            "first_name": profile.first_name,
-            "last_name": profile.last_name,
-            "birth_date": profile.birth_date,
-            "gender": profile.gender,
-            "locale": profile.locale,
-            "marketing_consent": profile.marketing_consent,
-            "attributes": profile.attributes,
-            "enrolled_at": now,
-            "updated_at": now,
-            "enrollment_source": source,
-        },
-    )
+    conn.execute(_INSERT_MEMBER, row)
     conn.execute(
         insert(wallets).values(
             program_id=program_id,
@@ -159,6 +143,85 @@ def insert_member(
         )
     )
     return member_id
+
+
+def member_row(
+    *, program_id: str, external_id: str, profile: MemberProfile, source: str, now: datetime
+) -> dict[str, Any]:
+    """The ``members`` row of a member enrolled at ``now``, with a new id."""
+    return {
+        "id": new_id("mbr"),
+        "program_id": program_id,
+        "external_id": external_id,
+        "email": normalise_email(profile.email),
+        "phone": profile.phone,
+        "first_name": profile.first_name,
+        "last_name": profile.last_name,
+        "birth_date": profile.birth_date,
+        "gender": profile.gender,
+        "locale": profile.locale,
+        "marketing_consent": profile.marketing_consent,
+        "attributes": profile.attributes,
+        "enrolled_at": now,
+        "updated_at": now,
+        "enrollment_source": source,
+    }
+
+
+def enroll_members(conn: Connection, rows: list[dict[str, Any]], *, now: datetime) -> None:
+    """Insert many ``member_row``s and their empty points wallets, two statements in all, in
+    external id order (two batches enrolling the same customers wait on each other in the
+    same order; the loser's unique violation re-runs its transaction, which then finds them)."""
+    if not rows:
+        return
+    ordered = sorted(rows, key=lambda row: str(row["external_id"]))
+    conn.execute(_INSERT_MEMBER, ordered)
+    conn.execute(
+        _INSERT_WALLET,
+        [
+            {
+                "program_id": row["program_id"],
+                "member_id": row["id"],
+                "asset": POINTS,
+                "balance": 0,
+                "debt": 0,
+                "updated_at": now,
+            }
+            for row in ordered
+        ],
+    )
+
+
+_INSERT_WALLET = insert(wallets)
+_MANY_BY_EXTERNAL_ID = select(members).where(
+    and_(
+        members.c.program_id == bindparam("program_id"),
+        members.c.external_id.in_(bindparam("refs", expanding=True)),
+    )
+)
+_MANY_BY_ID = select(members).where(
+    and_(
+        members.c.program_id == bindparam("program_id"),
+        members.c.id.in_(bindparam("refs", expanding=True)),
+    )
+)
+
+
+def find_members(conn: Connection, program_id: str, member_refs: set[str]) -> dict[str, Row[Any]]:
+    """``find_member`` for many references at once (two statements at most): the rows found,
+    by the reference they were asked for."""
+    external = sorted(
+        ref[len(EXTERNAL_PREFIX) :] for ref in member_refs if ref.startswith(EXTERNAL_PREFIX)
+    )
+    ids = sorted(ref for ref in member_refs if not ref.startswith(EXTERNAL_PREFIX))
+    found: dict[str, Row[Any]] = {}
+    if external:
+        for row in conn.execute(_MANY_BY_EXTERNAL_ID, {"program_id": program_id, "refs": external}):
+            found[f"{EXTERNAL_PREFIX}{row.external_id}"] = row
+    if ids:
+        for row in conn.execute(_MANY_BY_ID, {"program_id": program_id, "refs": ids}):
+            found[str(row.id)] = row
+    return found
 
 
 def enroll_member(

@@ -87,18 +87,42 @@ def record_activity(
     """What one event adds to (or, for a return, takes from) the member's tier metrics."""
     conn.execute(
         insert(member_activity),
-        {
-            "id": new_id("act"),
-            "program_id": ctx.program_id,
-            "member_id": member_id,
-            "event_id": event_id,
-            "occurred_at": occurred_at,
-            "spend_minor": spend_minor,
-            "tier_points": tier_points,
-            "purchases": purchases,
-            "visit_day": occurred_at.astimezone(_zone(ctx)).date().isoformat() if visit else None,
-        },
+        activity_row(
+            ctx,
+            member_id=member_id,
+            event_id=event_id,
+            occurred_at=occurred_at,
+            spend_minor=spend_minor,
+            tier_points=tier_points,
+            purchases=purchases,
+            visit=visit,
+        ),
     )
+
+
+def activity_row(
+    ctx: ProgramContext,
+    *,
+    member_id: str,
+    event_id: str,
+    occurred_at: datetime,
+    spend_minor: int,
+    tier_points: int,
+    purchases: int,
+    visit: bool,
+) -> dict[str, Any]:
+    """The ``member_activity`` row of ``record_activity`` (batches insert many at once)."""
+    return {
+        "id": new_id("act"),
+        "program_id": ctx.program_id,
+        "member_id": member_id,
+        "event_id": event_id,
+        "occurred_at": occurred_at,
+        "spend_minor": spend_minor,
+        "tier_points": tier_points,
+        "purchases": purchases,
+        "visit_day": occurred_at.astimezone(_zone(ctx)).date().isoformat() if visit else None,
+    }
 
 
 def lifetime_spend(conn: Connection, program_id: str, member_id: str) -> int:

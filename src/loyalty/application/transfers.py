@@ -13,7 +13,8 @@ from sqlalchemy import Connection, Engine, and_, func, select
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.ledger_store import (
     EntryRecord,
-    insert_lot,
+    insert_lots,
+    lot_row,
     member_lots,
     move_lots,
     write_entry,
@@ -130,16 +131,21 @@ def transfer(
                 changes=[(t.lot_id, -t.points) for t in takes],
             )
             lot_id = new_id("lot")
-            insert_lot(
+            insert_lots(
                 conn,
-                lot_id=lot_id,
-                program_id=program_id,
-                member_id=receiver.id,
-                entry_id=entry_id,
-                amount=points,
-                remaining=points,
-                earned_at=now,
-                expires_at=ctx.settings.expiry.expires_at(now),
+                [
+                    lot_row(
+                        lot_id=lot_id,
+                        program_id=program_id,
+                        member_id=receiver.id,
+                        entry_id=entry_id,
+                        amount=points,
+                        remaining=points,
+                        earned_at=now,
+                        expires_at=ctx.settings.expiry.expires_at(now),
+                    )
+                ],
+                [],
             )
             if plan.debt_repaid:
                 move_lots(

@@ -94,67 +94,88 @@ def write_entry(
     Returns the net change of points per member. ``debt_delta`` changes members' debt in the
     wallet of ``debt_asset`` in the same update.
     """
-    _assert_balanced(entry_postings)
-    deltas = account_deltas(entry_postings)
-    conn.execute(
-        _INSERT_ENTRY,
-        {
-            "id": entry.entry_id,
-            "program_id": entry.program_id,
-            "member_id": entry.member_id,
-            "kind": entry.kind.value,
-            "program_version": entry.program_version,
-            "reason": entry.reason,
-            "source_type": entry.source_type,
-            "source_id": entry.source_id,
-            "reverses_entry_id": entry.reverses_entry_id,
-            "actor": entry.actor,
-            "created_at": entry.created_at,
-            "details": entry.details or {},
-        },
-    )
-    legs = [
-        {
-            "entry_id": entry.entry_id,
-            "leg": leg,
-            "program_id": entry.program_id,
-            "member_id": member_of_account(account),
-            "account": account,
-            "asset": asset,
-            "amount": amount,
-        }
-        for leg, ((account, asset), amount) in enumerate(sorted(deltas.items()))
-        if amount != 0
-    ]
-    conn.execute(_INSERT_POSTINGS, legs)
+    return write_entries(conn, [(entry, entry_postings, debt_delta)], debt_asset=debt_asset)
+
+
+def write_entries(
+    conn: Connection,
+    entries: Sequence[tuple[EntryRecord, Sequence[Posting], dict[str, int] | None]],
+    *,
+    debt_asset: str = POINTS,
+) -> dict[str, int]:
+    """``write_entry`` for many entries of one program at once: each entry is checked to
+    balance, the entries and their postings are inserted with one statement each, and each
+    wallet is moved once, in member order, by the sum of what the entries change on it (the
+    caller holds the wallets' locks). Returns the net change of points per member."""
+    entry_rows: list[dict[str, Any]] = []
+    legs: list[dict[str, Any]] = []
     wallet_deltas: dict[tuple[str, str], int] = defaultdict(int)
-    for (account, asset), amount in deltas.items():
-        member = member_of_account(account)
-        if member is not None:
-            wallet_deltas[(member, asset)] += amount
-    debts = {(m, debt_asset): d for m, d in (debt_delta or {}).items()}
-    for member_id, asset in sorted(set(wallet_deltas) | set(debts)):
-        balance_change = wallet_deltas.get((member_id, asset), 0)
-        debt_change = debts.get((member_id, asset), 0)
-        if balance_change == 0 and debt_change == 0:
-            continue
-        result = conn.execute(
-            _MOVE_WALLET,
+    debts: dict[tuple[str, str], int] = defaultdict(int)
+    program_id = entries[0][0].program_id if entries else ""
+    for entry, entry_postings, debt_delta in entries:
+        assert entry.program_id == program_id
+        _assert_balanced(entry_postings)
+        deltas = account_deltas(entry_postings)
+        entry_rows.append(
             {
-                "w_program_id": entry.program_id,
-                "w_member_id": member_id,
-                "w_asset": asset,
-                "balance_change": balance_change,
-                "debt_change": debt_change,
-                "w_updated_at": entry.created_at,
-            },
+                "id": entry.entry_id,
+                "program_id": entry.program_id,
+                "member_id": entry.member_id,
+                "kind": entry.kind.value,
+                "program_version": entry.program_version,
+                "reason": entry.reason,
+                "source_type": entry.source_type,
+                "source_id": entry.source_id,
+                "reverses_entry_id": entry.reverses_entry_id,
+                "actor": entry.actor,
+                "created_at": entry.created_at,
+                "details": entry.details or {},
+            }
         )
-        assert result.rowcount == 1, f"{asset} wallet missing for {member_id}"
+        legs.extend(
+            {
+                "entry_id": entry.entry_id,
+                "leg": leg,
+                "program_id": entry.program_id,
+                "member_id": member_of_account(account),
+                "account": account,
+                "asset": asset,
+                "amount": amount,
+            }
+            for leg, ((account, asset), amount) in enumerate(sorted(deltas.items()))
+            if amount != 0
+        )
+        for (account, asset), amount in deltas.items():
+            member = member_of_account(account)
+            if member is not None:
+                wallet_deltas[(member, asset)] += amount
+        for member, debt in (debt_delta or {}).items():
+            debts[(member, debt_asset)] += debt
+    if not entry_rows:
+        return {}
+    conn.execute(_INSERT_ENTRY, entry_rows)
+    conn.execute(_INSERT_POSTINGS, legs)
+    updated_at = max(entry.created_at for entry, _, _ in entries)
+    moves = [
+        {
+            "w_program_id": program_id,
+            "w_member_id": member_id,
+            "w_asset": asset,
+            "balance_change": wallet_deltas.get((member_id, asset), 0),
+            "debt_change": debts.get((member_id, asset), 0),
+            "w_updated_at": updated_at,
+        }
+        for member_id, asset in sorted(set(wallet_deltas) | set(debts))
+        if wallet_deltas.get((member_id, asset), 0) or debts.get((member_id, asset), 0)
+    ]
+    if moves:
+        result = conn.execute(_MOVE_WALLET, moves)
+        if len(moves) == 1 or conn.dialect.supports_sane_multi_rowcount:
+            assert result.rowcount == len(moves), f"a wallet is missing among {moves}"
     return {m: d for (m, asset), d in wallet_deltas.items() if asset == POINTS}
 
 
-def insert_lot(
-    conn: Connection,
+def lot_row(
     *,
     lot_id: str,
     program_id: str,
@@ -166,22 +187,32 @@ def insert_lot(
     expires_at: datetime | None,
     available_at: datetime | None = None,
     asset: str = POINTS,
+) -> dict[str, Any]:
+    return {
+        "id": lot_id,
+        "program_id": program_id,
+        "member_id": member_id,
+        "entry_id": entry_id,
+        "asset": asset,
+        "amount": amount,
+        "remaining": remaining,
+        "earned_at": earned_at,
+        "expires_at": expires_at,
+        "available_at": available_at,
+    }
+
+
+def insert_lots(
+    conn: Connection, lot_rows: Sequence[dict[str, Any]], movements: Sequence[dict[str, Any]]
 ) -> None:
-    conn.execute(
-        _INSERT_LOT,
-        {
-            "id": lot_id,
-            "program_id": program_id,
-            "member_id": member_id,
-            "entry_id": entry_id,
-            "asset": asset,
-            "amount": amount,
-            "remaining": remaining,
-            "earned_at": earned_at,
-            "expires_at": expires_at,
-            "available_at": available_at,
-        },
-    )
+    """Many new lots (``lot_row``s) in one statement, each already holding what is left after
+    ``movements`` (the debt repayments made from them, as ``lot_movements`` rows): the same
+    rows as inserting the lots whole and then moving them, in two statements instead of
+    three per lot."""
+    if lot_rows:
+        conn.execute(_INSERT_LOT, list(lot_rows))
+    if movements:
+        conn.execute(_INSERT_MOVEMENTS, list(movements))
 
 
 def move_lots(

@@ -404,9 +404,10 @@ def post_event_batch(
     program_id: ProgramId, body: EventBatch, principal: Auth, engine: EngineDep
 ) -> dict[str, Any]:
     """Record up to 1,000 events in one transaction (a till catching up after being offline,
-    an import): each is validated on its own, idempotent on its own id, recorded in its own
-    savepoint, and answered on its own, in order. A bad event is reported and the others go
-    on; the batch answers `200` unless the whole request is refused."""
+    an import): each is validated on its own, idempotent on its own id, recorded or refused on
+    its own (a refused event leaves nothing behind), and answered on its own, in order. A bad
+    event is reported and the others go on; the batch answers `200` unless the whole request
+    is refused."""
     results = batch.submit_batch(engine, principal, program_id, body.events, now=utc_now())
     out = []
     for index, item in enumerate(results):

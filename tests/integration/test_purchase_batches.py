@@ -1,0 +1,267 @@
+"""The bulk path of a batch (a run of purchases written with one statement per table) records
+and answers every purchase exactly as recording it alone does: same responses, same rows, same
+refusals, same replays, on a member's debt, pending, expiring and overdue points."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from loyalty.adapters.db.tables import (
+    events,
+    idempotency_keys,
+    lot_movements,
+    lots,
+    member_activity,
+    members,
+    purchase_lines,
+    wallets,
+)
+from loyalty.application import purchase_batches
+from loyalty.application.access import Principal, Scope, authenticate, create_api_key
+from loyalty.application.audit import audit_ledger
+from loyalty.application.batch import record_events_batch
+from loyalty.application.event_documents import PurchaseEvent, ReturnEvent
+from loyalty.application.events import AnyEvent, submit_event
+from loyalty.application.program_document import ProgramDocument
+from loyalty.application.programs import create_program, load_program
+from loyalty.application.redemptions import redeem_points
+from loyalty.domain.errors import DomainError
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+_tenants = itertools.count(1)
+
+DOCUMENT: dict[str, Any] = {
+    "name": "Bulk",
+    "currency": "EUR",
+    "enrollment": {"auto_enroll_on_purchase": True},
+    "points": {
+        "earn": {"points": 1, "per_spend_minor": 100},
+        "expiry": {"policy": "after_days", "days": 30},
+        "negative_balance": "allow_debt",
+    },
+    "rules": [
+        {
+            "id": "shoes-later",
+            "name": "Shoes earn extra, after the return window",
+            "trigger": "purchase",
+            "conditions": {"include": {"categories": ["shoes"]}},
+            "effect": {"type": "per_spend", "points": 1, "per_spend_minor": 100},
+            "pending_days": 14,
+        }
+    ],
+}
+
+
+def _principal(engine: Engine) -> Principal:
+    issued = create_api_key(
+        engine,
+        tenant_name=f"bulk-{next(_tenants)}",
+        name="admin",
+        scopes=[Scope.ADMIN],
+        program_id=None,
+        now=NOW,
+    )
+    return authenticate(engine, issued.token)
+
+
+def _purchase(order_id: str, member: dict[str, str], euros: int, **extra: Any) -> dict[str, Any]:
+    lines = [
+        {"sku": "A", "quantity": 2, "unit_price_minor": euros * 30},
+        {"sku": "B", "unit_price_minor": euros * 40, "category": "shoes"},
+        {"sku": "C", "quantity": 3, "unit_price_minor": euros * 10, "discount_minor": euros},
+    ]
+    document = {
+        "type": "purchase",
+        "id": order_id,
+        "member": member,
+        "occurred_at": (NOW - timedelta(hours=1)).isoformat(),
+        "currency": "EUR",
+        "total_minor": sum(li["unit_price_minor"] * li.get("quantity", 1) for li in lines),
+        "lines": lines,
+    }
+    return {**document, **extra}
+
+
+def _seed(engine: Engine, principal: Principal, program_id: str) -> dict[str, str]:
+    """Members with history: D owes 50 points (spent, then returned), E holds points past
+    their expiry that the job has not swept, F holds points still pending."""
+    history = [
+        _purchase("d-1", {"external_id": "D"}, 1, total_minor=5000, lines=[]),
+        _purchase(
+            "e-1", {"external_id": "E"}, 1, occurred_at=(NOW - timedelta(days=45)).isoformat()
+        ),
+        _purchase(
+            "e-2", {"external_id": "E"}, 1, occurred_at=(NOW - timedelta(days=3)).isoformat()
+        ),
+        _purchase("f-1", {"external_id": "F"}, 2),
+    ]
+    for raw in history:
+        submit_event(engine, principal, program_id, PurchaseEvent.model_validate(raw), now=NOW)
+    redeem_points(
+        engine,
+        principal,
+        program_id,
+        "ext:D",
+        points=50,
+        reason=None,
+        reference=None,
+        idempotency_key="spend-d",
+        now=NOW,
+    )
+    back = ReturnEvent.model_validate(
+        {"type": "return", "id": "r-d-1", "order_id": "d-1", "occurred_at": NOW.isoformat()}
+    )
+    submit_event(engine, principal, program_id, back, now=NOW)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(members.c.external_id, members.c.id).where(members.c.program_id == program_id)
+        ).all()
+    return {str(r.external_id): str(r.id) for r in rows}
+
+
+def _batch(ids: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        _purchase("d-2", {"external_id": "D"}, 15),  # repays part of the debt
+        _purchase("d-3", {"id": ids["D"]}, 30),  # repays the rest, by member id
+        _purchase("e-3", {"external_id": "E"}, 10),
+        _purchase("f-2", {"id": ids["F"]}, 1),
+        _purchase("n-1", {"external_id": "NEW"}, 1),  # enrolled
+        _purchase("n-2", {"external_id": "NEW"}, 30),  # the member just enrolled
+        _purchase("n-1", {"external_id": "NEW"}, 1),  # twice in the batch: replayed
+        _purchase("n-1", {"external_id": "NEW"}, 9),  # same id, another body: a conflict
+        _purchase(
+            "e-1", {"external_id": "E"}, 1, occurred_at=(NOW - timedelta(days=45)).isoformat()
+        ),  # recorded before: replayed
+        _purchase("x-1", {"external_id": "D"}, 1, currency="USD"),  # refused
+        _purchase("x-2", {"id": "mbr_00000000000000000000000000"}, 1),  # no such member
+        _purchase("g-1", {"external_id": "G"}, 0, lines=[], total_minor=0),  # earns nothing
+        _purchase("x-2", {"external_id": "H"}, 1),  # the id refused above, now accepted
+        _purchase(
+            "e-4", {"external_id": "E"}, 1, occurred_at=(NOW - timedelta(days=40)).isoformat()
+        ),
+    ]
+
+
+def _normalised(value: Any, names: dict[str, str]) -> Any:
+    """``value`` with every generated id replaced by its order of first appearance."""
+    if isinstance(value, dict):
+        return {k: _normalised(v, names) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalised(v, names) for v in value]
+    if isinstance(value, str) and re.fullmatch(r"(evt|ent|lot|mbr|act)_[0-9A-Za-z]+", value):
+        return names.setdefault(value, f"{value[:3]}#{len(names)}")
+    return value
+
+
+def _answer(outcome: Any) -> tuple[Any, ...]:
+    if isinstance(outcome, DomainError):
+        return ("refused", outcome.code, outcome.context)
+    return ("recorded", outcome.replayed, outcome.body)
+
+
+def _state(engine: Engine, program_id: str) -> dict[str, Any]:
+    """What the program's tables hold, member by member (external id), ids left out."""
+    ext = select(members.c.id, members.c.external_id).where(members.c.program_id == program_id)
+    with engine.connect() as conn:
+        by_id = {r.id: r.external_id for r in conn.execute(ext)}
+        state: dict[str, Any] = {}
+        for table, columns in (
+            (wallets, ("asset", "balance", "debt")),
+            (lots, ("amount", "remaining", "earned_at", "expires_at", "available_at")),
+            (lot_movements, ("kind", "amount")),
+            (events, ("type", "source_id", "points", "occurred_at", "received_at")),
+            (purchase_lines, ("line_no", "line_id", "sku", "quantity", "base_minor", "points")),
+            (member_activity, ("occurred_at", "spend_minor", "tier_points", "visit_day")),
+        ):
+            rows = conn.execute(
+                select(table.c.member_id, *(table.c[c] for c in columns)).where(
+                    table.c.program_id == program_id
+                )
+            ).all()
+            state[table.name] = sorted((by_id[r[0]], *(str(v) for v in r[1:])) for r in rows)
+        state["keys"] = conn.execute(
+            select(func.count()).where(idempotency_keys.c.scope == program_id)
+        ).scalar_one()
+    return state
+
+
+def test_a_run_of_purchases_in_bulk_records_and_answers_each_as_alone(engine):
+    principal = _principal(engine)
+    document = ProgramDocument.model_validate(DOCUMENT)
+    alone, bulk = (
+        create_program(engine, principal, document, now=NOW).body["id"] for _ in range(2)
+    )
+    with engine.connect() as conn:
+        assert purchase_batches.takes_bulk_path(
+            load_program(conn, principal, bulk, Scope.WRITE).settings
+        )
+    alone_ids, bulk_ids = _seed(engine, principal, alone), _seed(engine, principal, bulk)
+
+    def parsed(ids: dict[str, str]) -> list[AnyEvent]:
+        return [PurchaseEvent.model_validate(raw) for raw in _batch(ids)]
+
+    one_by_one = []
+    for event in parsed(alone_ids):
+        try:
+            one_by_one.append(submit_event(engine, principal, alone, event, now=NOW))
+        except DomainError as exc:
+            one_by_one.append(exc)
+    items = record_events_batch(engine, principal, bulk, parsed(bulk_ids), now=NOW)
+    in_bulk = [item.error if item.error else item for item in items]
+
+    expected = _normalised([_answer(o) for o in one_by_one], {})
+    got = _normalised(
+        [
+            _answer(o) if isinstance(o, DomainError) else ("recorded", o.replayed, o.body)
+            for o in in_bulk
+        ],
+        {},
+    )
+    assert got == expected
+    kinds = [a[0] if a[0] == "refused" else a[1] for a in got]
+    assert kinds == [False] * 6 + [True, "refused", True] + ["refused"] * 2 + [False] * 3
+    debt = [a[2]["balance"]["debt"] for a in got[:2]]
+    assert debt[0] > 0 and debt[1] == 0  # the debt was repaid across the two purchases
+    assert _state(engine, bulk) == _state(engine, alone)
+    assert audit_ledger(engine) == []
+
+    # The whole batch again: every purchase recorded is replayed with its first answer, and
+    # nothing moves.
+    before = _state(engine, bulk)
+    again = record_events_batch(engine, principal, bulk, parsed(bulk_ids), now=NOW)
+    assert [i.accepted for i in again] == [i.accepted for i in items]
+    assert all(i.replayed for i in again if i.accepted)
+    assert [i.body for i in again if i.accepted] == [i.body for i in items if i.accepted]
+    assert _state(engine, bulk) == before
+
+
+def test_batches_racing_on_the_same_customers_and_events_apply_each_event_once(engine):
+    principal = _principal(engine)
+    program = create_program(
+        engine, principal, ProgramDocument.model_validate(DOCUMENT), now=NOW
+    ).body["id"]
+    raw = [_purchase(f"o-{n}", {"external_id": f"C{n % 7}"}, 1 + n % 5) for n in range(60)]
+    forward = [PurchaseEvent.model_validate(r) for r in raw]
+    backward = list(reversed(forward))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = list(
+            pool.map(
+                lambda batch: record_events_batch(engine, principal, program, batch, now=NOW),
+                [forward, backward, forward, backward],
+            )
+        )
+    # Every run answers every event; each event is recorded once and replayed by the others.
+    assert all(item.accepted for run in runs for item in run)
+    assert sum(not item.replayed for run in runs for item in run) == len(raw)
+    first = {r.body["order_id"]: r.body["event_id"] for run in runs for r in run if not r.replayed}
+    assert all(r.body["event_id"] == first[r.body["order_id"]] for run in runs for r in run)
+    state = _state(engine, program)
+    assert len(state["events"]) == len(raw) and state["keys"] == len(raw)
+    assert len({m for m, *_ in state["wallets"]}) == 7
+    assert audit_ledger(engine) == []
