@@ -209,7 +209,7 @@ def test_tier_sets_are_checked_as_one_namespace_of_tiers(api):
         "cost_points": 100,
         "skus": ["MUG"],
     }
-    assert "not in the main set" in refused(rewards=[{**reward, "tiers": ["regular"]}])
+    assert "not in any tier set" in refused(rewards=[{**reward, "tiers": ["platinum"]}])
     grouped = {**RULES[0], "exclusive_group": "tier-multipliers"}
     assert "reserved for tier multipliers" in refused(rules=[grouped])
     assert "in no tier set" in refused(rules=[{**RULES[0], "conditions": {"tiers": ["platinum"]}}])
@@ -218,3 +218,42 @@ def test_tier_sets_are_checked_as_one_namespace_of_tiers(api):
         api.request("POST", "/v1/programs", json=_document(tier_sets=[], rules=[])).status_code
         == 201
     )
+
+
+def test_tier_only_rewards_and_tier_prices_read_every_set_the_member_is_in(api):
+    mug = {
+        "id": "mug",
+        "name": "Regulars' mug",
+        "type": "free_product",
+        "cost_points": 100,
+        "cost_by_tier": {"regular": 30, "gold": 60},
+        "tiers": ["regular", "gold"],
+        "skus": ["MUG"],
+    }
+    program = _program(api, rewards=[mug])
+    _visit_days(api, program, "C1", 3)  # Regular by visits, Bronze by spend
+    buy_at(api, program, "C2-1", "C2", 20, datetime.now(UTC))  # a newcomer
+
+    def catalog(member):
+        r = api.request("GET", f"/v1/programs/{program}/members/ext:{member}/rewards")
+        assert r.status_code == 200, r.text
+        return r.json()["items"][0]
+
+    regular = catalog("C1")
+    assert (regular["available"], regular["cost_points"]) == (True, 30)
+    newcomer = catalog("C2")
+    assert newcomer["available"] is False
+    assert {"code": "tier_too_low", "tiers": ["gold", "regular"]} in newcomer["reasons"]
+    redeemed = api.request(
+        "POST",
+        f"/v1/programs/{program}/members/ext:C1/rewards/mug/redeem",
+        headers={"Idempotency-Key": "mug-1"},
+    )
+    assert redeemed.status_code == 201, redeemed.text
+    assert redeemed.json()["points"] == 30
+    refused = api.request(
+        "POST",
+        f"/v1/programs/{program}/members/ext:C2/rewards/mug/redeem",
+        headers={"Idempotency-Key": "mug-2"},
+    )
+    assert_problem(refused, 422, "reward_not_available")

@@ -77,7 +77,8 @@ def _reward(ctx: ProgramContext, reward_id: str) -> Reward:
 class _Standing:
     """What the catalog's eligibility reads of a member now."""
 
-    tier: str | None
+    tiers: frozenset[str]
+    """The tiers the member holds, one per tier set."""
     conditions: MemberConditions
 
     def why_not(
@@ -92,7 +93,7 @@ class _Standing:
         return why_not(
             reward,
             available_points=available_points,
-            tier=self.tier,
+            tiers=self.tiers,
             issued_total=issued_total,
             issued_to_member_in_period=issued_to_member_in_period,
             now=now,
@@ -105,10 +106,13 @@ def _standing(conn: Connection, ctx: ProgramContext, member: Any, now: datetime)
     """The member's tier and plans, and what the program's segments and reward conditions say
     of them, bound once for the whole catalog."""
     tier, plans = memberships.standing(conn, ctx, member.id, now=now)
+    by_set = memberships.tiers_by_set(conn, ctx, member.id, tier=tier, plans=plans)
     conditions = member_conditions(
-        ctx.settings, member=member_variables(member, tier=tier, plans=plans), now=now
+        ctx.settings,
+        member=member_variables(member, tier=tier, plans=plans, tiers=by_set),
+        now=now,
     )
-    return _Standing(tier, conditions)
+    return _Standing(frozenset(by_set.values()), conditions)
 
 
 def _issued_total(conn: Connection, ctx: ProgramContext, reward_id: str) -> int:
@@ -136,14 +140,14 @@ def _issued_to_member(
     return int(conn.execute(select(func.count()).where(and_(*where))).scalar_one())
 
 
-def _reward_view(reward: Reward, tier: str | None) -> dict[str, Any]:
+def _reward_view(reward: Reward, tiers: frozenset[str]) -> dict[str, Any]:
     return {
         "id": reward.reward_id,
         "name": reward.name,
         "description": reward.description,
         "image_url": reward.image_url,
         "type": reward.type.value,
-        "cost_points": reward.cost_for(tier),
+        "cost_points": reward.cost_for(tiers),
         "value_minor": reward.value_minor or None,
         "percent": reward.percent or None,
         "min_order_minor": reward.min_order_minor,
@@ -176,7 +180,7 @@ def member_rewards(
             )
             items.append(
                 {
-                    **_reward_view(reward, standing.tier),
+                    **_reward_view(reward, standing.tiers),
                     "available": not reasons,
                     "reasons": reasons,
                 }
@@ -258,7 +262,7 @@ def redeem_reward(
                     },
                 )
             standing = _standing(conn, ctx, member, now)
-            tier = standing.tier
+            tiers = standing.tiers
             reasons = standing.why_not(
                 reward,
                 available_points=balance_view(conn, program_id, member.id, now=now)["available"],
@@ -277,7 +281,7 @@ def redeem_reward(
                 conn,
                 ctx,
                 member.id,
-                points=reward.cost_for(tier),
+                points=reward.cost_for(tiers),
                 reason=f"reward {reward_id}",
                 reference=None,
                 actor=principal.key_id,
@@ -313,7 +317,7 @@ def redeem_reward(
             # What is stored for a replay holds no code: a code is shown once.
             return 201, {
                 **_issue_view(row, card),
-                "points": reward.cost_for(tier),
+                "points": reward.cost_for(tiers),
                 "balance": burnt["balance"],
             }
 
@@ -464,7 +468,7 @@ def validate_coupon(
                 "reasons": reasons,
                 "discount_minor": discount if not reasons else 0,
                 "coupon": _issue_view(row, card) | {"status": status},
-                "reward": _reward_view(reward, None),
+                "reward": _reward_view(reward, frozenset()),
             }
 
     return _counting_failures(engine, principal, now, read)

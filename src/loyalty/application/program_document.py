@@ -692,14 +692,14 @@ class ProgramDocument(_Strict):
         segments = {segment.id for segment in self.segments}
         if len(segments) != len(self.segments):
             raise ValueError("segment ids must be unique")
-        # Tier-only rewards, tier prices and tier cashback rates follow the main set (what
-        # ``member.tier`` is).
+        # Tier cashback rates follow the main set (what ``member.tier`` is); tier-only rewards
+        # and tier prices may name a tier of any set.
         main = {level.id for level in self.tiers.levels} if self.tiers else set()
         for reward in self.rewards:
             for tier in [*(reward.tiers or []), *reward.cost_by_tier]:
-                if tier not in main:
+                if tier not in known:
                     raise ValueError(
-                        f"reward {reward.id!r} names tier {tier!r}, not in the main set 'tiers'"
+                        f"reward {reward.id!r} names tier {tier!r}, not in any tier set"
                     )
             for segment in reward.segments or []:
                 if segment not in segments:

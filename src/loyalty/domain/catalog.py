@@ -54,28 +54,32 @@ class Reward:
     """A CEL condition over ``member`` and ``now`` the member must meet."""
     valid_days: int = 90
 
-    def cost_for(self, tier: str | None) -> int:
-        return self.cost_by_tier.get(tier or "", self.cost_points)
+    def cost_for(self, held: frozenset[str]) -> int:
+        """The cost for a member holding the tiers ``held`` (one per tier set): the lowest
+        price any of them has, or the reward's cost."""
+        prices = [self.cost_by_tier[tier] for tier in held if tier in self.cost_by_tier]
+        return min(prices, default=self.cost_points)
 
 
 def why_not(
     reward: Reward,
     *,
     available_points: int,
-    tier: str | None,
+    tiers: frozenset[str],
     issued_total: int,
     issued_to_member_in_period: int,
     now: datetime,
     member_segments: frozenset[str] = frozenset(),
     condition_met: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every reason the member can't redeem ``reward`` now (empty: they can).
-    ``member_segments`` are the segments the member is in now; ``condition_met`` is what the
+    """Every reason the member can't redeem ``reward`` now (empty: they can). ``tiers`` are
+    the tiers the member holds now, one per tier set (a tier-only reward needs any of its
+    tiers); ``member_segments`` the segments the member is in now; ``condition_met`` what the
     reward's own condition said of them (true when it has none)."""
     reasons: list[dict[str, Any]] = []
     if (reward.starts_at and now < reward.starts_at) or (reward.ends_at and now >= reward.ends_at):
         reasons.append({"code": "not_available_now"})
-    if reward.tiers is not None and tier not in reward.tiers:
+    if reward.tiers is not None and not reward.tiers & tiers:
         reasons.append({"code": "tier_too_low", "tiers": sorted(reward.tiers)})
     if reward.segments is not None and not reward.segments & member_segments:
         reasons.append({"code": "not_in_segment", "segments": sorted(reward.segments)})
@@ -87,7 +91,7 @@ def why_not(
         reasons.append(
             {"code": "limit_reached", "limit": reward.limit_count, "period": reward.limit_period}
         )
-    cost = reward.cost_for(tier)
+    cost = reward.cost_for(tiers)
     if available_points < cost:
         reasons.append({"code": "points_short", "points_short": cost - available_points})
     return reasons
