@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy import event as sqlalchemy_event
 
 from loyalty.adapters.db.tables import (
     events,
@@ -264,4 +265,49 @@ def test_batches_racing_on_the_same_customers_and_events_apply_each_event_once(e
     state = _state(engine, program)
     assert len(state["events"]) == len(raw) and state["keys"] == len(raw)
     assert len({m for m, *_ in state["wallets"]}) == 7
+    assert audit_ledger(engine) == []
+
+
+def test_batches_enrolling_the_same_new_customers_wait_instead_of_failing(engine):
+    principal = _principal(engine)
+    program = create_program(
+        engine, principal, ProgramDocument.model_validate(DOCUMENT), now=NOW
+    ).body["id"]
+    batches = [
+        [
+            PurchaseEvent.model_validate(
+                _purchase(f"b{b}-{n}", {"external_id": f"C{(n * (b + 1)) % 7}"}, 1 + n % 5)
+            )
+            for n in range(30)
+        ]
+        for b in range(4)
+    ]
+    failed: list[str] = []
+
+    def note(context: Any) -> None:
+        failed.append(str(context.original_exception))
+
+    sqlalchemy_event.listen(engine, "handle_error", note)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            runs = list(
+                pool.map(
+                    lambda batch: record_events_batch(engine, principal, program, batch, now=NOW),
+                    batches,
+                )
+            )
+    finally:
+        sqlalchemy_event.remove(engine, "handle_error", note)
+    # No statement failed, so no batch was re-run: a batch that found a customer enrolled by
+    # another one meanwhile earned on that member.
+    assert failed == []
+    assert all(item.accepted and not item.replayed for run in runs for item in run)
+    enrolled = sorted(
+        item.body["member_id"] for run in runs for item in run if item.body["member_enrolled"]
+    )
+    state = _state(engine, program)
+    assert len(enrolled) == 7 and set(enrolled) == {
+        item.body["member_id"] for run in runs for item in run
+    }
+    assert len(state["events"]) == 120 and len(state["wallets"]) == 7
     assert audit_ledger(engine) == []
