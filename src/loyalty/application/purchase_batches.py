@@ -9,10 +9,11 @@ Then each purchase is decided in Python, in order, against that state as the ear
 purchases of the run left it (a rejected purchase changes nothing, so it needs no savepoint),
 and the accepted ones are written with one statement per table.
 
-Only programs whose purchases touch nothing else qualify (``takes_bulk_path``): a rule with a
-cap or a budget, a member-average condition, a merchant expression, tiers, plans, stamp cards,
-cashback, the inactivity expiry policy or an enrollment rule each read or write per-member
-state of their own, and their purchases go through ``record_event`` one by one.
+Tiers are carried through the run the same way (``batch_tiers``). Only programs whose
+purchases touch nothing else qualify (``takes_bulk_path``): a rule with a cap or a budget, a
+member-average condition, a merchant expression, plans, stamp cards, cashback, the inactivity
+expiry policy or an enrollment rule each read or write per-member state of their own, and
+their purchases go through ``record_event`` one by one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from loyalty.adapters.ids import new_id
 from loyalty.application import idempotency
 from loyalty.application.access import Principal
 from loyalty.application.balances import RunningBalance, running_balances
+from loyalty.application.batch_tiers import RunTiers, from_records
 from loyalty.application.earning import (
     PurchaseEarning,
     earn_on_purchase,
@@ -80,7 +82,6 @@ def takes_bulk_path(settings: ProgramSettings) -> bool:
         and not uses_member_average(settings)
         and not settings.expressions
         and not settings.formulas
-        and settings.tier_set is None
         and not settings.plans
         and not settings.stamp_cards
         and settings.cashback is None
@@ -106,6 +107,7 @@ class _Rows:
 class _Member:
     member_id: str
     attributes: dict[str, Any]
+    enrolled_at: datetime
     fresh: bool
     """Enrolled by this run and not yet answered as such (its first accepted purchase is)."""
 
@@ -166,6 +168,7 @@ def _record_part(
         {member_id: (w.balance, w.debt) for member_id, w in locked.items()},
         now=now,
     )
+    run_tiers = _run_tiers(conn, ctx, part, members, now=now, actor=principal.key_id)
     rows = _Rows([], [], [], [], [], [], [])
     results: list[Outcome | DomainError] = []
     for event, body, key in zip(part, bodies, keys, strict=True):
@@ -179,7 +182,15 @@ def _record_part(
             continue
         try:
             outcome = _purchase(
-                ctx, event, body, members, balances, rows, now=now, actor=principal.key_id
+                ctx,
+                event,
+                body,
+                members,
+                balances,
+                run_tiers,
+                rows,
+                now=now,
+                actor=principal.key_id,
             )
         except DomainError as exc:
             results.append(exc)
@@ -187,7 +198,36 @@ def _record_part(
         rows.keys.append((key, request_fingerprint, outcome))
         results.append(outcome)
     _write(conn, ctx, rows, principal=principal, now=now)
+    if run_tiers is not None:
+        run_tiers.write(conn)
     return results
+
+
+def _run_tiers(
+    conn: Connection,
+    ctx: ProgramContext,
+    part: list[PurchaseEvent],
+    members: dict[str, _Member],
+    *,
+    now: datetime,
+    actor: str,
+) -> RunTiers | None:
+    """The tiers of the part's members, read under their wallet locks (None: no tiers)."""
+    if not ctx.settings.tier_sets:
+        return None
+    run_tiers = RunTiers(ctx, now=now, actor=actor)
+    moments = [
+        (members[ref].member_id, min(event.occurred_at.astimezone(UTC), now))
+        for event in part
+        if (ref := event.member.as_ref()) in members
+    ]
+    run_tiers.load(
+        conn,
+        {m.member_id: m.enrolled_at for m in members.values()},
+        {m.member_id for m in members.values() if m.fresh},
+        moments,
+    )
+    return run_tiers
 
 
 def _members(
@@ -207,7 +247,8 @@ def _members(
     settings = ctx.settings
     found = find_members(conn, ctx.program_id, {event.member.as_ref() for event in part})
     members = {
-        ref: _Member(str(row.id), dict(row.attributes), fresh=False) for ref, row in found.items()
+        ref: _Member(str(row.id), dict(row.attributes), row.enrolled_at, fresh=False)
+        for ref, row in found.items()
     }
     new: dict[str, dict[str, Any]] = {}
     if settings.auto_enroll:
@@ -231,17 +272,19 @@ def _members(
     inserted = enroll_members(conn, list(new.values()), now=now)
     for ref, row in new.items():
         if row["id"] in inserted:
-            members[ref] = _Member(str(row["id"]), {}, fresh=True)
+            members[ref] = _Member(str(row["id"]), {}, now, fresh=True)
     lost = {ref for ref, row in new.items() if row["id"] not in inserted}
     for ref, again in find_members(conn, ctx.program_id, lost).items():
-        members[ref] = _Member(str(again.id), dict(again.attributes), fresh=False)
+        members[ref] = _Member(
+            str(again.id), dict(again.attributes), again.enrolled_at, fresh=False
+        )
     return members
 
 
 def _accepted_from_nothing(ctx: ProgramContext, event: PurchaseEvent, *, now: datetime) -> bool:
     """Whether ``_purchase`` accepts ``event`` for a member with no history."""
     try:
-        _earning(ctx, _checked_purchase(ctx, event, now=now), attributes={})
+        _earning(ctx, _checked_purchase(ctx, event, now=now), attributes={}, held={})
     except DomainError:
         return False
     return True
@@ -256,15 +299,24 @@ def _checked_purchase(ctx: ProgramContext, event: PurchaseEvent, *, now: datetim
 
 
 def _earning(
-    ctx: ProgramContext, purchase: Purchase, *, attributes: dict[str, Any]
+    ctx: ProgramContext,
+    purchase: Purchase,
+    *,
+    attributes: dict[str, Any],
+    held: dict[str, str | None],
 ) -> tuple[PurchaseEarning, RuleEvaluation]:
-    """What ``purchase`` earns a member with ``attributes``; raises ``LimitExceeded``."""
+    """What ``purchase`` earns a member with ``attributes`` holding tiers ``held`` (see
+    ``batch_tiers.from_records``); raises ``LimitExceeded``."""
+    tier, by_set = from_records(ctx, held)
     return earn_on_purchase(
         ctx.settings,
         purchase,
         member_attributes=attributes,
         expression_results=NO_OUTCOMES.conditions,
         formula_results=NO_OUTCOMES.formulas,
+        member_tier=tier,
+        member_plans=frozenset(),
+        member_tiers=frozenset(by_set.values()),
     )
 
 
@@ -274,6 +326,7 @@ def _purchase(
     body: dict[str, Any],
     members: dict[str, _Member],
     balances: dict[str, RunningBalance],
+    run_tiers: RunTiers | None,
     rows: _Rows,
     *,
     now: datetime,
@@ -290,13 +343,15 @@ def _purchase(
         if settings.auto_enroll and ref.startswith(EXTERNAL_PREFIX):
             # ``_members`` enrolled no one for this purchase: it earns what a new member's
             # empty state refuses (LimitExceeded), as one by one it is refused after enrolling.
-            _earning(ctx, purchase, attributes={})
+            _earning(ctx, purchase, attributes={}, held={})
             raise AssertionError(f"{ref} was not enrolled for a purchase it could make")
         raise MemberNotFound(ref)
     member_id = member.member_id
     earned_at = min(event.occurred_at.astimezone(UTC), now)
     # Raises LimitExceeded, before anything is added.
-    earning, evaluation = _earning(ctx, purchase, attributes=member.attributes)
+    held = run_tiers.held(member_id) if run_tiers is not None else {}
+    tier, by_set = from_records(ctx, held)
+    earning, evaluation = _earning(ctx, purchase, attributes=member.attributes, held=held)
     enrolled, member.fresh = member.fresh, False
     balance = balances[member_id]
     event_id = new_id("evt")
@@ -319,8 +374,9 @@ def _purchase(
                 event,
                 event_id=event_id,
                 earning=earning,
-                tier=None,
+                tier=tier,
                 plans=frozenset(),
+                tiers=by_set,
                 member_average=None,
             ),
         )
@@ -338,18 +394,21 @@ def _purchase(
             points=earning.points,
         )
     )
-    rows.activity.append(
-        activity_row(
-            ctx,
-            member_id=member_id,
-            event_id=event_id,
-            occurred_at=earned_at,
-            spend_minor=earning.base_minor,
-            tier_points=earning.points,
-            purchases=1,
-            visit=True,
-        )
+    activity = activity_row(
+        ctx,
+        member_id=member_id,
+        event_id=event_id,
+        occurred_at=earned_at,
+        spend_minor=earning.base_minor,
+        tier_points=earning.points,
+        purchases=1,
+        visit=True,
     )
+    rows.activity.append(activity)
+    tier_change = None
+    if run_tiers is not None:
+        run_tiers.record(member_id, activity)
+        tier_change = run_tiers.upgrade(member_id, at=earned_at)
     rows.lines.extend(
         purchase_line_rows(
             ctx.program_id, member_id, event_id=event_id, earning=earning, purchase=purchase
@@ -364,8 +423,8 @@ def _purchase(
         enrolled=enrolled,
         entry_id=entry_id,
         lots_view=lots_view,
-        tier=None,
-        tier_change=None,
+        tier=tier,
+        tier_change=tier_change,
         stamped=[],
         cashback_view=None,
         balance=balance.view(now=now),
