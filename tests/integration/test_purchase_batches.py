@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, func, select
+from sqlalchemy import event as sqlalchemy_event
 
 from loyalty.adapters.db.tables import (
     events,
@@ -18,8 +20,10 @@ from loyalty.adapters.db.tables import (
     lot_movements,
     lots,
     member_activity,
+    member_tiers,
     members,
     purchase_lines,
+    tier_changes,
     wallets,
 )
 from loyalty.application import purchase_batches
@@ -56,6 +60,44 @@ DOCUMENT: dict[str, Any] = {
         }
     ],
 }
+
+TIERED: dict[str, Any] = {
+    **DOCUMENT,
+    "name": "Bulk with tiers",
+    "tiers": {
+        "metric": "spend",
+        "window": {"type": "rolling_months", "months": 12},
+        "levels": [
+            {"id": "regular", "name": "Regular", "threshold": 0},
+            {
+                "id": "silver",
+                "name": "Silver",
+                "threshold": 1500,
+                "benefits": {"earn_multiplier_percent": 150},
+            },
+            {
+                "id": "gold",
+                "name": "Gold",
+                "threshold": 8000,
+                "benefits": {"earn_multiplier_percent": 200},
+            },
+        ],
+    },
+    "tier_sets": [
+        {
+            "id": "visits",
+            "metric": "visits",
+            "window": {"type": "calendar_year"},
+            "levels": [
+                {"id": "v0", "name": "New", "threshold": 0},
+                {"id": "v1", "name": "Returning", "threshold": 2},
+                {"id": "v2", "name": "Regular", "threshold": 3},
+            ],
+        }
+    ],
+}
+"""Members cross thresholds in the middle of the batch (D from silver, E and the new member
+from regular, E in the visits set too) and earn their next purchases at the new tier."""
 
 
 def _principal(engine: Engine) -> Principal:
@@ -178,6 +220,14 @@ def _state(engine: Engine, program_id: str) -> dict[str, Any]:
             (events, ("type", "source_id", "points", "occurred_at", "received_at")),
             (purchase_lines, ("line_no", "line_id", "sku", "quantity", "base_minor", "points")),
             (member_activity, ("occurred_at", "spend_minor", "tier_points", "visit_day")),
+            (
+                member_tiers,
+                ("tier_set", "tier", "since", "review_at", "review_from", "manual", "reason"),
+            ),
+            (
+                tier_changes,
+                ("tier_set", "from_tier", "to_tier", "reason", "metric", "at", "actor"),
+            ),
         ):
             rows = conn.execute(
                 select(table.c.member_id, *(table.c[c] for c in columns)).where(
@@ -191,9 +241,10 @@ def _state(engine: Engine, program_id: str) -> dict[str, Any]:
     return state
 
 
-def test_a_run_of_purchases_in_bulk_records_and_answers_each_as_alone(engine):
+@pytest.mark.parametrize("program", [DOCUMENT, TIERED], ids=["rates", "tiers"])
+def test_a_run_of_purchases_in_bulk_records_and_answers_each_as_alone(engine, program):
     principal = _principal(engine)
-    document = ProgramDocument.model_validate(DOCUMENT)
+    document = ProgramDocument.model_validate(program)
     alone, bulk = (
         create_program(engine, principal, document, now=NOW).body["id"] for _ in range(2)
     )
@@ -230,6 +281,14 @@ def test_a_run_of_purchases_in_bulk_records_and_answers_each_as_alone(engine):
     assert debt[0] > 0 and debt[1] == 0  # the debt was repaid across the two purchases
     assert _state(engine, bulk) == _state(engine, alone)
     assert audit_ledger(engine) == []
+    if program is TIERED:
+        moves = {a[2]["order_id"]: a[2]["tier_change"] for a in got if a[0] == "recorded"}
+        assert {order: move for order, move in moves.items() if move} == {
+            "d-3": {"from": "silver", "to": "gold", "metric": 10805},
+            "e-3": {"from": "regular", "to": "silver", "metric": 1548},
+            "n-2": {"from": "regular", "to": "silver", "metric": 3999},
+        }
+        assert got[13][2]["tier"] == "silver"  # e-4 earns at the tier e-3 reached
 
     # The whole batch again: every purchase recorded is replayed with its first answer, and
     # nothing moves.
@@ -264,4 +323,49 @@ def test_batches_racing_on_the_same_customers_and_events_apply_each_event_once(e
     state = _state(engine, program)
     assert len(state["events"]) == len(raw) and state["keys"] == len(raw)
     assert len({m for m, *_ in state["wallets"]}) == 7
+    assert audit_ledger(engine) == []
+
+
+def test_batches_enrolling_the_same_new_customers_wait_instead_of_failing(engine):
+    principal = _principal(engine)
+    program = create_program(
+        engine, principal, ProgramDocument.model_validate(DOCUMENT), now=NOW
+    ).body["id"]
+    batches = [
+        [
+            PurchaseEvent.model_validate(
+                _purchase(f"b{b}-{n}", {"external_id": f"C{(n * (b + 1)) % 7}"}, 1 + n % 5)
+            )
+            for n in range(30)
+        ]
+        for b in range(4)
+    ]
+    failed: list[str] = []
+
+    def note(context: Any) -> None:
+        failed.append(str(context.original_exception))
+
+    sqlalchemy_event.listen(engine, "handle_error", note)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            runs = list(
+                pool.map(
+                    lambda batch: record_events_batch(engine, principal, program, batch, now=NOW),
+                    batches,
+                )
+            )
+    finally:
+        sqlalchemy_event.remove(engine, "handle_error", note)
+    # No statement failed, so no batch was re-run: a batch that found a customer enrolled by
+    # another one meanwhile earned on that member.
+    assert failed == []
+    assert all(item.accepted and not item.replayed for run in runs for item in run)
+    enrolled = sorted(
+        item.body["member_id"] for run in runs for item in run if item.body["member_enrolled"]
+    )
+    state = _state(engine, program)
+    assert len(enrolled) == 7 and set(enrolled) == {
+        item.body["member_id"] for run in runs for item in run
+    }
+    assert len(state["events"]) == 120 and len(state["wallets"]) == 7
     assert audit_ledger(engine) == []

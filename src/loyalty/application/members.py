@@ -9,6 +9,8 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 
 from loyalty.adapters.db.engine import run_transaction
@@ -168,14 +170,18 @@ def member_row(
     }
 
 
-def enroll_members(conn: Connection, rows: list[dict[str, Any]], *, now: datetime) -> None:
+def enroll_members(conn: Connection, rows: list[dict[str, Any]], *, now: datetime) -> set[str]:
     """Insert many ``member_row``s and their empty points wallets, two statements in all, in
-    external id order (two batches enrolling the same customers wait on each other in the
-    same order; the loser's unique violation re-runs its transaction, which then finds them)."""
+    external id order, skipping a customer another transaction enrolled first (on PostgreSQL
+    the insert waits for that transaction, so its member can be read once this returns).
+    Returns the ids of the members inserted, whose wallets were created with them; two
+    batches enrolling the same customers wait on each other in the same order."""
     if not rows:
-        return
+        return set()
     ordered = sorted(rows, key=lambda row: str(row["external_id"]))
-    conn.execute(_INSERT_MEMBER, ordered)
+    inserted = {str(row.id) for row in conn.execute(_insert_new_members(conn), ordered)}
+    if not inserted:
+        return inserted
     conn.execute(
         _INSERT_WALLET,
         [
@@ -188,7 +194,20 @@ def enroll_members(conn: Connection, rows: list[dict[str, Any]], *, now: datetim
                 "updated_at": now,
             }
             for row in ordered
+            if row["id"] in inserted
         ],
+    )
+    return inserted
+
+
+def _insert_new_members(conn: Connection) -> Any:
+    """``INSERT ... ON CONFLICT (program_id, external_id) DO NOTHING RETURNING id`` in the
+    connection's dialect (both spell it the same; SQLAlchemy has one construct per dialect)."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    return (
+        dialect_insert(members)
+        .on_conflict_do_nothing(index_elements=[members.c.program_id, members.c.external_id])
+        .returning(members.c.id)
     )
 
 

@@ -9,14 +9,16 @@ Then each purchase is decided in Python, in order, against that state as the ear
 purchases of the run left it (a rejected purchase changes nothing, so it needs no savepoint),
 and the accepted ones are written with one statement per table.
 
-Only programs whose purchases touch nothing else qualify (``takes_bulk_path``): a rule with a
-cap or a budget, a member-average condition, a merchant expression, tiers, plans, stamp cards,
-cashback, the inactivity expiry policy or an enrollment rule each read or write per-member
-state of their own, and their purchases go through ``record_event`` one by one.
+Tiers are carried through the run the same way (``batch_tiers``). Only programs whose
+purchases touch nothing else qualify (``takes_bulk_path``): a rule with a cap or a budget, a
+member-average condition, a merchant expression, plans, stamp cards, cashback, the inactivity
+expiry policy or an enrollment rule each read or write per-member state of their own, and
+their purchases go through ``record_event`` one by one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +32,13 @@ from loyalty.adapters.ids import new_id
 from loyalty.application import idempotency
 from loyalty.application.access import Principal
 from loyalty.application.balances import RunningBalance, running_balances
-from loyalty.application.earning import earn_on_purchase, held_portions, uses_member_average
+from loyalty.application.batch_tiers import RunTiers, from_records
+from loyalty.application.earning import (
+    PurchaseEarning,
+    earn_on_purchase,
+    held_portions,
+    uses_member_average,
+)
 from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.events import (
     event_row,
@@ -42,7 +50,13 @@ from loyalty.application.events import (
 from loyalty.application.expressions import NO_OUTCOMES
 from loyalty.application.idempotency import Outcome, fingerprint
 from loyalty.application.ledger_ops import Credit, plan_credit
-from loyalty.application.members import MemberProfile, enroll_members, find_members, member_row
+from loyalty.application.members import (
+    EXTERNAL_PREFIX,
+    MemberProfile,
+    enroll_members,
+    find_members,
+    member_row,
+)
 from loyalty.application.programs import ProgramContext
 from loyalty.application.tiers import activity_row
 from loyalty.domain.errors import (
@@ -53,7 +67,8 @@ from loyalty.domain.errors import (
 )
 from loyalty.domain.ledger import EntryKind, Posting
 from loyalty.domain.program import ExpiryPolicy, ProgramSettings
-from loyalty.domain.rules import Trigger
+from loyalty.domain.purchase import Purchase
+from loyalty.domain.rules import RuleEvaluation, Trigger
 
 _INSERT_EVENTS = insert(events)
 _INSERT_LINES = insert(purchase_lines)
@@ -67,7 +82,6 @@ def takes_bulk_path(settings: ProgramSettings) -> bool:
         and not uses_member_average(settings)
         and not settings.expressions
         and not settings.formulas
-        and settings.tier_set is None
         and not settings.plans
         and not settings.stamp_cards
         and settings.cashback is None
@@ -80,7 +94,6 @@ def takes_bulk_path(settings: ProgramSettings) -> bool:
 class _Rows:
     """What the accepted purchases of a run write, table by table."""
 
-    members: list[dict[str, Any]]
     entries: list[tuple[EntryRecord, list[Posting], dict[str, int] | None]]
     lots: list[dict[str, Any]]
     movements: list[dict[str, Any]]
@@ -88,6 +101,15 @@ class _Rows:
     lines: list[dict[str, Any]]
     activity: list[dict[str, Any]]
     keys: list[tuple[str, str, Outcome]]
+
+
+@dataclass(slots=True)
+class _Member:
+    member_id: str
+    attributes: dict[str, Any]
+    enrolled_at: datetime
+    fresh: bool
+    """Enrolled by this run and not yet answered as such (its first accepted purchase is)."""
 
 
 def record_purchases(
@@ -101,26 +123,55 @@ def record_purchases(
     """Record ``run`` (purchases of a program that ``takes_bulk_path``) in the caller's
     transaction: one outcome per purchase, in order, or the domain error that refused it
     (``CurrencyMismatch``, ``MemberNotFound``, ``LimitExceeded``, ``IdempotencyConflict``)."""
-    settings = ctx.settings
-    assert takes_bulk_path(settings)
-    bodies = [event.model_dump(mode="json", exclude_none=True) for event in run]
-    keys = [f"event:{event.type}:{event.id}" for event in run]
+    assert takes_bulk_path(ctx.settings)
+    results: list[Outcome | DomainError] = []
+    for part in _parts(run):
+        results.extend(_record_part(conn, principal, ctx, part, now=now))
+    return results
+
+
+def _parts(run: list[PurchaseEvent]) -> Iterator[list[PurchaseEvent]]:
+    """``run`` cut before each purchase whose id came earlier in it, so the ids of a part are
+    distinct: the repeat then finds the key its first occurrence stored, and is replayed (or
+    is a conflict) exactly as it would be one by one."""
+    part: list[PurchaseEvent] = []
+    ids: set[str] = set()
+    for event in run:
+        if event.id in ids:
+            yield part
+            part, ids = [], set()
+        part.append(event)
+        ids.add(event.id)
+    if part:
+        yield part
+
+
+def _record_part(
+    conn: Connection,
+    principal: Principal,
+    ctx: ProgramContext,
+    part: list[PurchaseEvent],
+    *,
+    now: datetime,
+) -> list[Outcome | DomainError]:
+    """``record_purchases`` for purchases with distinct ids."""
+    bodies = [event.model_dump(mode="json", exclude_none=True) for event in part]
+    keys = [f"event:{event.type}:{event.id}" for event in part]
     stored = idempotency.find_many(
         conn, tenant_id=principal.tenant_id, scope=ctx.program_id, keys=set(keys)
     )
-    found = find_members(conn, ctx.program_id, {event.member.as_ref() for event in run})
-    locked = lock_wallets(conn, ctx.program_id, (str(row.id) for row in found.values()))
+    members = _members(conn, ctx, part, stored, now=now)
+    locked = lock_wallets(conn, ctx.program_id, (m.member_id for m in members.values()))
     balances = running_balances(
         conn,
         ctx.program_id,
         {member_id: (w.balance, w.debt) for member_id, w in locked.items()},
         now=now,
     )
-    members = {ref: (str(row.id), dict(row.attributes)) for ref, row in found.items()}
-    rows = _Rows([], [], [], [], [], [], [], [])
-    recorded: dict[str, tuple[str, Outcome]] = {}
+    run_tiers = _run_tiers(conn, ctx, part, members, now=now, actor=principal.key_id)
+    rows = _Rows([], [], [], [], [], [], [])
     results: list[Outcome | DomainError] = []
-    for event, body, key in zip(run, bodies, keys, strict=True):
+    for event, body, key in zip(part, bodies, keys, strict=True):
         request_fingerprint = fingerprint(body)
         earlier = stored.get(key)
         if earlier is not None:
@@ -129,34 +180,153 @@ def record_purchases(
             else:
                 results.append(Outcome(earlier.status_code, earlier.response, replayed=True))
             continue
-        if key in recorded:
-            # The same event twice in one run: the second replays what the first recorded.
-            first_fingerprint, outcome = recorded[key]
-            if first_fingerprint != request_fingerprint:
-                results.append(IdempotencyConflict(event.id))
-            else:
-                results.append(Outcome(outcome.status_code, outcome.body, replayed=True))
-            continue
         try:
             outcome = _purchase(
-                ctx, event, body, members, balances, rows, now=now, actor=principal.key_id
+                ctx,
+                event,
+                body,
+                members,
+                balances,
+                run_tiers,
+                rows,
+                now=now,
+                actor=principal.key_id,
             )
         except DomainError as exc:
             results.append(exc)
             continue
-        recorded[key] = (request_fingerprint, outcome)
         rows.keys.append((key, request_fingerprint, outcome))
         results.append(outcome)
     _write(conn, ctx, rows, principal=principal, now=now)
+    if run_tiers is not None:
+        run_tiers.write(conn)
     return results
+
+
+def _run_tiers(
+    conn: Connection,
+    ctx: ProgramContext,
+    part: list[PurchaseEvent],
+    members: dict[str, _Member],
+    *,
+    now: datetime,
+    actor: str,
+) -> RunTiers | None:
+    """The tiers of the part's members, read under their wallet locks (None: no tiers)."""
+    if not ctx.settings.tier_sets:
+        return None
+    run_tiers = RunTiers(ctx, now=now, actor=actor)
+    moments = [
+        (members[ref].member_id, min(event.occurred_at.astimezone(UTC), now))
+        for event in part
+        if (ref := event.member.as_ref()) in members
+    ]
+    run_tiers.load(
+        conn,
+        {m.member_id: m.enrolled_at for m in members.values()},
+        {m.member_id for m in members.values() if m.fresh},
+        moments,
+    )
+    return run_tiers
+
+
+def _members(
+    conn: Connection,
+    ctx: ProgramContext,
+    part: list[PurchaseEvent],
+    stored: dict[str, Any],
+    *,
+    now: datetime,
+) -> dict[str, _Member]:
+    """The members of the part's purchases, by reference, enrolling first the new customers
+    that one of its purchases (not recorded before) enrols: the purchase that enrols a
+    customer is its first one accepted, and a refused purchase changes nothing, so it is the
+    first that would be accepted from a new member's empty state. A customer another
+    transaction enrolled meanwhile is read back and earns as an existing member, as
+    ``events._member_for_event`` does one by one."""
+    settings = ctx.settings
+    found = find_members(conn, ctx.program_id, {event.member.as_ref() for event in part})
+    members = {
+        ref: _Member(str(row.id), dict(row.attributes), row.enrolled_at, fresh=False)
+        for ref, row in found.items()
+    }
+    new: dict[str, dict[str, Any]] = {}
+    if settings.auto_enroll:
+        for event in part:
+            ref = event.member.as_ref()
+            if (
+                ref in members
+                or ref in new
+                or not ref.startswith(EXTERNAL_PREFIX)
+                or f"event:{event.type}:{event.id}" in stored
+                or not _accepted_from_nothing(ctx, event, now=now)
+            ):
+                continue
+            new[ref] = member_row(
+                program_id=ctx.program_id,
+                external_id=ref[len(EXTERNAL_PREFIX) :],
+                profile=MemberProfile(),
+                source="auto_enroll",
+                now=now,
+            )
+    inserted = enroll_members(conn, list(new.values()), now=now)
+    for ref, row in new.items():
+        if row["id"] in inserted:
+            members[ref] = _Member(str(row["id"]), {}, now, fresh=True)
+    lost = {ref for ref, row in new.items() if row["id"] not in inserted}
+    for ref, again in find_members(conn, ctx.program_id, lost).items():
+        members[ref] = _Member(
+            str(again.id), dict(again.attributes), again.enrolled_at, fresh=False
+        )
+    return members
+
+
+def _accepted_from_nothing(ctx: ProgramContext, event: PurchaseEvent, *, now: datetime) -> bool:
+    """Whether ``_purchase`` accepts ``event`` for a member with no history."""
+    try:
+        _earning(ctx, _checked_purchase(ctx, event, now=now), attributes={}, held={})
+    except DomainError:
+        return False
+    return True
+
+
+def _checked_purchase(ctx: ProgramContext, event: PurchaseEvent, *, now: datetime) -> Purchase:
+    """The purchase as the rules see it; raises ``CurrencyMismatch``."""
+    purchase = event.to_purchase(not_after=now)
+    if purchase.currency != ctx.settings.currency:
+        raise CurrencyMismatch(expected=ctx.settings.currency, received=purchase.currency)
+    return purchase
+
+
+def _earning(
+    ctx: ProgramContext,
+    purchase: Purchase,
+    *,
+    attributes: dict[str, Any],
+    held: dict[str, str | None],
+) -> tuple[PurchaseEarning, RuleEvaluation]:
+    """What ``purchase`` earns a member with ``attributes`` holding tiers ``held`` (see
+    ``batch_tiers.from_records``); raises ``LimitExceeded``."""
+    tier, by_set = from_records(ctx, held)
+    return earn_on_purchase(
+        ctx.settings,
+        purchase,
+        member_attributes=attributes,
+        expression_results=NO_OUTCOMES.conditions,
+        formula_results=NO_OUTCOMES.formulas,
+        member_tier=tier,
+        member_plans=frozenset(),
+        member_tiers=frozenset(by_set.values()),
+    )
 
 
 def _purchase(
     ctx: ProgramContext,
     event: PurchaseEvent,
     body: dict[str, Any],
-    members: dict[str, tuple[str, dict[str, Any]]],
+    members: dict[str, _Member],
     balances: dict[str, RunningBalance],
+    run_tiers: RunTiers | None,
     rows: _Rows,
     *,
     now: datetime,
@@ -166,38 +336,23 @@ def _purchase(
     ``events._record_purchase`` does for a program that ``takes_bulk_path``. Raises before
     changing anything."""
     settings = ctx.settings
-    purchase = event.to_purchase(not_after=now)
-    if purchase.currency != settings.currency:
-        raise CurrencyMismatch(expected=settings.currency, received=purchase.currency)
+    purchase = _checked_purchase(ctx, event, now=now)
     ref = event.member.as_ref()
-    new_member: dict[str, Any] | None = None
-    if ref in members:
-        member_id, attributes = members[ref]
-    elif settings.auto_enroll and ref.startswith("ext:"):
-        new_member = member_row(
-            program_id=ctx.program_id,
-            external_id=ref[len("ext:") :],
-            profile=MemberProfile(),
-            source="auto_enroll",
-            now=now,
-        )
-        member_id, attributes = str(new_member["id"]), {}
-    else:
+    member = members.get(ref)
+    if member is None:
+        if settings.auto_enroll and ref.startswith(EXTERNAL_PREFIX):
+            # ``_members`` enrolled no one for this purchase: it earns what a new member's
+            # empty state refuses (LimitExceeded), as one by one it is refused after enrolling.
+            _earning(ctx, purchase, attributes={}, held={})
+            raise AssertionError(f"{ref} was not enrolled for a purchase it could make")
         raise MemberNotFound(ref)
+    member_id = member.member_id
     earned_at = min(event.occurred_at.astimezone(UTC), now)
-    # Raises CurrencyMismatch and LimitExceeded, before anything is added.
-    earning, evaluation = earn_on_purchase(
-        settings,
-        purchase,
-        member_attributes=attributes,
-        expression_results=NO_OUTCOMES.conditions,
-        formula_results=NO_OUTCOMES.formulas,
-    )
-    enrolled = new_member is not None
-    if new_member is not None:
-        rows.members.append(new_member)
-        members[ref] = (member_id, {})
-        balances[member_id] = RunningBalance(member_id, 0, 0, {}, 0, 0, None)
+    # Raises LimitExceeded, before anything is added.
+    held = run_tiers.held(member_id) if run_tiers is not None else {}
+    tier, by_set = from_records(ctx, held)
+    earning, evaluation = _earning(ctx, purchase, attributes=member.attributes, held=held)
+    enrolled, member.fresh = member.fresh, False
     balance = balances[member_id]
     event_id = new_id("evt")
     entry_id: str | None = None
@@ -219,8 +374,9 @@ def _purchase(
                 event,
                 event_id=event_id,
                 earning=earning,
-                tier=None,
+                tier=tier,
                 plans=frozenset(),
+                tiers=by_set,
                 member_average=None,
             ),
         )
@@ -238,18 +394,21 @@ def _purchase(
             points=earning.points,
         )
     )
-    rows.activity.append(
-        activity_row(
-            ctx,
-            member_id=member_id,
-            event_id=event_id,
-            occurred_at=earned_at,
-            spend_minor=earning.base_minor,
-            tier_points=earning.points,
-            purchases=1,
-            visit=True,
-        )
+    activity = activity_row(
+        ctx,
+        member_id=member_id,
+        event_id=event_id,
+        occurred_at=earned_at,
+        spend_minor=earning.base_minor,
+        tier_points=earning.points,
+        purchases=1,
+        visit=True,
     )
+    rows.activity.append(activity)
+    tier_change = None
+    if run_tiers is not None:
+        run_tiers.record(member_id, activity)
+        tier_change = run_tiers.upgrade(member_id, at=earned_at)
     rows.lines.extend(
         purchase_line_rows(
             ctx.program_id, member_id, event_id=event_id, earning=earning, purchase=purchase
@@ -264,8 +423,8 @@ def _purchase(
         enrolled=enrolled,
         entry_id=entry_id,
         lots_view=lots_view,
-        tier=None,
-        tier_change=None,
+        tier=tier,
+        tier_change=tier_change,
         stamped=[],
         cashback_view=None,
         balance=balance.view(now=now),
@@ -325,7 +484,6 @@ def _write(
 ) -> None:
     """Each table's rows of the run in one statement, parents before children; events and
     keys in source id order, so two runs sharing an event wait on each other in one order."""
-    enroll_members(conn, rows.members, now=now)
     write_entries(conn, rows.entries)
     insert_lots(conn, rows.lots, rows.movements)
     if rows.events:

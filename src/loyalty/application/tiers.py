@@ -306,7 +306,7 @@ def _enrolled_at(conn: Connection, ctx: ProgramContext, member_id: str) -> datet
     return row.enrolled_at if row is not None else datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _schedule(
+def review_schedule(
     tier_set: TierSet,
     after: datetime,
     *,
@@ -367,7 +367,7 @@ def _upgrade_in(
     qualified = tier_set.qualifying(metric)
     if tier_set.level(qualified.tier_id) <= tier_set.level(current):
         return None
-    review_at, review_from = _schedule(tier_set, at, enrolled_at=enrolled_at, zone=zone)
+    review_at, review_from = review_schedule(tier_set, at, enrolled_at=enrolled_at, zone=zone)
     _set_tier(
         conn,
         ctx,
@@ -531,7 +531,7 @@ def assign_tier(
             raise MemberNotFound(member_ref)
         lock_wallet(conn, program_id, member.id)
         previous = _row(conn, ctx, member.id, tier_set)
-        review_at, review_from = _schedule(
+        review_at, review_from = review_schedule(
             tier_set, now, enrolled_at=member.enrolled_at, zone=zone, review_at=until
         )
         _set_tier(
@@ -890,7 +890,9 @@ def _apply_moves(
     zone = _zone(ctx)
     values: list[dict[str, Any]] = []
     for row in moving:
-        review_at, review_from = _schedule(tier_set, now, enrolled_at=row.enrolled_at, zone=zone)
+        review_at, review_from = review_schedule(
+            tier_set, now, enrolled_at=row.enrolled_at, zone=zone
+        )
         values.append(
             {
                 "m_member_id": row.member_id,
