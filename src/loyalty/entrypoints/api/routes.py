@@ -492,8 +492,8 @@ def quote(
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
-    # The quote is plain JSON already (strings, integers, lists): sent as it is, without
-    # FastAPI's generic encoder walking it again.
+    # The quote is plain JSON already (strings, integers, lists): sent as it is, like the
+    # answers of the other routes.
     return JSONResponse(
         quotes.quote_purchase(
             engine,
