@@ -50,3 +50,20 @@ def test_a_read_key_can_quote_but_a_quote_for_an_unknown_member_is_refused(api):
     assert r.status_code == 404 and r.json()["code"] == "member_not_found"
     r = api.request("POST", f"/v1/programs/{program}/quote", json={**cart, "currency": "USD"})
     assert r.status_code == 422 and r.json()["code"] == "currency_mismatch"
+
+
+def test_a_quote_prices_by_a_new_program_version_at_once(api):
+    # Parsed program settings are kept in memory per version: the next quote after an update
+    # must use the new one, never what the previous quote parsed.
+    program = api.create_program()
+    cart = {"currency": "EUR", "lines": [{"unit_price_minor": 500}]}
+    first = api.request("POST", f"/v1/programs/{program}/quote", json=cart).json()
+    assert (first["points_earned"], first["program_version"]) == (5, 1)
+    r = api.request(
+        "PUT",
+        f"/v1/programs/{program}",
+        json={"name": "Test program", "currency": "EUR", "points": {"earn": {"points": 3}}},
+    )
+    assert r.status_code == 200, r.text
+    second = api.request("POST", f"/v1/programs/{program}/quote", json=cart).json()
+    assert (second["points_earned"], second["program_version"]) == (15, 2)

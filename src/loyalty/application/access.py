@@ -172,16 +172,29 @@ def authenticate(engine: Engine, token: str) -> Principal:
     key_id, sep, secret = token.partition(".")
     if not sep or not key_id or not secret or len(token) > 200:
         raise Unauthenticated("The API key is malformed.")
-    cache_key = _digest(f"{engine.url}|{token}")
-    cached = _auth_cache.get(cache_key)
-    if cached is not None and cached[1] > time.monotonic():
-        return cached[0]
+    cached = cached_principal(engine, token)
+    if cached is not None:
+        return cached
     principal = _authenticate_uncached(engine, key_id, secret)
     with _auth_lock:
         if len(_auth_cache) >= AUTH_CACHE_ENTRIES_MAX:
             _auth_cache.clear()
-        _auth_cache[cache_key] = (principal, time.monotonic() + AUTH_CACHE_TTL_S)
+        _auth_cache[_cache_key(engine, token)] = (principal, time.monotonic() + AUTH_CACHE_TTL_S)
     return principal
+
+
+def _cache_key(engine: Engine, token: str) -> str:
+    return _digest(f"{engine.url}|{token}")
+
+
+def cached_principal(engine: Engine, token: str) -> Principal | None:
+    """The principal :func:`authenticate` verified for this token less than
+    ``AUTH_CACHE_TTL_S`` seconds ago, without touching the database; None otherwise (the
+    caller then authenticates, which may read the key)."""
+    cached = _auth_cache.get(_cache_key(engine, token))
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    return None
 
 
 def forget_cached_keys(key_id: str | None = None) -> None:

@@ -74,11 +74,44 @@ def _wallet_figures(
 ) -> tuple[int, int, Sequence[Any]]:
     """``(available, pending, expiring)`` of one wallet of a member."""
     expiring = conn.execute(_EXPIRING, params).all()
+    return (*_available_pending(conn, params, balance=balance, now=now), expiring)
+
+
+def _available_pending(
+    conn: Connection, params: dict[str, Any], *, balance: int, now: datetime
+) -> tuple[int, int]:
+    """``(available, pending)`` of one wallet of a member."""
     # Lots past their expiry that the expiry job has not reached yet are not spendable (the
     # next burn expires them first), so they are not shown as available.
     held = conn.execute(_HELD, {**params, "now": now}).one()
     overdue, pending = int(held.overdue), int(held.pending)
-    return max(balance - overdue - pending, 0), pending, expiring
+    return max(balance - overdue - pending, 0), pending
+
+
+@dataclass(frozen=True, slots=True)
+class WalletFigures:
+    """What ``balance_view`` says of one wallet, without its expiry buckets."""
+
+    balance: int
+    available: int
+    pending: int
+    debt: int
+
+
+def wallet_figures(
+    conn: Connection, program_id: str, member_id: str, *, now: datetime
+) -> dict[str, WalletFigures]:
+    """The figures of each of the member's wallets, by asset, as ``balance_view`` computes
+    them but without reading the expiry buckets (a quote shows, and a checkout pays with,
+    only these): one statement for the wallets and one per wallet."""
+    params = {"program_id": program_id, "member_id": member_id}
+    figures = {}
+    for row in conn.execute(_WALLETS, params).all():
+        available, pending = _available_pending(
+            conn, {**params, "asset": row.asset}, balance=row.balance, now=now
+        )
+        figures[row.asset] = WalletFigures(row.balance, available, pending, row.debt)
+    return figures
 
 
 def _buckets(rows: Sequence[Any], unit: str, *, now: datetime) -> list[dict[str, Any]]:

@@ -306,6 +306,7 @@ def _record_purchase(
     *,
     now: datetime,
     actor: str,
+    with_balance: bool = True,
 ) -> dict[str, Any]:
     settings = ctx.settings
     # Rules see the purchase no later than now: a future-dated event cannot reach into a
@@ -452,7 +453,7 @@ def _record_purchase(
         tier_change=tier_change,
         stamped=stamped,
         cashback_view=cashback_view,
-        balance=balance_view(conn, ctx.program_id, member_id, now=now),
+        balance=balance_view(conn, ctx.program_id, member_id, now=now) if with_balance else None,
     )
 
 
@@ -525,7 +526,7 @@ def purchase_body(
     tier_change: dict[str, Any] | None,
     stamped: list[dict[str, Any]],
     cashback_view: dict[str, Any] | None,
-    balance: dict[str, Any],
+    balance: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """What a recorded purchase answers (and what its idempotency key replays)."""
     return {
@@ -569,9 +570,11 @@ def record_purchase_in(
     *,
     now: datetime,
     actor: str,
+    with_balance: bool = True,
 ) -> dict[str, Any]:
-    """Record a purchase in the caller's transaction (used by the quote, which rolls it back)."""
-    return _record_purchase(conn, ctx, event, body, now=now, actor=actor)
+    """Record a purchase in the caller's transaction (used by the quote, which rolls it back);
+    without ``with_balance`` the answer's ``balance`` is None and not read."""
+    return _record_purchase(conn, ctx, event, body, now=now, actor=actor, with_balance=with_balance)
 
 
 def _record_return(

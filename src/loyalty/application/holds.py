@@ -27,7 +27,7 @@ from loyalty.adapters.db.locking import lock_second_wallet, lock_wallet
 from loyalty.adapters.db.tables import holds, journal_entries, lot_movements
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
-from loyalty.application.balances import balance_view
+from loyalty.application.balances import balance_view, wallet_figures
 from loyalty.application.expiry import extend_on_activity, lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import debit_lots
@@ -125,13 +125,13 @@ def payment_options(
 ) -> list[dict[str, Any]]:
     """What the member could pay of an order with each wallet now, within the checkout rules
     and their spendable balance, and why not when they can't (for the quote)."""
-    balance = balance_view(conn, ctx.program_id, member_id, now=now)
-    cash = balance["cashback"]
+    figures = wallet_figures(conn, ctx.program_id, member_id, now=now)
+    cash = figures.get(CASH)
     rules = ctx.settings.checkout
     options = []
     for asset, available in (
-        (POINTS, balance["available"]),
-        (CASH, cash["available_minor"] if cash else 0),
+        (POINTS, figures[POINTS].available),
+        (CASH, cash.available if cash else 0),
     ):
         if asset == CASH and ctx.settings.cashback is None and cash is None:
             continue

@@ -10,17 +10,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Row
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.ids import new_id
 from loyalty.application import holds, memberships, tiers
 from loyalty.application.access import Principal, Scope
+from loyalty.application.balances import WalletFigures, wallet_figures
 from loyalty.application.event_documents import MemberRef, PurchaseEvent
 from loyalty.application.events import record_purchase_in
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.domain.discounts import line_discounts
+from loyalty.domain.ledger import POINTS
 from loyalty.domain.tiers import tier_by_id
 
 
@@ -61,8 +63,8 @@ def quote_purchase(
                 now=now,
             )
             event = cart.model_copy(update={"member": MemberRef(external_id=external_id)})
-        offered = None if guest else _discounts(conn, ctx, event, now=now)
         known = None if guest else find_member(conn, program_id, event.member.as_ref())
+        offered = None if guest else _discounts(conn, ctx, event, known, now=now)
         # What the member can pay with, from what they have before this cart earns anything.
         payment = (
             None
@@ -77,10 +79,17 @@ def quote_purchase(
             )
         )
         body = event.model_dump(mode="json", exclude_none=True)
-        result = record_purchase_in(conn, ctx, event, body, now=now, actor=principal.key_id)
-        raise _RollBack(
-            {**_quote_view(result, guest=guest), "discounts": offered, "payment": payment}
+        # The purchase's own balance (with its expiry buckets) is not part of a quote: only
+        # the four figures below are, and a guest gets none.
+        result = record_purchase_in(
+            conn, ctx, event, body, now=now, actor=principal.key_id, with_balance=False
         )
+        after = (
+            None
+            if guest
+            else wallet_figures(conn, program_id, result["member_id"], now=now)[POINTS]
+        )
+        raise _RollBack({**_quote_view(result, after), "discounts": offered, "payment": payment})
 
     try:
         run_transaction(engine, work)
@@ -90,12 +99,16 @@ def quote_purchase(
 
 
 def _discounts(
-    conn: Connection, ctx: ProgramContext, cart: PurchaseEvent, *, now: datetime
+    conn: Connection,
+    ctx: ProgramContext,
+    cart: PurchaseEvent,
+    member: Row[Any] | None,
+    *,
+    now: datetime,
 ) -> dict[str, Any]:
-    """The member discount lines a checkout should apply to this cart, by the member's spend
-    so far and tier (before this cart)."""
+    """The member discount lines a checkout should apply to this cart, by the spend so far and
+    tier (before this cart) of ``member``, the cart's member if they exist."""
     settings = ctx.settings
-    member = find_member(conn, ctx.program_id, cart.member.as_ref())
     spend = 0
     tier_percent = 0
     if member is not None:
@@ -130,8 +143,9 @@ def _discounts(
     }
 
 
-def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:
-    balance = result["balance"]
+def _quote_view(result: dict[str, Any], after: WalletFigures | None) -> dict[str, Any]:
+    """``after``: the member's points after the purchase; None for a guest."""
+    guest = after is None
     return {
         # A member the quote would enroll does not exist: no id to give.
         "member_id": None if guest or result["member_enrolled"] else result["member_id"],
@@ -152,6 +166,11 @@ def _quote_view(result: dict[str, Any], *, guest: bool) -> dict[str, Any]:
         ],
         "cashback_earned_minor": result["cashback"]["earned_minor"] if result["cashback"] else None,
         "balance_after": None
-        if guest
-        else {k: balance[k] for k in ("balance", "available", "pending", "debt")},
+        if after is None
+        else {
+            "balance": after.balance,
+            "available": after.available,
+            "pending": after.pending,
+            "debt": after.debt,
+        },
     }

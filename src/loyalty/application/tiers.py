@@ -125,16 +125,19 @@ def activity_row(
     }
 
 
+# Built once: the quote reads it on every request.
+_LIFETIME_SPEND = select(func.coalesce(func.sum(member_activity.c.spend_minor), 0)).where(
+    and_(
+        member_activity.c.program_id == bindparam("program_id"),
+        member_activity.c.member_id == bindparam("member_id"),
+    )
+)
+
+
 def lifetime_spend(conn: Connection, program_id: str, member_id: str) -> int:
     """The member's spend so far, less returns (for the cumulative discount)."""
-    a = member_activity.c
-    return int(
-        conn.execute(
-            select(func.coalesce(func.sum(a.spend_minor), 0)).where(
-                and_(a.program_id == program_id, a.member_id == member_id)
-            )
-        ).scalar_one()
-    )
+    params = {"program_id": program_id, "member_id": member_id}
+    return int(conn.execute(_LIFETIME_SPEND, params).scalar_one())
 
 
 def metric_between(

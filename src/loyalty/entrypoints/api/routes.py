@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -87,7 +88,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-def engine_of(request: Request) -> Engine:
+# The two dependencies every route has are coroutines: FastAPI runs a plain function
+# dependency in the thread pool, and the hop there and back cost more than the work they do.
+async def engine_of(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
@@ -95,13 +98,20 @@ def engine_of(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(engine_of)]
 
 
-def principal_of(
+async def principal_of(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     if credentials is None:
         raise access.Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
-    return access.authenticate(engine_of(request), credentials.credentials)
+    engine: Engine = request.app.state.engine
+    token = credentials.credentials
+    # A key verified moments ago is answered from memory; reading the key is database I/O and
+    # goes to the thread pool, off the event loop.
+    principal = access.cached_principal(engine, token)
+    if principal is None:
+        principal = await run_in_threadpool(access.authenticate, engine, token)
+    return principal
 
 
 Auth = Annotated[Principal, Depends(principal_of)]
@@ -456,7 +466,9 @@ def _batch_result(
         200, bodies.QuoteOut, "What the cart would earn; nothing is recorded."
     ),
 )
-def quote(program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: EngineDep) -> Any:
+def quote(
+    program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: EngineDep
+) -> JSONResponse:
     """What a cart (or a single product) would earn, per line and per rule, computed by the
     same code as a real purchase in a transaction that is rolled back. Needs a `read` key."""
     now = utc_now()
@@ -480,14 +492,18 @@ def quote(program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: En
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
-    return quotes.quote_purchase(
-        engine,
-        principal,
-        program_id,
-        cart,
-        member=body.member,
-        now=now,
-        order_reference=body.order_reference,
+    # The quote is plain JSON already (strings, integers, lists): sent as it is, like the
+    # answers of the other routes.
+    return JSONResponse(
+        quotes.quote_purchase(
+            engine,
+            principal,
+            program_id,
+            cart,
+            member=body.member,
+            now=now,
+            order_reference=body.order_reference,
+        )
     )
 
 
