@@ -8,21 +8,40 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from loyalty.adapters.db.engine import DEFAULT_SQLITE_URL, make_engine, normalise_url
+from loyalty.application.event_groups import EventGroups
+from loyalty.application.limits import EVENT_GROUP_SIZE_MAX, EVENT_GROUP_WAIT_MS
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str
     pool_size: int
+    group_commit: bool = True
+    """Concurrent single purchases of a program recorded together (``event_groups``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
+        group_commit = os.environ.get("LOYALTY_GROUP_COMMIT", "on").strip().lower()
+        if group_commit not in _SWITCH:
+            raise ValueError(f"LOYALTY_GROUP_COMMIT must be on or off, not {group_commit!r}")
         return cls(
             database_url=normalise_url(os.environ.get("LOYALTY_DATABASE_URL", DEFAULT_SQLITE_URL)),
             pool_size=int(os.environ.get("LOYALTY_POOL_SIZE", "10")),
+            group_commit=_SWITCH[group_commit],
         )
+
+
+_SWITCH = {"on": True, "off": False, "1": True, "0": False, "true": True, "false": False}
 
 
 def build_engine(settings: Settings | None = None) -> Engine:
     settings = settings or Settings.from_env()
     return make_engine(settings.database_url, pool_size=settings.pool_size)
+
+
+def build_event_groups(engine: Engine, settings: Settings | None = None) -> EventGroups | None:
+    """The group-commit queues of this process, or None when the setting turns them off."""
+    settings = settings or Settings.from_env()
+    if not settings.group_commit:
+        return None
+    return EventGroups(engine, size_max=EVENT_GROUP_SIZE_MAX, wait_ms=EVENT_GROUP_WAIT_MS)

@@ -24,6 +24,12 @@ IMPORT_BATCH_DEFAULT = 500
 IMPORT_BATCH_MAX = 5_000
 BATCH_EVENTS_MAX = 1_000
 """Events in one ``POST .../events:batch`` (the body limit applies too)."""
+EVENT_GROUP_SIZE_MAX = 64
+"""Concurrent single purchases recorded in one transaction (group commit); more wait for the
+next group."""
+EVENT_GROUP_WAIT_MS = 0.0
+"""How long a group's leader waits for more purchases to join before recording; 0: it takes
+what is queued when it starts."""
 
 
 def attributes_size(value: dict[str, Any]) -> int:

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loyalty import __version__
 from loyalty.application.limits import REQUEST_BODY_BYTES_MAX
-from loyalty.bootstrap import build_engine
+from loyalty.bootstrap import Settings, build_engine, build_event_groups
 from loyalty.entrypoints.api import errors
 from loyalty.entrypoints.api.routes import router
 
@@ -119,7 +119,10 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     return receive
 
 
-def create_app(engine: Engine | None = None) -> FastAPI:
+def create_app(engine: Engine | None = None, settings: Settings | None = None) -> FastAPI:
+    """The application on ``engine`` (else the configured database); ``settings`` default to
+    the environment's."""
+    settings = settings or Settings.from_env()
     app = FastAPI(
         title="Loyalty Engine",
         version=__version__,
@@ -127,7 +130,8 @@ def create_app(engine: Engine | None = None) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.engine = engine if engine is not None else build_engine()
+    app.state.engine = engine if engine is not None else build_engine(settings)
+    app.state.event_groups = build_event_groups(app.state.engine, settings)
     errors.install(app)
     app.include_router(router)
     app.state.api_routes = list(router.routes)

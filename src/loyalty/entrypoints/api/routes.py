@@ -33,6 +33,7 @@ from loyalty.application import backtest as backtests
 from loyalty.application import quote as quotes
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import Event, MemberRef, PurchaseEvent
+from loyalty.application.event_groups import EventGroups
 from loyalty.application.idempotency import IDEMPOTENCY_KEY_LENGTH_MAX, Outcome
 from loyalty.application.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from loyalty.application.program_document import ProgramDocument
@@ -96,6 +97,14 @@ async def engine_of(request: Request) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(engine_of)]
+
+
+async def event_groups_of(request: Request) -> EventGroups | None:
+    groups: EventGroups | None = request.app.state.event_groups
+    return groups
+
+
+EventGroupsDep = Annotated[EventGroups | None, Depends(event_groups_of)]
 
 
 async def principal_of(
@@ -397,12 +406,19 @@ def list_expiring_points(
     ),
 )
 def post_event(
-    program_id: ProgramId, event: Annotated[Event, Body()], principal: Auth, engine: EngineDep
+    program_id: ProgramId,
+    event: Annotated[Event, Body()],
+    principal: Auth,
+    engine: EngineDep,
+    groups: EventGroupsDep,
 ) -> JSONResponse:
     """Record a `purchase`, `return` or custom `action`. The event's `id` is its idempotency
     key: the same id with the same body replays the first response (`Idempotent-Replayed`),
     with a different body is `409 idempotency_conflict`."""
-    return respond(events.submit_event(engine, principal, program_id, event, now=utc_now()))
+    now = utc_now()
+    if groups is not None:
+        return respond(groups.submit(principal, program_id, event, now=now))
+    return respond(events.submit_event(engine, principal, program_id, event, now=now))
 
 
 @router.post(

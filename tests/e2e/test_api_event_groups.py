@@ -1,0 +1,271 @@
+"""Group commit: concurrent single purchases of one program recorded in one transaction, each
+answered exactly as it would have been alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
+
+from loyalty.adapters.db.tables import events
+from loyalty.application.audit import audit_ledger
+from loyalty.application.event_groups import EventGroups, record_group
+from loyalty.entrypoints.api.app import create_app
+
+AT = datetime(2026, 5, 4, 12, tzinfo=UTC).isoformat()
+# Long enough that every request of a test has joined the leader's group before it records,
+# each STAGGER_S after the one before (so they join in the order they are listed).
+WAIT_MS = 1_000
+STAGGER_S = 0.05
+
+
+def _purchase(order_id: str, euros: int, member: str = "C1", **fields: Any) -> dict[str, Any]:
+    lines = [
+        {"sku": "A", "quantity": 2, "unit_price_minor": euros * 25},
+        {"sku": "B", "quantity": 1, "unit_price_minor": euros * 50},
+    ]
+    return {
+        "type": "purchase",
+        "id": order_id,
+        "member": {"external_id": member},
+        "occurred_at": AT,
+        "currency": "EUR",
+        "total_minor": euros * 100,
+        "lines": lines,
+        **fields,
+    }
+
+
+@contextmanager
+def _grouping_client(api: Any, record: Any = record_group) -> Iterator[TestClient]:
+    app = create_app(api.engine)
+    app.state.event_groups = EventGroups(api.engine, size_max=64, wait_ms=WAIT_MS, record=record)
+    with TestClient(app) as client:
+        yield client
+
+
+def _post_together(client: TestClient, token: str, url: str, bodies: list[dict[str, Any]]):
+    """Post every body, one thread each, each a moment after the one before, all within the
+    first request's group; the responses in the bodies' order."""
+    assert STAGGER_S * len(bodies) < WAIT_MS / 1000 / 2
+    # The key verified once first, so no request waits on that and overtakes another.
+    assert client.get("/v1/programs", headers={"Authorization": f"Bearer {token}"}).is_success
+    responses: list[Any] = [None] * len(bodies)
+
+    def post(i: int) -> None:
+        time.sleep(i * STAGGER_S)
+        responses[i] = client.post(
+            url, json=bodies[i], headers={"Authorization": f"Bearer {token}"}
+        )
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return responses
+
+
+def _comparable(value: Any) -> Any:
+    """A response body without what differs between two recordings of the same events: the
+    engine's ids and the moment of recording."""
+    if isinstance(value, dict):
+        return {
+            k: _comparable(v)
+            for k, v in value.items()
+            if not (k == "id" or k.endswith("_id") or k in {"received_at", "as_of", "instance"})
+        }
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _answers(responses: list[Any]) -> list[tuple[int, str | None, Any]]:
+    return [
+        (r.status_code, r.headers.get("Idempotent-Replayed"), _comparable(r.json()))
+        for r in responses
+    ]
+
+
+def _received_at(api: Any, program: str) -> set[Any]:
+    with api.engine.connect() as conn:
+        rows = conn.execute(select(events.c.received_at).where(events.c.program_id == program))
+        return {row.received_at for row in rows}
+
+
+def _events_of(api: Any, program: str) -> int:
+    with api.engine.connect() as conn:
+        rows = conn.execute(select(events.c.id).where(events.c.program_id == program))
+        return len(rows.all())
+
+
+def _mix() -> list[dict[str, Any]]:
+    """Purchases for new and repeat customers, one of them twice, and refused ones."""
+    return [
+        _purchase("O1", 10, "C1"),
+        _purchase("O2", 20, "C2"),
+        _purchase("O3", 30, "C1"),
+        _purchase("O4", 40, "C3", currency="USD"),  # another currency: refused alone
+        _purchase("O5", 50, "C2"),
+        {**_purchase("O6", 60), "member": {"id": "mbr_nobody"}},  # no such member
+        _purchase("O7", 70, "C4"),
+    ]
+
+
+def test_concurrent_purchases_are_answered_as_they_would_be_one_by_one(api):
+    tiers = {
+        "metric": "spend",
+        "window": {"type": "calendar_year"},
+        "levels": [
+            {"id": "bronze", "name": "Bronze", "threshold": 0},
+            {
+                "id": "silver",
+                "name": "Silver",
+                "threshold": 3_500,
+                "benefits": {"earn_multiplier_percent": 150},
+            },
+        ],
+    }
+    alone = api.create_program(enrollment={"auto_enroll_on_purchase": True}, tiers=tiers)
+    grouped = api.create_program(enrollment={"auto_enroll_on_purchase": True}, tiers=tiers)
+    bodies = _mix()
+    # One by one: each purchase in its own transaction.
+    one_by_one = [api.request("POST", f"/v1/programs/{alone}/events", json=body) for body in bodies]
+    with _grouping_client(api) as client:
+        together = _post_together(client, api.token, f"/v1/programs/{grouped}/events", bodies)
+    assert [r.status_code for r in together] == [201, 201, 201, 422, 201, 404, 201]
+    # Every accepted purchase was recorded in one transaction, at one moment, and each
+    # answer is the one-by-one answer (C2 reaches Silver at O5, as alone).
+    assert _events_of(api, grouped) == 5
+    assert len(_received_at(api, grouped)) == 1
+    assert _answers(together) == _answers(one_by_one)
+    assert together[4].json()["tier_change"] is not None
+    for member in ("ext:C1", "ext:C2", "ext:C4"):
+        assert _comparable(api.balance(grouped, member)) == _comparable(api.balance(alone, member))
+    assert audit_ledger(api.engine) == []
+
+
+def test_each_purchase_of_a_group_gets_the_body_it_gets_alone(api):
+    """Distinct members, so the order within the group can't change any answer: every body
+    (balance included) is the one-by-one body."""
+    alone = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    grouped = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    api.enroll(alone, "K1")
+    api.enroll(grouped, "K1")
+    bodies = [_purchase(f"O{n}", 10 * n, f"K{n}") for n in range(1, 7)]
+    bodies.append(_purchase("O7", 70, "K7", currency="USD"))
+    one_by_one = [api.request("POST", f"/v1/programs/{alone}/events", json=body) for body in bodies]
+    with _grouping_client(api) as client:
+        url = f"/v1/programs/{grouped}/events"
+        together = _post_together(client, api.token, url, bodies)
+        assert len(_received_at(api, grouped)) == 1
+        # Sent again, all at once: each replays its own first answer, nothing moves.
+        again = _post_together(client, api.token, url, bodies)
+    assert _answers(together) == _answers(one_by_one)
+    assert [r.status_code for r in again] == [201] * 6 + [422]
+    assert [r.headers.get("Idempotent-Replayed") for r in again[:6]] == ["true"] * 6
+    assert [r.json() for r in again[:6]] == [r.json() for r in together[:6]]
+    assert _events_of(api, grouped) == 6
+    assert audit_ledger(api.engine) == []
+
+
+def test_the_same_event_twice_in_a_group_is_recorded_once_and_a_changed_one_conflicts(api):
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    bodies = [_purchase("O1", 10), _purchase("O1", 10), _purchase("O1", 99), _purchase("O2", 5)]
+    with _grouping_client(api) as client:
+        answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
+    statuses = sorted(r.status_code for r in answers[:3])
+    assert statuses == [201, 201, 409]
+    recorded = [r.json() for r in answers[:2] if r.status_code == 201]
+    assert recorded[0] == recorded[1]
+    assert sorted(r.headers.get("Idempotent-Replayed", "") for r in answers[:2]) in (
+        ["", "true"],
+        ["true", "true"],
+    )
+    assert answers[3].status_code == 201
+    assert api.balance(program, "ext:C1")["balance"] == 15
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_group_the_database_fails_is_recorded_one_by_one(api, tmp_path):
+    """The group's transaction meets a real database failure (a database that isn't there):
+    each request is then recorded alone, on the real database, and answered as usual."""
+    unreachable = create_engine(f"sqlite:///{tmp_path}/missing-dir/none.db")
+
+    def failing(engine: Any, *args: Any, **kwargs: Any) -> Any:
+        return record_group(unreachable, *args, **kwargs)
+
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    bodies = [_purchase(f"O{n}", 10 * n, f"K{n}") for n in range(1, 5)]
+    bodies.append(_purchase("O5", 50, "K5", currency="USD"))
+    with _grouping_client(api, record=failing) as client:
+        answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
+    assert [r.status_code for r in answers] == [201, 201, 201, 201, 422]
+    assert [r.json()["points_earned"] for r in answers[:4]] == [10, 20, 30, 40]
+    assert answers[4].json()["code"] == "currency_mismatch"
+    # Recorded alone: each at its own moment.
+    assert _events_of(api, program) == 4
+    assert len(_received_at(api, program)) == 4
+    unreachable.dispose()
+    assert audit_ledger(api.engine) == []
+
+
+def test_returns_and_actions_are_recorded_alone_beside_a_group(api):
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    first = api.request("POST", f"/v1/programs/{program}/events", json=_purchase("O1", 10))
+    assert first.status_code == 201
+    returned = {
+        "type": "return",
+        "id": "R1",
+        "order_id": "O1",
+        "occurred_at": AT,
+        "lines": [{"line_id": "1", "quantity": 2}],
+    }
+    action = {
+        "type": "action",
+        "id": "A1",
+        "action": "review",
+        "member": {"external_id": "C1"},
+        "occurred_at": AT,
+    }
+    bodies = [returned, _purchase("O2", 20, "C2"), action, _purchase("O3", 30, "C3")]
+    with _grouping_client(api) as client:
+        answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
+    assert [r.status_code for r in answers] == [201, 201, 201, 201]
+    assert answers[0].json()["points_reversed"] == 5
+    assert api.balance(program, "ext:C1")["balance"] == 5
+    # The two purchases went together; the return and the action each alone.
+    assert len(_received_at(api, program)) == 4
+    assert answers[1].json()["points_earned"] + answers[3].json()["points_earned"] == 50
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_program_whose_purchases_need_more_is_recorded_one_by_one(api):
+    """A campaign budget is per-program state the bulk path doesn't carry: such a program's
+    purchases are each recorded alone, and the budget is spent exactly as one by one."""
+    program = api.create_program(
+        points={"earn": {"points": 0}},
+        rules=[
+            {
+                "id": "launch",
+                "name": "Launch bonus",
+                "trigger": "purchase",
+                "effect": {"type": "fixed", "points": 30},
+                "limits": {"budget": {"points": 50}},
+            }
+        ],
+        enrollment={"auto_enroll_on_purchase": True},
+    )
+    bodies = [_purchase(f"O{n}", 10, f"C{n}") for n in range(3)]
+    with _grouping_client(api) as client:
+        answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
+    # Released together to be recorded alone, they race: which one gets the rest is open.
+    assert sorted(r.json()["points_earned"] for r in answers) == [0, 20, 30]
+    assert len(_received_at(api, program)) == 3
+    assert audit_ledger(api.engine) == []
