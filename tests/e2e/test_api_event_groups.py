@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, select
 from loyalty.adapters.db.tables import events
 from loyalty.application.audit import audit_ledger
 from loyalty.application.event_groups import EventGroups, record_group
+from loyalty.bootstrap import Settings
 from loyalty.entrypoints.api.app import create_app
 
 AT = datetime(2026, 5, 4, 12, tzinfo=UTC).isoformat()
@@ -269,3 +270,14 @@ def test_a_program_whose_purchases_need_more_is_recorded_one_by_one(api):
     assert sorted(r.json()["points_earned"] for r in answers) == [0, 20, 30]
     assert len(_received_at(api, program)) == 3
     assert audit_ledger(api.engine) == []
+
+
+def test_with_group_commit_off_every_purchase_is_recorded_alone(api):
+    app = create_app(api.engine, Settings("sqlite://", 1, group_commit=False))
+    assert app.state.event_groups is None
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    bodies = [_purchase(f"O{n}", 10 * n, f"K{n}") for n in range(1, 5)]
+    with TestClient(app) as client:
+        answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
+    assert [r.status_code for r in answers] == [201] * 4
+    assert len(_received_at(api, program)) == 4
