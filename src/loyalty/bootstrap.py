@@ -9,7 +9,11 @@ from sqlalchemy import Engine
 
 from loyalty.adapters.db.engine import DEFAULT_SQLITE_URL, make_engine, normalise_url
 from loyalty.application.event_groups import EventGroups
-from loyalty.application.limits import EVENT_GROUP_SIZE_MAX, EVENT_GROUP_WAIT_MS
+from loyalty.application.limits import (
+    EVENT_GROUP_SIZE_MAX,
+    EVENT_GROUP_WAIT_MS,
+    EVENT_GROUP_WAIT_MS_MAX,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,16 +22,29 @@ class Settings:
     pool_size: int
     group_commit: bool = True
     """Concurrent single purchases of a program recorded together (``event_groups``)."""
+    group_wait_ms: float = EVENT_GROUP_WAIT_MS
+    """How long a group's leader waits for more purchases to join before writing."""
 
     @classmethod
     def from_env(cls) -> Settings:
         group_commit = os.environ.get("LOYALTY_GROUP_COMMIT", "on").strip().lower()
         if group_commit not in _SWITCH:
             raise ValueError(f"LOYALTY_GROUP_COMMIT must be on or off, not {group_commit!r}")
+        wait = os.environ.get("LOYALTY_GROUP_COMMIT_WAIT_MS", str(EVENT_GROUP_WAIT_MS))
+        try:
+            group_wait_ms = float(wait)
+        except ValueError:
+            group_wait_ms = -1.0
+        if not 0 <= group_wait_ms <= EVENT_GROUP_WAIT_MS_MAX:
+            raise ValueError(
+                f"LOYALTY_GROUP_COMMIT_WAIT_MS must be 0 to {EVENT_GROUP_WAIT_MS_MAX:g}, "
+                f"not {wait!r}"
+            )
         return cls(
             database_url=normalise_url(os.environ.get("LOYALTY_DATABASE_URL", DEFAULT_SQLITE_URL)),
             pool_size=int(os.environ.get("LOYALTY_POOL_SIZE", "10")),
             group_commit=_SWITCH[group_commit],
+            group_wait_ms=group_wait_ms,
         )
 
 
@@ -44,4 +61,4 @@ def build_event_groups(engine: Engine, settings: Settings | None = None) -> Even
     settings = settings or Settings.from_env()
     if not settings.group_commit:
         return None
-    return EventGroups(engine, size_max=EVENT_GROUP_SIZE_MAX, wait_ms=EVENT_GROUP_WAIT_MS)
+    return EventGroups(engine, size_max=EVENT_GROUP_SIZE_MAX, wait_ms=settings.group_wait_ms)

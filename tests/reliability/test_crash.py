@@ -67,6 +67,8 @@ class Server:
 
     database_url: str
     log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings for the server process, over this process's environment."""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -92,6 +94,7 @@ class Server:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.env},
             )
         self.starts += 1
         deadline = time.monotonic() + SERVER_START_S
@@ -216,12 +219,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield url
 
 
-def test_sigkill_mid_load_loses_and_duplicates_nothing(database_url, tmp_path):
+GROUPING = {
+    # Every purchase in a transaction of its own.
+    "alone": {"LOYALTY_GROUP_COMMIT": "off"},
+    # Group commit with its leader waiting for more: the kills land while groups are open.
+    "grouped": {"LOYALTY_GROUP_COMMIT": "on", "LOYALTY_GROUP_COMMIT_WAIT_MS": "20"},
+}
+
+
+@pytest.mark.parametrize("grouping", sorted(GROUPING))
+def test_sigkill_mid_load_loses_and_duplicates_nothing(database_url, tmp_path, grouping):
     engine = make_engine(database_url)
     issued = create_api_key(
         engine, tenant_name="crash", name="till", scopes=[Scope.ADMIN], program_id=None, now=NOW
     )
-    server = Server(database_url, tmp_path / "server.log")
+    server = Server(database_url, tmp_path / "server.log", env=GROUPING[grouping])
     server.start()
     try:
         r = httpx.post(
@@ -272,9 +284,9 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(database_url, tmp_path):
         # Recorded exactly once: one event and one earn entry per purchase.
         with engine.connect() as conn:
             rows = conn.execute(
-                select(events.c.source_id, events.c.id, events.c.points).where(
-                    events.c.program_id == program, events.c.type == "purchase"
-                )
+                select(
+                    events.c.source_id, events.c.id, events.c.points, events.c.received_at
+                ).where(events.c.program_id == program, events.c.type == "purchase")
             ).all()
             earn_entries = conn.execute(
                 select(func.count())
@@ -286,6 +298,10 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(database_url, tmp_path):
             o: a["event_id"] for o, a in tally.acknowledged.items()
         }
         assert earn_entries == total
+        # A group's purchases share their transaction's time: groups did form under the load
+        # the kills interrupted.
+        if grouping == "grouped":
+            assert len({r.received_at for r in rows}) < len(rows)
 
         # Each member's balance, recomputed from the purchases sent.
         expected: Counter[str] = Counter()
@@ -327,6 +343,7 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(database_url, tmp_path):
             record = {
                 "test": "crash",
                 "database": database_url.split(":", 1)[0],
+                "grouping": grouping,
                 "kills": server.kills,
                 "starts": server.starts,
                 "threads": THREADS,

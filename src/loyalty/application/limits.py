@@ -30,6 +30,8 @@ next group."""
 EVENT_GROUP_WAIT_MS = 0.0
 """How long a group's leader waits for more purchases to join before recording; 0: it takes
 what is queued when it starts."""
+EVENT_GROUP_WAIT_MS_MAX = 100.0
+"""The most ``LOYALTY_GROUP_COMMIT_WAIT_MS`` may set it to."""
 
 
 def attributes_size(value: dict[str, Any]) -> int:
