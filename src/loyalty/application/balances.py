@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,14 +68,6 @@ _HELD = select(
 )
 
 
-def _wallet_figures(
-    conn: Connection, params: dict[str, Any], *, balance: int, now: datetime
-) -> tuple[int, int, Sequence[Any]]:
-    """``(available, pending, expiring)`` of one wallet of a member."""
-    expiring = conn.execute(_EXPIRING, params).all()
-    return (*_available_pending(conn, params, balance=balance, now=now), expiring)
-
-
 def _available_pending(
     conn: Connection, params: dict[str, Any], *, balance: int, now: datetime
 ) -> tuple[int, int]:
@@ -114,14 +105,17 @@ def wallet_figures(
     return figures
 
 
-def _buckets(rows: Sequence[Any], unit: str, *, now: datetime) -> list[dict[str, Any]]:
+def _expiring(
+    conn: Connection, params: dict[str, Any], asset: str, unit: str, *, now: datetime
+) -> list[dict[str, Any]]:
+    """What expires when in one wallet of a member, ``unit`` naming the amount."""
     return [
         {
             "expires_at": r.expires_at.isoformat(),
             unit: int(r.points),
             "expired": r.expires_at <= now,
         }
-        for r in rows
+        for r in conn.execute(_EXPIRING, {**params, "asset": asset}).all()
     ]
 
 
@@ -134,21 +128,20 @@ def balance_view(
     repaid by the next earnings. ``cashback`` gives the same figures for the member's
     cashback wallet, in minor units (``None`` before the member's first cashback)."""
     params = {"program_id": program_id, "member_id": member_id}
-    wallet_rows = {r.asset: r for r in conn.execute(_WALLETS, params).all()}
-    wallet = wallet_rows[POINTS]
-    available, pending, expiring = _wallet_figures(
-        conn, {**params, "asset": POINTS}, balance=wallet.balance, now=now
+    rows = {r.asset: r for r in conn.execute(_WALLETS, params).all()}
+    points = rows[POINTS]
+    available, pending = _available_pending(
+        conn, {**params, "asset": POINTS}, balance=points.balance, now=now
     )
-    cash = wallet_rows.get(CASH)
-    cashback = _cashback_view(conn, params, cash, now=now) if cash is not None else None
+    cash = rows.get(CASH)
     return {
         "member_id": member_id,
-        "balance": wallet.balance,
+        "balance": points.balance,
         "available": available,
         "pending": pending,
-        "debt": wallet.debt,
-        "expiring": _buckets(expiring, "points", now=now),
-        "cashback": cashback,
+        "debt": points.debt,
+        "expiring": _expiring(conn, params, POINTS, "points", now=now),
+        "cashback": None if cash is None else _cashback_view(conn, params, cash, now=now),
         "as_of": now.isoformat(),
     }
 
@@ -156,15 +149,15 @@ def balance_view(
 def _cashback_view(
     conn: Connection, params: dict[str, Any], cash: Any, *, now: datetime
 ) -> dict[str, Any]:
-    cash_available, cash_pending, cash_expiring = _wallet_figures(
+    available, pending = _available_pending(
         conn, {**params, "asset": CASH}, balance=cash.balance, now=now
     )
     return {
         "balance_minor": cash.balance,
-        "available_minor": cash_available,
-        "pending_minor": cash_pending,
+        "available_minor": available,
+        "pending_minor": pending,
         "debt_minor": cash.debt,
-        "expiring": _buckets(cash_expiring, "amount_minor", now=now),
+        "expiring": _expiring(conn, params, CASH, "amount_minor", now=now),
     }
 
 

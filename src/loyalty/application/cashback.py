@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, func, select
 from loyalty.adapters.db.ledger_store import expired_from_entry, member_lots
 from loyalty.adapters.db.locking import lock_second_wallet
 from loyalty.adapters.db.tables import events, journal_entries, lots, return_lines
-from loyalty.application.ledger_ops import credit_points, debit_lots
+from loyalty.application.ledger_ops import debit_lots, plan_credit, write_credit
 from loyalty.application.programs import ProgramContext, settings_at
 from loyalty.domain.cashback import cashback_for
 from loyalty.domain.ledger import CASH, EntryKind, MovementKind, plan_takeback
@@ -70,30 +70,32 @@ def credit_cashback(
     wallet = lock_second_wallet(conn, ctx.program_id, member_id, CASH, now=now)
     expires_at = policy.expiry.expires_at(earned_at)
     available_at = earned_at + timedelta(days=policy.pending_days) if policy.pending_days else None
-    credit = credit_points(
+    credit = write_credit(
         conn,
-        program_id=ctx.program_id,
-        member_id=member_id,
-        wallet=wallet,
-        points=amount,
-        kind=EntryKind.CASHBACK,
-        from_purpose="issued",
-        program_version=ctx.settings.version,
-        now=now,
-        expires_at=expires_at,
-        earned_at=earned_at,
-        available_at=available_at,
-        reason="cashback",
-        source_type="purchase",
-        source_id=order_id,
-        actor=actor,
-        details={
-            "event_id": event_id,
-            "eligible_minor": eligible,
-            "rate_bp": view["rate_bp"],
-            "tier": tier,
-        },
-        asset=CASH,
+        plan_credit(
+            program_id=ctx.program_id,
+            member_id=member_id,
+            debt=wallet.debt,
+            points=amount,
+            kind=EntryKind.CASHBACK,
+            from_purpose="issued",
+            program_version=ctx.settings.version,
+            now=now,
+            expires_at=expires_at,
+            earned_at=earned_at,
+            available_at=available_at,
+            reason="cashback",
+            source_type="purchase",
+            source_id=order_id,
+            actor=actor,
+            details={
+                "event_id": event_id,
+                "eligible_minor": eligible,
+                "rate_bp": view["rate_bp"],
+                "tier": tier,
+            },
+            asset=CASH,
+        ),
     )
     lot = credit.lots[0]
     view["entry_id"] = credit.entry_id

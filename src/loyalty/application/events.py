@@ -42,7 +42,7 @@ from loyalty.application.expressions import (
     purchase_variables,
 )
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
-from loyalty.application.ledger_ops import Credit, credit_points, debit_lots
+from loyalty.application.ledger_ops import Credit, debit_lots, plan_credit, write_credit
 from loyalty.application.members import MemberProfile, find_member, insert_member
 from loyalty.application.programs import ProgramContext, load_program, settings_at
 from loyalty.application.rewards import award_enrollment
@@ -188,23 +188,25 @@ def _credit_evaluation(
     """Credit what an evaluation earned (one lot per pending period) and record it against
     the rules' caps and budgets, in the caller's transaction and under its wallet lock."""
     settings = ctx.settings
-    credit = credit_points(
+    credit = write_credit(
         conn,
-        program_id=ctx.program_id,
-        member_id=member_id,
-        wallet=wallet,
-        points=evaluation.points,
-        kind=EntryKind.EARN,
-        from_purpose="issued",
-        program_version=settings.version,
-        now=now,
-        expires_at=settings.expiry.expires_at(earned_at),
-        earned_at=earned_at,
-        held=held_portions(settings, evaluation, earned_at),
-        source_type=source_type,
-        source_id=source_id,
-        actor=actor,
-        details=details,
+        plan_credit(
+            program_id=ctx.program_id,
+            member_id=member_id,
+            debt=wallet.debt,
+            points=evaluation.points,
+            kind=EntryKind.EARN,
+            from_purpose="issued",
+            program_version=settings.version,
+            now=now,
+            expires_at=settings.expiry.expires_at(earned_at),
+            earned_at=earned_at,
+            held=held_portions(settings, evaluation, earned_at),
+            source_type=source_type,
+            source_id=source_id,
+            actor=actor,
+            details=details,
+        ),
     )
     limited = _limited_rules(settings)
     if limited:

@@ -17,7 +17,6 @@ from loyalty.adapters.db.ledger_store import (
     move_lots,
     write_entry,
 )
-from loyalty.adapters.db.locking import WalletState
 from loyalty.adapters.ids import new_id
 from loyalty.domain.ledger import (
     POINTS,
@@ -87,7 +86,14 @@ def plan_credit(
     details: dict[str, Any] | None = None,
     asset: str = POINTS,
 ) -> CreditRows:
-    """The rows of ``credit_points`` for a member who owes ``debt``, without writing them."""
+    """Credit ``points`` (minor units for ``asset`` CASH) in one journal entry, earned at
+    ``earned_at`` (default ``now``), for a member who owes ``debt``: the rows, not yet written
+    (:func:`write_credit` writes them; a batch writes many runs' rows at once).
+
+    By default the points make one lot, spendable from ``available_at`` (default at once).
+    ``held`` splits them instead into one lot per ``(points, available_at)`` portion (rules
+    with different pending periods); the portions must add up to ``points``. A debt left by an
+    earlier return is repaid first, out of the lots spendable soonest."""
     assert points > 0
     portions = [(p, at) for p, at in (held or [(points, available_at)]) if p > 0]
     assert sum(p for p, _ in portions) == points
@@ -159,55 +165,10 @@ def plan_credit(
     )
 
 
-def credit_points(
-    conn: Connection,
-    *,
-    program_id: str,
-    member_id: str,
-    wallet: WalletState,
-    points: int,
-    kind: EntryKind,
-    from_purpose: str,
-    program_version: int,
-    now: datetime,
-    expires_at: datetime | None,
-    earned_at: datetime | None = None,
-    available_at: datetime | None = None,
-    held: Sequence[tuple[int, datetime | None]] | None = None,
-    reason: str | None = None,
-    source_type: str | None = None,
-    source_id: str | None = None,
-    actor: str | None = None,
-    details: dict[str, Any] | None = None,
-    asset: str = POINTS,
-) -> Credit:
-    """Credit ``points`` in one journal entry, earned at ``earned_at`` (default ``now``).
-
-    By default the points make one lot, spendable from ``available_at`` (default at once).
-    ``held`` splits them instead into one lot per ``(points, available_at)`` portion (rules
-    with different pending periods); the portions must add up to ``points``. A debt left by an
-    earlier return is repaid first, out of the lots spendable soonest. ``asset`` names the
-    wallet (``wallet`` is that wallet's state)."""
-    rows = plan_credit(
-        program_id=program_id,
-        member_id=member_id,
-        debt=wallet.debt,
-        points=points,
-        kind=kind,
-        from_purpose=from_purpose,
-        program_version=program_version,
-        now=now,
-        expires_at=expires_at,
-        earned_at=earned_at,
-        available_at=available_at,
-        held=held,
-        reason=reason,
-        source_type=source_type,
-        source_id=source_id,
-        actor=actor,
-        details=details,
-        asset=asset,
-    )
+def write_credit(conn: Connection, rows: CreditRows) -> Credit:
+    """Write what :func:`plan_credit` planned, in the caller's transaction (under the wallet
+    lock it read the debt under)."""
+    asset = rows.postings[0].asset
     write_entry(conn, rows.entry, rows.postings, debt_delta=rows.debt_delta, debt_asset=asset)
     insert_lots(conn, rows.lots, rows.movements)
     return rows.credit

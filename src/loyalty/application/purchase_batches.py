@@ -446,7 +446,7 @@ def _credit(
     actor: str,
     details: dict[str, Any],
 ) -> Credit:
-    """``ledger_ops.credit_points`` for a purchase's earn entry, as rows of the run."""
+    """``ledger_ops.plan_credit`` for a purchase's earn entry, as rows of the run."""
     settings = ctx.settings
     planned = plan_credit(
         program_id=ctx.program_id,

@@ -22,7 +22,7 @@ from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import balance_view
 from loyalty.application.expiry import extend_on_activity, lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
-from loyalty.application.ledger_ops import credit_points, debit_lots
+from loyalty.application.ledger_ops import debit_lots, plan_credit, write_credit
 from loyalty.application.members import resolve_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.domain.errors import ExpiryInPast, RedemptionAlreadyCancelled, RedemptionNotFound
@@ -361,21 +361,23 @@ def adjust_points(
             details: dict[str, Any] = {"reference": reference} if reference else {}
             lots_view: list[dict[str, Any]]
             if points > 0:
-                credit = credit_points(
+                credit = write_credit(
                     conn,
-                    program_id=program_id,
-                    member_id=member.id,
-                    wallet=wallet,
-                    points=points,
-                    kind=EntryKind.ADJUST_CREDIT,
-                    from_purpose="adjustments",
-                    program_version=ctx.settings.version,
-                    now=now,
-                    expires_at=expires_at or ctx.settings.expiry.expires_at(now),
-                    reason=reason,
-                    source_type="adjustment",
-                    actor=principal.key_id,
-                    details=details,
+                    plan_credit(
+                        program_id=program_id,
+                        member_id=member.id,
+                        debt=wallet.debt,
+                        points=points,
+                        kind=EntryKind.ADJUST_CREDIT,
+                        from_purpose="adjustments",
+                        program_version=ctx.settings.version,
+                        now=now,
+                        expires_at=expires_at or ctx.settings.expiry.expires_at(now),
+                        reason=reason,
+                        source_type="adjustment",
+                        actor=principal.key_id,
+                        details=details,
+                    ),
                 )
                 entry_id = credit.entry_id
                 lots_view = [

@@ -12,7 +12,7 @@ from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import members
 from loyalty.application.earning import earn_on_action, held_portions, rule_totals, zone_of
 from loyalty.application.expressions import evaluate_expressions, member_variables
-from loyalty.application.ledger_ops import credit_points
+from loyalty.application.ledger_ops import plan_credit, write_credit
 from loyalty.application.rule_limits import capper, record_usage
 from loyalty.domain.ledger import EntryKind
 from loyalty.domain.program import ProgramSettings
@@ -61,22 +61,24 @@ def award_enrollment(
     )
     if evaluation.points <= 0:
         return None
-    credit = credit_points(
+    credit = write_credit(
         conn,
-        program_id=program_id,
-        member_id=member_id,
-        wallet=wallet,
-        points=evaluation.points,
-        kind=EntryKind.EARN,
-        from_purpose="issued",
-        program_version=settings.version,
-        now=now,
-        expires_at=settings.expiry.expires_at(now),
-        held=held_portions(settings, evaluation, now),
-        source_type="enrollment",
-        source_id=member_id,
-        actor=actor,
-        details={"rules": rule_totals(evaluation)},
+        plan_credit(
+            program_id=program_id,
+            member_id=member_id,
+            debt=wallet.debt,
+            points=evaluation.points,
+            kind=EntryKind.EARN,
+            from_purpose="issued",
+            program_version=settings.version,
+            now=now,
+            expires_at=settings.expiry.expires_at(now),
+            held=held_portions(settings, evaluation, now),
+            source_type="enrollment",
+            source_id=member_id,
+            actor=actor,
+            details={"rules": rule_totals(evaluation)},
+        ),
     )
     record_usage(
         conn,

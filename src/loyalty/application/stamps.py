@@ -15,7 +15,7 @@ from loyalty.adapters.db.locking import lock_wallet
 from loyalty.adapters.db.tables import member_activity, stamp_cards, stamp_events
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
-from loyalty.application.ledger_ops import credit_points, debit_lots
+from loyalty.application.ledger_ops import debit_lots, plan_credit, write_credit
 from loyalty.application.members import find_member
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.domain.errors import MemberNotFound
@@ -165,22 +165,28 @@ def stamp_purchase(
             total += stamps
             for _ in range(rewards_due(card, total=total, rewarded=rewarded)):
                 rewarded += 1
-                credit = credit_points(
+                credit = write_credit(
                     conn,
-                    program_id=ctx.program_id,
-                    member_id=member_id,
-                    wallet=lock_wallet(conn, ctx.program_id, member_id),
-                    points=card.reward_points,
-                    kind=EntryKind.EARN,
-                    from_purpose="issued",
-                    program_version=settings.version,
-                    now=now,
-                    expires_at=settings.expiry.expires_at(at),
-                    earned_at=at,
-                    source_type="stamp_card",
-                    source_id=f"{card.card_id}:{rewarded}",
-                    actor=actor,
-                    details={"event_id": event_id, "card": card.card_id, "card_number": rewarded},
+                    plan_credit(
+                        program_id=ctx.program_id,
+                        member_id=member_id,
+                        debt=lock_wallet(conn, ctx.program_id, member_id).debt,
+                        points=card.reward_points,
+                        kind=EntryKind.EARN,
+                        from_purpose="issued",
+                        program_version=settings.version,
+                        now=now,
+                        expires_at=settings.expiry.expires_at(at),
+                        earned_at=at,
+                        source_type="stamp_card",
+                        source_id=f"{card.card_id}:{rewarded}",
+                        actor=actor,
+                        details={
+                            "event_id": event_id,
+                            "card": card.card_id,
+                            "card_number": rewarded,
+                        },
+                    ),
                 )
                 rewards.append(credit.entry_id)
             _save(
