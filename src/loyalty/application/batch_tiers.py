@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
+from loyalty.adapters.db.bulk import insert_rows
 from loyalty.adapters.db.tables import member_activity, member_tiers, tier_changes
 from loyalty.adapters.ids import new_id
 from loyalty.application.programs import ProgramContext
@@ -233,11 +234,11 @@ class RunTiers:
             if (m, s) not in self._inserts
         ]
         if inserts:
-            conn.execute(insert(member_tiers), inserts)
+            insert_rows(conn, member_tiers, inserts)
         if updates:
             conn.execute(_UPDATE, [{"b_program_id": program_id, **row} for row in updates])
         if self._changes:
-            conn.execute(insert(tier_changes), self._changes)
+            insert_rows(conn, tier_changes, self._changes)
 
 
 def from_records(

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text
+from sqlalchemy import Connection, bindparam, select, text
 
+from loyalty.adapters.db.bulk import insert_rows
 from loyalty.adapters.db.engine import RetryTransaction
 from loyalty.adapters.db.tables import idempotency_keys
 from loyalty.domain.errors import DomainError, IdempotencyConflict
@@ -65,7 +66,6 @@ def find(conn: Connection, *, tenant_id: str, scope: str, key: str) -> Any:
 
 
 _FIND_MANY = _STORED.where(idempotency_keys.c.key.in_(bindparam("keys", expanding=True)))
-_INSERT_MANY = insert(idempotency_keys)
 
 
 def find_many(conn: Connection, *, tenant_id: str, scope: str, keys: set[str]) -> dict[str, Any]:
@@ -89,8 +89,9 @@ def store_many(
     violation: the whole transaction is re-run, finds that key, and replays it."""
     if not outcomes:
         return
-    conn.execute(
-        _INSERT_MANY,
+    insert_rows(
+        conn,
+        idempotency_keys,
         [
             {
                 "tenant_id": tenant_id,

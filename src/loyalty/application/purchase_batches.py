@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 
+from loyalty.adapters.db.bulk import insert_rows
 from loyalty.adapters.db.ledger_store import EntryRecord, insert_lots, write_entries
 from loyalty.adapters.db.locking import lock_wallets
 from loyalty.adapters.db.tables import events, member_activity, purchase_lines
@@ -69,10 +70,6 @@ from loyalty.domain.ledger import EntryKind, Posting
 from loyalty.domain.program import ExpiryPolicy, ProgramSettings
 from loyalty.domain.purchase import Purchase
 from loyalty.domain.rules import RuleEvaluation, Trigger
-
-_INSERT_EVENTS = insert(events)
-_INSERT_LINES = insert(purchase_lines)
-_INSERT_ACTIVITY = insert(member_activity)
 
 
 def takes_bulk_path(settings: ProgramSettings) -> bool:
@@ -487,11 +484,11 @@ def _write(
     write_entries(conn, rows.entries)
     insert_lots(conn, rows.lots, rows.movements)
     if rows.events:
-        conn.execute(_INSERT_EVENTS, sorted(rows.events, key=lambda row: str(row["source_id"])))
+        insert_rows(conn, events, sorted(rows.events, key=lambda row: str(row["source_id"])))
     if rows.lines:
-        conn.execute(_INSERT_LINES, rows.lines)
+        insert_rows(conn, purchase_lines, rows.lines)
     if rows.activity:
-        conn.execute(_INSERT_ACTIVITY, rows.activity)
+        insert_rows(conn, member_activity, rows.activity)
     idempotency.store_many(
         conn, tenant_id=principal.tenant_id, scope=ctx.program_id, now=now, outcomes=rows.keys
     )

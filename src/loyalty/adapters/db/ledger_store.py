@@ -13,18 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
+from loyalty.adapters.db.bulk import insert_rows
 from loyalty.adapters.db.tables import journal_entries, lot_movements, lots, postings, wallets
 from loyalty.domain.ledger import POINTS, EntryKind, Lot, MovementKind, Posting, account_deltas
 from loyalty.domain.ledger import assert_balanced as _assert_balanced
 
 # Statements on the earn path are built once: building and cache-keying a Core statement costs
 # more than executing it.
-_INSERT_ENTRY = insert(journal_entries)
-_INSERT_POSTINGS = insert(postings)
-_INSERT_LOT = insert(lots)
-_INSERT_MOVEMENTS = insert(lot_movements)
 _MOVE_WALLET = (
     update(wallets)
     .where(
@@ -153,8 +150,8 @@ def write_entries(
             debts[(member, debt_asset)] += debt
     if not entry_rows:
         return {}
-    conn.execute(_INSERT_ENTRY, entry_rows)
-    conn.execute(_INSERT_POSTINGS, legs)
+    insert_rows(conn, journal_entries, entry_rows)
+    insert_rows(conn, postings, legs)
     updated_at = max(entry.created_at for entry, _, _ in entries)
     moves = [
         {
@@ -210,9 +207,9 @@ def insert_lots(
     rows as inserting the lots whole and then moving them, in two statements instead of
     three per lot."""
     if lot_rows:
-        conn.execute(_INSERT_LOT, list(lot_rows))
+        insert_rows(conn, lots, lot_rows)
     if movements:
-        conn.execute(_INSERT_MOVEMENTS, list(movements))
+        insert_rows(conn, lot_movements, movements)
 
 
 def move_lots(
@@ -240,7 +237,7 @@ def move_lots(
     ]
     if not rows:
         return
-    conn.execute(_INSERT_MOVEMENTS, rows)
+    insert_rows(conn, lot_movements, rows)
     conn.execute(_MOVE_LOT, [{"m_lot_id": r["lot_id"], "m_amount": r["amount"]} for r in rows])
 
 

@@ -1,0 +1,73 @@
+"""``insert_rows`` stores exactly what SQLAlchemy's own ``insert`` stores, on both databases,
+in several statements on PostgreSQL past ``PG_ROWS_PER_STATEMENT`` rows, and its errors reach
+the caller as SQLAlchemy's (the transaction runner retries on those)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from loyalty.adapters.db.bulk import PG_ROWS_PER_STATEMENT, insert_rows
+from loyalty.adapters.db.tables import events
+
+ROWS = PG_ROWS_PER_STATEMENT * 2 + 301
+PARIS = timezone(timedelta(hours=1))
+
+
+def _rows(prefix: str) -> list[dict[str, object]]:
+    start = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=PARIS)
+    return [
+        {
+            "id": f"{prefix}{i:05d}",
+            "program_id": "prg_1",
+            "member_id": f"mem_{i % 7}",
+            "type": "purchase",
+            "source_id": f"{prefix}-order-{i}",
+            "action": None if i % 3 else "review",
+            "occurred_at": start + timedelta(seconds=i),
+            "received_at": datetime(2026, 3, 1, tzinfo=UTC) + timedelta(microseconds=i),
+            "payload": {"n": i, "name": "café ☕ 'quoted' %s", "none": None, "list": [1, "2"]},
+            "entry_id": None,
+            "points": i * 10 - 5,
+        }
+        for i in range(ROWS)
+    ]
+
+
+def _stored(conn, prefix: str) -> list[tuple[object, ...]]:
+    rows = conn.execute(
+        select(events).where(events.c.id.startswith(prefix)).order_by(events.c.id)
+    ).all()
+    return [(row.id[1:], row.source_id[1:], *row[2:4], *row[5:]) for row in rows]
+
+
+def test_insert_rows_stores_what_sqlalchemy_stores(engine):
+    with engine.begin() as conn:
+        conn.execute(insert(events), _rows("a"))
+        insert_rows(conn, events, _rows("b"))
+    with engine.connect() as conn:
+        by_sqlalchemy = _stored(conn, "a")
+        by_insert_rows = _stored(conn, "b")
+    assert len(by_insert_rows) == ROWS
+    assert by_insert_rows == by_sqlalchemy
+    first = by_insert_rows[0]
+    assert first[5] == datetime(2026, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)  # occurred_at
+    assert first[7]["name"] == "café ☕ 'quoted' %s"  # payload
+
+
+def test_insert_rows_raises_sqlalchemys_integrity_error_and_writes_nothing(engine):
+    rows = _rows("c")
+    rows[-1]["source_id"] = rows[0]["source_id"]  # uq_events_source, in the last statement
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        insert_rows(conn, events, rows)
+    with engine.connect() as conn:
+        assert _stored(conn, "c") == []
+
+
+def test_no_rows_is_no_statement(engine):
+    with engine.begin() as conn:
+        insert_rows(conn, events, [])
+        assert conn.execute(select(events.c.id)).first() is None
