@@ -25,6 +25,7 @@ from bench.harness import StatementTimes, bench_program, scratch_database, setti
 from loyalty.adapters.db.engine import make_engine
 from loyalty.application.access import authenticate
 from loyalty.application.batch import submit_batch
+from loyalty.entrypoints.runtime import settle_heap
 
 
 def run(kind: str, *, batch: int, batches: int, members: int, profile: bool) -> None:
@@ -33,6 +34,7 @@ def run(kind: str, *, batch: int, batches: int, members: int, profile: bool) -> 
         token, program = bench_program(url, DOCUMENT)
         engine = make_engine(url)
         principal = authenticate(engine, token)
+        settle_heap()  # as the server and `loyalty events import` do
         for number in range(1, batches + 1):
             raw = [_purchase(rng, members) for _ in range(batch)]
             times = StatementTimes()

@@ -34,6 +34,7 @@ from loyalty.application.batch import record_events_batch
 from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.limits import IMPORT_BATCH_DEFAULT
 from loyalty.domain.ledger import POINTS
+from loyalty.entrypoints.runtime import settle_heap
 
 GROCER = Path(__file__).resolve().parents[1] / "docs" / "examples" / "grocer.yaml"
 TIERS = {
@@ -98,6 +99,7 @@ def run(kind: str, events: Sequence[PurchaseEvent], *, batch: int) -> None:
         token, program_id = bench_program(url, program_document())
         engine = make_engine(url)
         principal = authenticate(engine, token)
+        settle_heap()  # as the server and `loyalty events import` do
         accepted = points = 0
         started = time.perf_counter()
         try:

@@ -36,6 +36,7 @@ from loyalty.domain.errors import DomainError
 from loyalty.entrypoints.cli.importing import ParsedRow, read_events
 from loyalty.entrypoints.cli.program import program_commands
 from loyalty.entrypoints.cli.simulate import register as register_simulate
+from loyalty.entrypoints.runtime import settle_heap
 
 app = typer.Typer(
     help="Loyalty Engine: an API-first engine for loyalty programs.",
@@ -261,6 +262,7 @@ def events_import(
     """Import events in batches; each is idempotent on its id, so a rerun is safe."""
     engine = _engine(database_url)
     principal = _principal_for_program(engine, program)
+    settle_heap()
     accepted = replayed = rejected = 0
     rejections: list[dict[str, str | None]] = []
     size = file.stat().st_size
