@@ -4,25 +4,27 @@ creation time, which keyset pagination relies on."""
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# RFC 4648 base32 digits to Crockford's: ``b32encode`` does the bit shuffling in C, about 20x
-# faster than a loop of ``divmod`` (an event makes four or five ids).
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# Every pair of Crockford digits, indexed by the 10 bits they encode: a ULID is 13 table
+# lookups (about 2 us; ``base64.b32encode``, pure Python on 3.11, took 4 and more, and a loop
+# of ``divmod`` 25; an event makes four or five ids).
+_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
+_SHIFTS = range(120, -1, -10)
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
 
 
 def encode_ulid(now_ms: int, rand: int) -> str:
-    """48 bits of milliseconds and 80 random bits as 26 Crockford digits: the last 26 of the
-    32 digits of 20 bytes (the 30 bits above them are zero)."""
-    digits = base64.b32encode(((now_ms << 80) | rand).to_bytes(20, "big"))
-    return digits[6:].translate(_TO_CROCKFORD).decode()
+    """48 bits of milliseconds and 80 random bits as 26 Crockford digits (130 bits, the top
+    two zero), most significant first."""
+    value = (now_ms << 80) | rand
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def ulid() -> str:
