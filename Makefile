@@ -44,6 +44,8 @@ test-reliability: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null; } \
+		|| echo "NOTE: wrk is not installed (apt-get install wrk): earn over HTTP uses its Python client"
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.simulate_completejourney
 

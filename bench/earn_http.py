@@ -4,7 +4,12 @@ transaction runs against the same server in the same run, so the ratio is compar
 noisy machine.
 
     python -m bench.earn_http [--db sqlite|postgresql|both] [--clients 1,8,32] [--seconds 10]
-        [--repeat 3]
+        [--repeat 3] [--client auto|wrk|python] [--workers 1]
+
+The load generator is ``wrk`` where it is installed (``apt-get install wrk``; a C client, as
+pgbench is, with the requests written by ``bench/earn_wrk.lua``), else a Python client (httpx,
+one process), which costs the shared cores about as much as the server's own work and so
+measures less; ``--client`` chooses, and the setting line says which one ran.
 
 PostgreSQL comes from LOYALTY_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres,
 where scratch databases are created and dropped).
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import shutil
@@ -22,6 +28,7 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -51,14 +58,12 @@ class RunResult:
     events: int
     errors: int
     seconds: float
-    latencies_ms: list[float]
+    p50_ms: float
+    p99_ms: float
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds
-
-    def pct(self, q: float) -> float:
-        return percentile(self.latencies_ms, q)
 
 
 def _purchase(rng: random.Random, order_id: str, member: int) -> dict[str, object]:
@@ -110,7 +115,57 @@ async def _drive(
     started = time.perf_counter()
     await asyncio.gather(*(client(n) for n in range(clients)))
     elapsed = time.perf_counter() - started
-    return RunResult(len(latencies) - errors, errors, elapsed, latencies)
+    return RunResult(
+        len(latencies) - errors,
+        errors,
+        elapsed,
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.99),
+    )
+
+
+WRK_SCRIPT = Path(__file__).with_name("earn_wrk.lua")
+
+
+def _drive_wrk(
+    port: int, token: str, program_id: str, clients: int, seconds: float, members: int
+) -> RunResult:
+    """The same purchases sent by ``wrk`` with ``clients`` connections (each one request at a
+    time, as the Python client's tasks are) on up to two threads."""
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    out = subprocess.run(
+        [
+            wrk,
+            f"--threads={min(2, clients)}",
+            f"--connections={clients}",
+            f"--duration={int(seconds)}s",
+            "--timeout=30s",
+            f"--script={WRK_SCRIPT}",
+            f"http://127.0.0.1:{port}/v1/programs/{program_id}/events",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "LOYALTY_TOKEN": token,
+            "LOYALTY_RUN": uuid.uuid4().hex[:8],
+            "LOYALTY_MEMBERS": str(members),
+        },
+    ).stdout
+    found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    fields = {k: float(v) for k, v in (kv.split("=") for kv in found.group(1).split())}
+    failed = int(fields["not_201"] + fields["socket_errors"])
+    return RunResult(
+        int(fields["requests"]) - int(fields["not_201"]),
+        failed,
+        fields["seconds"],
+        fields["p50_us"] / 1000,
+        fields["p99_us"] / 1000,
+    )
 
 
 def _pgbench(admin_url: str, clients: int, seconds: int) -> float:
@@ -138,17 +193,22 @@ def _pgbench(admin_url: str, clients: int, seconds: int) -> float:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _bench_db(kind: str, clients_list: list[int], seconds: int, repeat: int) -> None:
+def _bench_db(
+    kind: str, clients_list: list[int], seconds: int, repeat: int, *, client: str, workers: int
+) -> None:
     with scratch_database(kind) as url:
         token, program_id = bench_program(url, PROGRAM)
-        with uvicorn_server(url) as port:
+        with uvicorn_server(url, workers=workers) as port:
             for clients in clients_list:
                 rates, p50s, p99s, ratios, tpss = [], [], [], [], []
                 for _ in range(repeat):
-                    res = asyncio.run(_drive(port, token, program_id, clients, seconds, 1000))
+                    if client == "wrk":
+                        res = _drive_wrk(port, token, program_id, clients, seconds, 1000)
+                    else:
+                        res = asyncio.run(_drive(port, token, program_id, clients, seconds, 1000))
                     rates.append(res.rate)
-                    p50s.append(res.pct(0.50))
-                    p99s.append(res.pct(0.99))
+                    p50s.append(res.p50_ms)
+                    p99s.append(res.p99_ms)
                     if kind == "postgresql":
                         tps = _pgbench(PG_ADMIN_URL, clients, seconds)
                         tpss.append(tps)
@@ -178,17 +238,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "python"
+    if client == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not installed (apt-get install wrk)")
+    generator = (
+        "wrk (C, up to 2 threads)" if client == "wrk" else "a Python client (httpx, one process)"
+    )
     print(
         f"earn over HTTP: {args.seconds}s x {args.repeat} runs per setting (median, min, max),"
-        f" one uvicorn worker, purchases of 3-5 lines, 1,000 members; the load generator runs"
-        f" on the same machine. {GOAL_SQLITE}."
+        f" {args.workers} uvicorn worker(s), purchases of 3-5 lines, 1,000 members; the load"
+        f" generator, {generator}, runs on the same machine. {GOAL_SQLITE}."
     )
+    if client == "python":
+        print("NOTE: wrk not used: the Python client's own cost is part of every figure.")
     print(setting_line(), flush=True)
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     for kind in kinds:
-        _bench_db(kind, clients, args.seconds, args.repeat)
+        _bench_db(kind, clients, args.seconds, args.repeat, client=client, workers=args.workers)
 
 
 if __name__ == "__main__":

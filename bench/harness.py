@@ -96,8 +96,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(url: str) -> Iterator[int]:
-    """One uvicorn worker serving the shipped application on ``url``; yields its port."""
+def uvicorn_server(url: str, *, workers: int = 1) -> Iterator[int]:
+    """``workers`` uvicorn worker processes (default one) serving the shipped application on
+    ``url``; yields the port."""
     port = _free_port()
     env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_POOL_SIZE": "20"}
     proc = subprocess.Popen(
@@ -111,6 +112,8 @@ def uvicorn_server(url: str) -> Iterator[int]:
             "--log-level",
             "warning",
             "--no-access-log",
+            "--workers",
+            str(workers),
         ],
         env=env,
     )

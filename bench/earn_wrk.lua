@@ -1,0 +1,62 @@
+-- Purchases of 3-5 lines for `wrk`, each with an order id no other request of the run uses
+-- (the run's tag, the thread and a counter), for 1,000 members auto-enrolled on their first
+-- purchase: the same requests as bench/earn_http.py's Python client sends.
+-- Environment: LOYALTY_TOKEN (the API key), LOYALTY_RUN (a tag unique to the run),
+-- LOYALTY_MEMBERS (default 1000).
+
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("thread_no", counter)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  token = os.getenv("LOYALTY_TOKEN")
+  run = os.getenv("LOYALTY_RUN")
+  members = tonumber(os.getenv("LOYALTY_MEMBERS") or "1000")
+  math.randomseed(thread_no * 7919)
+  sent = 0
+  refused = 0
+  headers = {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}
+end
+
+function request()
+  sent = sent + 1
+  local lines = {}
+  local total = 0
+  for i = 1, math.random(3, 5) do
+    local quantity = math.random(1, 3)
+    local price = math.random(100, 5000)
+    total = total + quantity * price
+    lines[i] = string.format(
+      '{"sku":"SKU-%d","quantity":%d,"unit_price_minor":%d,"category":"grocery"}',
+      math.random(1, 500), quantity, price)
+  end
+  local body = string.format(
+    '{"type":"purchase","id":"%s-%d-%d","member":{"external_id":"M%d"},'
+      .. '"occurred_at":"2026-11-01T10:00:00Z","currency":"EUR","total_minor":%d,"lines":[%s]}',
+    run, thread_no, sent, math.random(1, members), total, table.concat(lines, ","))
+  return wrk.format("POST", nil, headers, body)
+end
+
+function response(status, headers, body)
+  if status ~= 201 then
+    refused = refused + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local refused_all = 0
+  for _, thread in ipairs(threads) do
+    refused_all = refused_all + thread:get("refused")
+  end
+  io.write(string.format(
+    "RESULT requests=%d seconds=%.3f not_201=%d socket_errors=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.duration / 1e6, refused_all,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
