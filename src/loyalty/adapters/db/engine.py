@@ -8,9 +8,11 @@ emits nothing for ``FOR UPDATE``). PostgreSQL: psycopg 3, READ COMMITTED, row lo
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -115,10 +117,31 @@ def _is_unavailable(exc: DBAPIError) -> bool:
     return sqlstate.startswith(("08", "57P"))
 
 
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_sqlite_writers_guard = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> threading.RLock:
+    """The lock the write transactions of one process take in turn on a SQLite engine.
+
+    SQLite has one writer at a time. Without this, threads that find the database locked wait
+    in SQLite's busy handler, which sleeps 1, 2, 5, ... up to 100 ms between tries: under
+    concurrent writes a few unlucky requests waited a second or more while the writer was long
+    done (p99 over 1 s at 8 clients, docs/performance.md). Queued on a lock instead, the next
+    writer starts the moment the last one commits. Other processes on the same file still meet
+    the busy handler, as before."""
+    with _sqlite_writers_guard:
+        lock = _sqlite_writers.get(engine)
+        if lock is None:
+            lock = _sqlite_writers[engine] = threading.RLock()
+        return lock
+
+
 @contextmanager
 def connect(engine: Engine, *, write: bool) -> Iterator[Connection]:
     """One transaction: committed if the block returns, rolled back if it raises."""
-    with engine.connect() as conn:
+    turn = _sqlite_writer(engine) if write and engine.dialect.name == "sqlite" else nullcontext()
+    with turn, engine.connect() as conn:
         conn = conn.execution_options(loyalty_write=write)
         with conn.begin():
             yield conn
