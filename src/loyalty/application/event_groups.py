@@ -10,10 +10,12 @@ body for body what ``events.record_event`` answers), or the domain error that re
 refused purchase writes nothing, so the others commit). Then it passes the lead to the oldest
 request still queued, and returns its own answer.
 
-Anything else goes alone, exactly as before: a group of one, a return or an action, a
-program whose purchases don't take the bulk path, and every request of a group that failed
-for any other reason than a domain error (a database error, a retry budget run out), so one
-request can't fail the others and each gets its own ``503`` if the database is really down.
+A group of one is recorded alone by ``events.submit_event``, still under the lead, so it
+never races the next group for the database. Anything else goes alone, exactly as before: a
+return or an action, a program whose purchases don't take the bulk path, and every request
+of a group that failed for any other reason than a domain error (a database error, a retry
+budget run out), so one request can't fail the others and each gets its own ``503`` if the
+database is really down.
 Nothing is answered before the commit that recorded it; a server killed between the commit
 and the answers leaves events that the client's retry, on the same event id, replays.
 """
@@ -145,6 +147,10 @@ class EventGroups:
                         now=max(t.now for t in group),
                     )
                 )
+            else:
+                # Alone, but still holding the lead: recorded after it passed, this write
+                # would race the next group's for the database (on SQLite, one writer).
+                answers = [self._alone(principal, program_id, group[0])]
         except Exception:  # each request is recorded alone and meets its own error
             answers = [None] * len(group)
         finally:
@@ -160,6 +166,14 @@ class EventGroups:
                     del self._queues[key]
             for ticket in group[1:]:
                 ticket.decided.set()
+
+    def _alone(self, principal: Principal, program_id: str, ticket: _Ticket) -> _Answer:
+        try:
+            return events.submit_event(
+                self._engine, principal, program_id, ticket.event, now=ticket.now
+            )
+        except DomainError as exc:
+            return exc
 
 
 def record_group(
