@@ -194,9 +194,10 @@ def test_the_same_event_twice_in_a_group_is_recorded_once_and_a_changed_one_conf
     assert audit_ledger(api.engine) == []
 
 
-def test_a_group_the_database_fails_is_recorded_one_by_one(api, tmp_path):
+def test_a_group_the_database_fails_answers_each_request_503_and_writes_nothing(api, tmp_path):
     """The group's transaction meets a real database failure (a database that isn't there):
-    each request is then recorded alone, on the real database, and answered as usual."""
+    nothing is written, each request gets the 503 with Retry-After it would get alone, and
+    the clients' retries with the same ids are recorded as if nothing had happened."""
     unreachable = create_engine(f"sqlite:///{tmp_path}/missing-dir/none.db")
 
     def failing(engine: Any, *args: Any, **kwargs: Any) -> Any:
@@ -207,13 +208,38 @@ def test_a_group_the_database_fails_is_recorded_one_by_one(api, tmp_path):
     bodies.append(_purchase("O5", 50, "K5", currency="USD"))
     with _grouping_client(api, record=failing) as client:
         answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
+    assert [r.status_code for r in answers] == [503] * 5
+    assert {r.json()["code"] for r in answers} == {"storage_unavailable"}
+    assert all(r.headers["Retry-After"] == "1" for r in answers)
+    assert _events_of(api, program) == 0
+    unreachable.dispose()
+    with _grouping_client(api) as client:
+        retried = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
+    assert [r.status_code for r in retried] == [201, 201, 201, 201, 422]
+    assert [r.json()["points_earned"] for r in retried[:4]] == [10, 20, 30, 40]
+    assert retried[4].json()["code"] == "currency_mismatch"
+    assert _events_of(api, program) == 4
+    assert audit_ledger(api.engine) == []
+
+
+def test_a_group_that_fails_for_another_reason_is_recorded_one_by_one(api):
+    """A group that fails with anything but a database failure (here, a recorder that
+    raises): each request is recorded alone, on the real database, and answered as usual."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the group path")
+
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    bodies = [_purchase(f"O{n}", 10 * n, f"K{n}") for n in range(1, 5)]
+    bodies.append(_purchase("O5", 50, "K5", currency="USD"))
+    with _grouping_client(api, record=broken) as client:
+        answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     assert [r.status_code for r in answers] == [201, 201, 201, 201, 422]
     assert [r.json()["points_earned"] for r in answers[:4]] == [10, 20, 30, 40]
     assert answers[4].json()["code"] == "currency_mismatch"
     # Recorded alone: each at its own moment.
     assert _events_of(api, program) == 4
     assert len(_received_at(api, program)) == 4
-    unreachable.dispose()
     assert audit_ledger(api.engine) == []
 
 

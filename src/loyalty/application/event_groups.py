@@ -1,36 +1,41 @@
 """Group commit for single events: concurrent ``POST .../events`` purchases of one program,
 sent with one API key, are recorded together in one transaction through the bulk path.
 
-Whichever request finds no group in progress for its program and key leads: it takes what is
-queued (its own purchase first, at most ``EVENT_GROUP_SIZE_MAX``; optionally after waiting
-``EVENT_GROUP_WAIT_MS`` for more to join), records it with
-``purchase_batches.record_purchases`` in one transaction, commits, and only then hands each
-waiting request its own answer: the outcome it would have got alone (the bulk path answers
-body for body what ``events.record_event`` answers), or the domain error that refused it (a
-refused purchase writes nothing, so the others commit). Then it passes the lead to the oldest
-request still queued, and returns its own answer.
+The first request to find no group in progress for its program and key starts a leader, a
+task on the event loop that takes what is queued (oldest first, at most
+``EVENT_GROUP_SIZE_MAX``; optionally after waiting ``EVENT_GROUP_WAIT_MS`` for more to join),
+records it with ``purchase_batches.record_purchases`` in one transaction in a worker thread,
+commits, and only then hands each waiting request its own answer: the outcome it would have
+got alone (the bulk path answers body for body what ``events.record_event`` answers), or the
+domain error that refused it (a refused purchase writes nothing, so the others commit). Then
+it takes the next group, until the queue is empty. Waiting requests hold no thread, only a
+future on the event loop: with threads, every answer woke a thread, and 32 waiting clients
+held 32 of the server's worker threads.
 
-A group of one is recorded alone by ``events.submit_event``, still under the lead, so it
+A group of one is recorded alone by ``events.submit_event``, still by the leader, so it
 never races the next group for the database. Anything else goes alone, exactly as before: a
 return or an action, a program whose purchases don't take the bulk path, and every request
-of a group that failed for any other reason than a domain error (a database error, a retry
-budget run out), so one request can't fail the others and each gets its own ``503`` if the
-database is really down.
+of a group that failed for any other reason than a domain error or the database itself, so
+one request can't fail the others. A group the database failed (``StorageUnavailable``: down,
+its sessions ended, contended past the retry budget) wrote nothing, and each of its requests
+gets the ``503`` it would have got alone.
 Nothing is answered before the commit that recorded it; a server killed between the commit
 and the answers leaves events that the client's retry, on the same event id, replays.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.engine import StorageUnavailable, run_transaction
 from loyalty.application import events, purchase_batches
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import PurchaseEvent
@@ -39,18 +44,22 @@ from loyalty.application.idempotency import Outcome
 from loyalty.application.programs import load_program
 from loyalty.domain.errors import DomainError
 
+GROUP_THREADS_MAX = 16
+"""Transactions of groups (and of events recorded alone) running at once in one process."""
+
+T = TypeVar("T")
+
+_Answer = Outcome | DomainError | None
+"""None: record it alone."""
+
 
 @dataclass(eq=False, slots=True)
 class _Ticket:
-    """One waiting request: its purchase, and once decided, its answer."""
+    """One waiting request: its purchase, and the future its answer is set on."""
 
     event: PurchaseEvent
     now: datetime
-    decided: threading.Event = field(default_factory=threading.Event)
-    answer: Outcome | DomainError | None = None
-    """None once decided: record it alone."""
-    leads: bool = False
-    """Set instead of an answer: this request leads the next group."""
+    answer: asyncio.Future[_Answer]
 
 
 @dataclass(slots=True)
@@ -60,7 +69,6 @@ class _Queue:
 
 
 _GroupKey = tuple[Principal, str]
-_Answer = Outcome | DomainError | None
 
 
 class GroupRecorder(Protocol):
@@ -78,7 +86,10 @@ class GroupRecorder(Protocol):
 
 
 class EventGroups:
-    """The queues of one process, per program and API key."""
+    """The queues of one process, per program and API key. The queues live on the event loop
+    (only its thread touches them, so they need no lock); a waiting request holds no thread,
+    only a future. Each queue has one leader, a task that records its groups one after another
+    in a worker thread and sets each request's answer."""
 
     def __init__(
         self,
@@ -94,86 +105,113 @@ class EventGroups:
         self._record = record or record_group
         self._size_max = size_max
         self._wait_s = wait_ms / 1000
-        self._lock = threading.Lock()
         self._queues: dict[_GroupKey, _Queue] = {}
+        self._leaders: set[asyncio.Task[None]] = set()
+        self._threads = ThreadPoolExecutor(GROUP_THREADS_MAX, thread_name_prefix="event-groups")
 
-    def submit(
+    async def submit(
         self, principal: Principal, program_id: str, event: AnyEvent, *, now: datetime
     ) -> Outcome:
         """``events.submit_event``, recorded with whatever else is queued for the same program
         and key. Raises what ``submit_event`` raises, for this event alone."""
         if not isinstance(event, PurchaseEvent):
-            return events.submit_event(self._engine, principal, program_id, event, now=now)
-        ticket = _Ticket(event, now)
+            return await self._submit_alone(principal, program_id, event, now=now)
+        loop = asyncio.get_running_loop()
+        ticket = _Ticket(event, now, loop.create_future())
         key = (principal, program_id)
-        with self._lock:
-            queue = self._queues.setdefault(key, _Queue())
-            queue.waiting.append(ticket)
-            ticket.leads = not queue.led
+        queue = self._queues.setdefault(key, _Queue())
+        queue.waiting.append(ticket)
+        if not queue.led:
             queue.led = True
-        if not ticket.leads:
-            ticket.decided.wait()
-        if ticket.leads:
-            self._lead(key, principal, program_id)
-        answer = ticket.answer
+            leader = loop.create_task(self._lead(key, principal, program_id))
+            self._leaders.add(leader)
+            leader.add_done_callback(self._leaders.discard)
+        # Shielded: a request whose client went away still has its purchase recorded (as a
+        # synchronous request's thread would run on); only its answer is not awaited.
+        answer = await asyncio.shield(ticket.answer)
         if isinstance(answer, DomainError):
             raise answer
         if answer is None:
-            return events.submit_event(self._engine, principal, program_id, event, now=now)
+            return await self._submit_alone(principal, program_id, event, now=now)
         return answer
 
-    def _lead(self, key: _GroupKey, principal: Principal, program_id: str) -> None:
-        """Record one group (the leader's ticket is the oldest queued), answer it, and pass
-        the lead on. Whatever happens, every ticket taken is decided and the lead is passed,
-        so no request waits forever."""
-        if self._wait_s:
-            with self._lock:
-                short = len(self._queues[key].waiting) < self._size_max
-            if short:
-                time.sleep(self._wait_s)  # let more requests join this group
-        with self._lock:
-            queue = self._queues[key]
-            group = queue.waiting[: self._size_max]
-            del queue.waiting[: self._size_max]
-        answers: list[_Answer] = [None] * len(group)
-        try:
-            if len(group) > 1:
-                answers = list(
-                    self._record(
-                        self._engine,
-                        principal,
-                        program_id,
-                        [t.event for t in group],
-                        now=max(t.now for t in group),
-                    )
-                )
-            else:
-                # Alone, but still holding the lead: recorded after it passed, this write
-                # would race the next group's for the database (on SQLite, one writer).
-                answers = [self._alone(principal, program_id, group[0])]
-        except Exception:  # each request is recorded alone and meets its own error
-            answers = [None] * len(group)
-        finally:
-            for ticket, answer in zip(group, answers, strict=True):
-                ticket.answer = answer
-                ticket.leads = False
-            with self._lock:
-                if queue.waiting:
-                    queue.waiting[0].leads = True
-                    queue.waiting[0].decided.set()
-                else:
-                    queue.led = False
-                    del self._queues[key]
-            for ticket in group[1:]:
-                ticket.decided.set()
-
-    def _alone(self, principal: Principal, program_id: str, ticket: _Ticket) -> _Answer:
-        try:
-            return events.submit_event(
-                self._engine, principal, program_id, ticket.event, now=ticket.now
+    async def _submit_alone(
+        self, principal: Principal, program_id: str, event: AnyEvent, *, now: datetime
+    ) -> Outcome:
+        return await self._in_thread(
+            functools.partial(
+                events.submit_event, self._engine, principal, program_id, event, now=now
             )
+        )
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, work)
+
+    async def _lead(self, key: _GroupKey, principal: Principal, program_id: str) -> None:
+        """Record the queue's groups, oldest requests first, until it is empty. Whatever
+        happens, every ticket taken is answered, so no request waits forever."""
+        queue = self._queues[key]
+        try:
+            while queue.waiting:
+                if self._wait_s and len(queue.waiting) < self._size_max:
+                    await asyncio.sleep(self._wait_s)  # let more requests join this group
+                group = queue.waiting[: self._size_max]
+                del queue.waiting[: self._size_max]
+                answers: list[_Answer] = [None] * len(group)
+                failure: Exception | None = None
+                try:
+                    answers = await self._in_thread(
+                        functools.partial(self._record_group, principal, program_id, group)
+                    )
+                except StorageUnavailable as exc:
+                    # The database failed the transaction (down, sessions ended, contended
+                    # past the retry budget): nothing was written, and each request gets the
+                    # 503 it would have got alone, rather than each trying again at once.
+                    failure = exc
+                except Exception as exc:
+                    # A request that was alone met its own error. A group's requests are each
+                    # recorded alone and meet their own, so one can't fail the others.
+                    answers = [None] * len(group)
+                    failure = exc if len(group) == 1 else None
+                finally:
+                    for ticket, answer in zip(group, answers, strict=True):
+                        if ticket.answer.done():
+                            continue
+                        if failure is not None:
+                            ticket.answer.set_exception(failure)
+                        else:
+                            ticket.answer.set_result(answer)
+        finally:
+            for ticket in queue.waiting:  # only if this task itself was cancelled
+                if not ticket.answer.done():
+                    ticket.answer.set_result(None)
+            queue.waiting.clear()
+            del self._queues[key]
+
+    def _record_group(
+        self, principal: Principal, program_id: str, group: list[_Ticket]
+    ) -> list[_Answer]:
+        """In a worker thread: the group through the bulk path, or a group of one alone (a
+        domain error is its answer). Raises anything else."""
+        if len(group) > 1:
+            return list(
+                self._record(
+                    self._engine,
+                    principal,
+                    program_id,
+                    [t.event for t in group],
+                    now=max(t.now for t in group),
+                )
+            )
+        ticket = group[0]
+        try:
+            return [
+                events.submit_event(
+                    self._engine, principal, program_id, ticket.event, now=ticket.now
+                )
+            ]
         except DomainError as exc:
-            return exc
+            return [exc]
 
 
 def record_group(

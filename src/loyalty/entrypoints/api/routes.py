@@ -405,7 +405,7 @@ def list_expiring_points(
         "back; an action: recorded.",
     ),
 )
-def post_event(
+async def post_event(
     program_id: ProgramId,
     event: Annotated[Event, Body()],
     principal: Auth,
@@ -417,8 +417,10 @@ def post_event(
     with a different body is `409 idempotency_conflict`."""
     now = utc_now()
     if groups is not None:
-        return respond(groups.submit(principal, program_id, event, now=now))
-    return respond(events.submit_event(engine, principal, program_id, event, now=now))
+        return respond(await groups.submit(principal, program_id, event, now=now))
+    return respond(
+        await run_in_threadpool(events.submit_event, engine, principal, program_id, event, now=now)
+    )
 
 
 @router.post(
