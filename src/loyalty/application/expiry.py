@@ -305,7 +305,9 @@ def expire_locked(
 # (``spent``), so movements, postings and wallets agree with the lots by construction. The
 # ``remaining = due.remaining`` guard makes a lot changed under us (nothing should change it
 # while we hold the wallet lock) drop out of ``spent`` instead of being expired for a stale
-# amount. Foreign keys are checked at the end of the statement, when every row exists.
+# amount. Each lot is emptied at the row address (``ctid``) the lookup found, not looked up
+# again by id (a second index lookup per lot); a newer version of the row, which the wallet
+# lock should make impossible, is still held to the same ``remaining`` guard.
 # ``OFFSET 0`` keeps the lateral subquery a per-member index lookup: flattened into a join, the
 # planner misjudges the batch's share of ``lots`` and hashes the whole table for every batch.
 _EXPIRE_LOCKED_PG = text(
@@ -321,11 +323,12 @@ _EXPIRE_LOCKED_PG = text(
                 expired_account, cash_account, cash_expired_account)
     ),
     due AS (
-        SELECT l.id, l.program_id, l.member_id, l.asset, l.remaining,
+        SELECT l.tid, l.id, l.program_id, l.member_id, l.asset, l.remaining,
                CASE WHEN l.asset = :cash THEN b.cash_entry_id ELSE b.entry_id END AS entry_id
         FROM batch AS b
         CROSS JOIN LATERAL (
-            SELECT lots.id, lots.program_id, lots.member_id, lots.asset, lots.remaining
+            SELECT lots.ctid AS tid, lots.id, lots.program_id, lots.member_id, lots.asset,
+                   lots.remaining
             FROM lots
             WHERE lots.program_id = b.program_id AND lots.member_id = b.member_id
               AND lots.expires_at <= :now AND lots.remaining > 0
@@ -335,7 +338,7 @@ _EXPIRE_LOCKED_PG = text(
     spent AS (
         UPDATE lots SET remaining = 0
         FROM due
-        WHERE lots.id = due.id AND lots.remaining = due.remaining
+        WHERE lots.ctid = due.tid AND lots.remaining = due.remaining
         RETURNING due.id, due.program_id, due.member_id, due.asset, due.remaining, due.entry_id
     ),
     moved AS (
