@@ -37,6 +37,7 @@ from sqlalchemy import (
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.locking import WalletState, lock_wallet, lock_wallet_keys
 from loyalty.adapters.db.tables import (
+    LOT_HAS_POINTS,
     journal_entries,
     lot_movements,
     lots,
@@ -88,7 +89,7 @@ def _due_window(
     """The next ``rows_max`` distinct due keys after ``after``, in index order. An index-only
     walk of ``ix_lots_due``: lots already expired or spent are not in it."""
     conditions = [
-        lots.c.remaining > 0,
+        LOT_HAS_POINTS,
         lots.c.expires_at.is_not(None),
         lots.c.expires_at <= now,
     ]
@@ -127,7 +128,7 @@ _DUE_FOR_MEMBER = (
             lots.c.program_id == bindparam("program_id"),
             lots.c.member_id == bindparam("member_id"),
             lots.c.expires_at <= bindparam("now"),
-            lots.c.remaining > 0,
+            LOT_HAS_POINTS,
         )
     )
     .limit(1)
@@ -156,7 +157,7 @@ def extend_on_activity(
                 lots.c.program_id == program_id,
                 lots.c.member_id == member_id,
                 lots.c.asset == POINTS,
-                lots.c.remaining > 0,
+                LOT_HAS_POINTS,
                 lots.c.expires_at > now,
                 lots.c.expires_at < until,
             )
@@ -197,7 +198,7 @@ def expire_locked(
         .where(
             and_(
                 lots.c.expires_at <= now,
-                lots.c.remaining > 0,
+                LOT_HAS_POINTS,
                 tuple_(lots.c.program_id, lots.c.member_id).in_(keys),
             )
         )

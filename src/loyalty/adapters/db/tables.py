@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -216,6 +217,12 @@ lots = Table(
         sqlite_where=text("remaining > 0 AND expires_at IS NOT NULL"),
     ),
 )
+
+LOT_HAS_POINTS = lots.c.remaining > literal_column("0")
+"""A lot with points left, for every query that reads only those. Written as the literal of
+the partial indexes' predicate: a bound ``remaining > $1`` cannot prove ``remaining > 0``, so
+the generic plan of a prepared statement could use neither ``ix_lots_member`` nor
+``ix_lots_due`` and would scan ``lots``."""
 
 # No foreign keys: every writer takes the lot from rows it read or emptied under the member's
 # wallet lock and the entry from the one it writes in the same transaction, and lots and
