@@ -3,7 +3,7 @@ database, then expired by the function ``loyalty jobs run expire`` calls, with i
 batch size; then the job runs a second time and must expire nothing.
 
     python -m bench.expiry_scale [--lots 1000000] [--lots-per-member 10] [--batch-size 2000]
-        [--audit | --no-audit]
+        [--audit | --no-audit] [--bare | --no-bare]
 
 The seed is what earning would have written: one member, one wallet per member; per lot one
 ``earn`` journal entry with its two postings (program ``issued`` -> member) and the lot
@@ -14,7 +14,14 @@ the seed, as autovacuum would have done on a live database.
 
 The time of every SQL statement the job sends is added up per statement, so the figures say
 where the time goes; the batches' own times are reported per tenth of the run, which shows
-whether a batch costs the same at the end as at the start.
+whether a batch costs the same at the end as at the start. The first run also reports the WAL
+it wrote per lot and how many of its lot updates were HOT (in place, no new index entries).
+
+The database's own limit is measured in the same run, as the earn benchmark runs pgbench: a
+copy of the seeded ``lots`` (same rows, indexes, constraints and storage parameters) is
+emptied by the bare set-based statement, ``UPDATE ... SET remaining = 0 WHERE remaining > 0
+AND expires_at <= now``, in one transaction, and the job's time is printed as a ratio of that
+statement's time. Both start right after a checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from bench.harness import (
     SEED_MEMBERS,
@@ -121,7 +128,79 @@ def _seed(engine: Engine, program_id: str, *, lots: int, per_member: int, t0: da
     seed_set_based(engine, _SEED, params, analyse=_ANALYSE)
 
 
-def _run_job(engine: Engine, *, now: datetime, batch_size: int, workers: int, label: str) -> None:
+_BARE = "lots_bare"
+
+
+def _checkpoint(engine: Engine) -> None:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("CHECKPOINT"))
+
+
+def _wal_lsn(engine: Engine) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(text("SELECT pg_current_wal_lsn()")).scalar_one())
+
+
+def _wal_bytes(engine: Engine, since: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), CAST(:since AS pg_lsn))"),
+                {"since": since},
+            ).scalar_one()
+        )
+
+
+def _lot_updates(engine: Engine) -> tuple[int, int]:
+    """Updates of ``lots`` so far, and how many were HOT. Read after the job's connections
+    closed: a backend reports its counts when it exits."""
+    engine.dispose()
+    time.sleep(1.0)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'lots'")
+        ).one()
+    return int(row.n_tup_upd), int(row.n_tup_hot_upd)
+
+
+def _bare_update(engine: Engine, *, now: datetime) -> float:
+    """Time PostgreSQL needs to empty the same lots with nothing else: one UPDATE of a copy of
+    ``lots`` with the same rows, indexes, constraints and storage parameters."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {_BARE}"))
+        conn.execute(text(f"CREATE TABLE {_BARE} (LIKE lots INCLUDING ALL)"))
+        options = conn.execute(
+            text("SELECT reloptions FROM pg_class WHERE oid = CAST('lots' AS regclass)")
+        ).scalar_one()
+        if options:
+            conn.execute(text(f"ALTER TABLE {_BARE} SET ({', '.join(options)})"))
+        conn.execute(text(f"INSERT INTO {_BARE} SELECT * FROM lots ORDER BY id"))
+        conn.execute(text(f"VACUUM ANALYZE {_BARE}"))
+        conn.execute(text("CHECKPOINT"))
+    since = _wal_lsn(engine)
+    with engine.begin() as conn:
+        started = time.perf_counter()
+        emptied = conn.execute(
+            text(f"UPDATE {_BARE} SET remaining = 0 WHERE remaining > 0 AND expires_at <= :now"),
+            {"now": now},
+        ).rowcount
+        elapsed = time.perf_counter() - started
+        hot = conn.execute(
+            text(f"SELECT pg_stat_get_xact_tuples_hot_updated(CAST('{_BARE}' AS regclass))")
+        ).scalar_one()
+    wal = _wal_bytes(engine, since)
+    print(
+        f"bare UPDATE of a copy of lots: {emptied:,} lots emptied in {elapsed:.1f} s "
+        f"({emptied / elapsed:,.0f} lots/s), {wal / max(emptied, 1):,.0f} WAL bytes per lot, "
+        f"{hot:,} HOT updates",
+        flush=True,
+    )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"DROP TABLE {_BARE}"))
+    return elapsed
+
+
+def _run_job(engine: Engine, *, now: datetime, batch_size: int, workers: int, label: str) -> float:
     batch_ends: list[float] = []
     times = StatementTimes()
     started = time.perf_counter()
@@ -152,6 +231,7 @@ def _run_job(engine: Engine, *, now: datetime, batch_size: int, workers: int, la
             + ", ".join(f"{m:.0f}" for m in medians)
         )
     times.print(elapsed)
+    return elapsed
 
 
 def _audit(engine: Engine, label: str) -> None:
@@ -161,7 +241,9 @@ def _audit(engine: Engine, label: str) -> None:
     print(f"ledger audit {label}: {verdict} ({time.perf_counter() - started:.1f} s)", flush=True)
 
 
-def run(*, lots: int, per_member: int, batch_size: int, workers: int, audit: bool) -> None:
+def run(
+    *, lots: int, per_member: int, batch_size: int, workers: int, audit: bool, bare: bool
+) -> None:
     members = -(-lots // per_member)
     print(
         f"expiry job at scale: PostgreSQL, {lots:,} due lots, {per_member} per member "
@@ -178,8 +260,28 @@ def run(*, lots: int, per_member: int, batch_size: int, workers: int, audit: boo
             _seed(engine, program_id, lots=lots, per_member=per_member, t0=t0)
             if audit:
                 _audit(engine, "after the seed")
-            for label in ("first run", "second run"):
-                _run_job(engine, now=now, batch_size=batch_size, workers=workers, label=label)
+            bare_s = _bare_update(engine, now=now) if bare else None
+            _checkpoint(engine)
+            updates_before, hot_before = _lot_updates(engine)
+            since = _wal_lsn(engine)
+            job_s = _run_job(
+                engine, now=now, batch_size=batch_size, workers=workers, label="first run"
+            )
+            wal = _wal_bytes(engine, since)
+            updates, hot = (
+                n - b
+                for n, b in zip(_lot_updates(engine), (updates_before, hot_before), strict=True)
+            )
+            print(
+                f"  first run wrote {wal / max(updates, 1):,.0f} WAL bytes per lot expired; "
+                f"{hot:,} of {updates:,} lot updates HOT"
+            )
+            if bare_s is not None:
+                print(
+                    f"  job / bare UPDATE: {job_s:.1f} s / {bare_s:.1f} s = {job_s / bare_s:.2f}x",
+                    flush=True,
+                )
+            _run_job(engine, now=now, batch_size=batch_size, workers=workers, label="second run")
             if audit:
                 _audit(engine, "after both runs")
         finally:
@@ -195,6 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=EXPIRY_BATCH_DEFAULT)
     parser.add_argument("--workers", type=int, default=EXPIRY_WORKERS_DEFAULT)
     parser.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--bare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the bare UPDATE on a copy of the lots (the database's own limit)",
+    )
     args = parser.parse_args(argv)
     run(
         lots=args.lots,
@@ -202,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         workers=args.workers,
         audit=args.audit,
+        bare=args.bare,
     )
 
 

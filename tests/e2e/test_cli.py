@@ -488,6 +488,14 @@ CORRUPTIONS = {
         "UPDATE lots SET remaining = remaining - 1 WHERE id = "
         "(SELECT MIN(id) FROM lots WHERE remaining > 1)"
     ],
+    # lot_movements has no foreign keys; the audit refuses what they would have, and more.
+    "movements_have_lots_and_entries": [
+        "INSERT INTO lot_movements (entry_id, lot_id, program_id, member_id, kind, amount) "
+        "SELECT entry_id, 'lot_missing', program_id, member_id, kind, amount FROM lot_movements "
+        "WHERE entry_id = (SELECT MIN(entry_id) FROM lot_movements) "
+        "AND lot_id = (SELECT MIN(lot_id) FROM lot_movements "
+        "WHERE entry_id = (SELECT MIN(entry_id) FROM lot_movements))"
+    ],
 }
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import and_, bindparam, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from loyalty.adapters.db.schema import current_revision, head_revision
-from loyalty.adapters.db.tables import metadata
+from loyalty.adapters.db.tables import LOT_HAS_POINTS, lots, metadata
 
 
 def test_the_migrated_schema_matches_the_table_definitions(engine):
@@ -55,3 +55,36 @@ def test_the_database_refuses_a_lot_below_zero_or_a_wallet_with_negative_lots(en
                 conn.rollback()
             else:
                 raise AssertionError(f"the database accepted: {bad}")
+
+
+def test_a_members_live_lots_are_found_through_the_partial_member_index_by_a_generic_plan(
+    engine,
+):
+    # ix_lots_member holds only lots with points left. A query reaches it only if it proves
+    # the index's predicate, which a bound ``remaining > $1`` cannot in a prepared
+    # statement's generic plan: LOT_HAS_POINTS writes the literal.
+    stmt = select(lots.c.id).where(
+        and_(
+            lots.c.program_id == bindparam("program_id"),
+            lots.c.member_id == bindparam("member_id"),
+            LOT_HAS_POINTS,
+        )
+    )
+    with engine.connect() as conn:
+        compiled = stmt.compile(dialect=conn.dialect)
+        values = compiled.construct_params({"program_id": "p", "member_id": "m"})
+        if conn.dialect.name == "postgresql":
+            # A named prepared statement, as psycopg makes of a query run often enough.
+            sql = str(compiled)
+            for number, name in enumerate(values, start=1):
+                sql = sql.replace(f"%({name})s", f"${number}")
+            conn.exec_driver_sql(f"PREPARE member_lots AS {sql}")
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = conn.exec_driver_sql("EXPLAIN EXECUTE member_lots('p', 'm')").all()
+            conn.exec_driver_sql("DEALLOCATE member_lots")
+        else:
+            assert compiled.positiontup is not None
+            params = tuple(values[name] for name in compiled.positiontup)
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
+    assert "ix_lots_member" in " ".join(str(column) for row in plan for column in row)

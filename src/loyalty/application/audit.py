@@ -105,6 +105,27 @@ def _postings_have_wallets(conn: Connection) -> list[dict[str, Any]]:
     )
 
 
+def _movements_have_lots_and_entries(conn: Connection) -> list[dict[str, Any]]:
+    """What the foreign keys of ``lot_movements`` would have refused, and more: a movement
+    whose lot or entry is missing, or belongs to another program or member."""
+    return _rows(
+        conn,
+        select(lot_movements.c.entry_id, lot_movements.c.lot_id, lot_movements.c.member_id)
+        .outerjoin(lots, lots.c.id == lot_movements.c.lot_id)
+        .outerjoin(journal_entries, journal_entries.c.id == lot_movements.c.entry_id)
+        .where(
+            or_(
+                lots.c.id.is_(None),
+                journal_entries.c.id.is_(None),
+                lots.c.program_id != lot_movements.c.program_id,
+                lots.c.member_id != lot_movements.c.member_id,
+                journal_entries.c.program_id != lot_movements.c.program_id,
+                journal_entries.c.member_id.is_distinct_from(lot_movements.c.member_id),
+            )
+        ),
+    )
+
+
 def _lots_match_movements(conn: Connection) -> list[dict[str, Any]]:
     moved = (
         select(lot_movements.c.lot_id, func.sum(lot_movements.c.amount).label("moved"))
@@ -235,6 +256,11 @@ CHECKS: list[tuple[str, str, Callable[[Connection], list[dict[str, Any]]]]] = [
         "wallets_match_postings",
         "each wallet balance equals the sum of its postings",
         _wallets_match_postings,
+    ),
+    (
+        "movements_have_lots_and_entries",
+        "every lot movement's lot and entry exist and belong to its program and member",
+        _movements_have_lots_and_entries,
     ),
     (
         "lots_match_movements",

@@ -9,7 +9,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, select
 
 from loyalty.adapters.db.engine import run_transaction
-from loyalty.adapters.db.tables import journal_entries, lots, members, postings, wallets
+from loyalty.adapters.db.tables import (
+    LOT_HAS_POINTS,
+    journal_entries,
+    lots,
+    members,
+    postings,
+    wallets,
+)
 from loyalty.application.access import Principal, Scope
 from loyalty.application.members import decode_cursor, encode_cursor, resolve_member
 from loyalty.application.programs import load_program
@@ -31,7 +38,7 @@ _EXPIRING = (
             lots.c.program_id == bindparam("program_id"),
             lots.c.member_id == bindparam("member_id"),
             lots.c.asset == bindparam("asset"),
-            lots.c.remaining > 0,
+            LOT_HAS_POINTS,
             lots.c.expires_at.is_not(None),
         )
     )
@@ -63,7 +70,7 @@ _HELD = select(
         lots.c.program_id == bindparam("program_id"),
         lots.c.member_id == bindparam("member_id"),
         lots.c.asset == bindparam("asset"),
-        lots.c.remaining > 0,
+        LOT_HAS_POINTS,
     )
 )
 
@@ -234,7 +241,7 @@ _LIVE_LOTS = (
             lots.c.program_id == bindparam("program_id"),
             lots.c.member_id.in_(bindparam("member_ids", expanding=True)),
             lots.c.asset == POINTS,
-            lots.c.remaining > 0,
+            LOT_HAS_POINTS,
         )
     )
     .group_by(lots.c.member_id, lots.c.expires_at)
@@ -373,7 +380,7 @@ def expiring_soon(
                 and_(
                     lots.c.program_id == program_id,
                     lots.c.asset == POINTS,
-                    lots.c.remaining > 0,
+                    LOT_HAS_POINTS,
                     lots.c.expires_at > now,
                     lots.c.expires_at <= now + timedelta(days=within_days),
                 )

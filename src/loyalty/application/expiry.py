@@ -37,6 +37,7 @@ from sqlalchemy import (
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.locking import WalletState, lock_wallet, lock_wallet_keys
 from loyalty.adapters.db.tables import (
+    LOT_HAS_POINTS,
     journal_entries,
     lot_movements,
     lots,
@@ -88,7 +89,7 @@ def _due_window(
     """The next ``rows_max`` distinct due keys after ``after``, in index order. An index-only
     walk of ``ix_lots_due``: lots already expired or spent are not in it."""
     conditions = [
-        lots.c.remaining > 0,
+        LOT_HAS_POINTS,
         lots.c.expires_at.is_not(None),
         lots.c.expires_at <= now,
     ]
@@ -127,7 +128,7 @@ _DUE_FOR_MEMBER = (
             lots.c.program_id == bindparam("program_id"),
             lots.c.member_id == bindparam("member_id"),
             lots.c.expires_at <= bindparam("now"),
-            lots.c.remaining > 0,
+            LOT_HAS_POINTS,
         )
     )
     .limit(1)
@@ -156,7 +157,7 @@ def extend_on_activity(
                 lots.c.program_id == program_id,
                 lots.c.member_id == member_id,
                 lots.c.asset == POINTS,
-                lots.c.remaining > 0,
+                LOT_HAS_POINTS,
                 lots.c.expires_at > now,
                 lots.c.expires_at < until,
             )
@@ -197,7 +198,7 @@ def expire_locked(
         .where(
             and_(
                 lots.c.expires_at <= now,
-                lots.c.remaining > 0,
+                LOT_HAS_POINTS,
                 tuple_(lots.c.program_id, lots.c.member_id).in_(keys),
             )
         )
@@ -305,7 +306,9 @@ def expire_locked(
 # (``spent``), so movements, postings and wallets agree with the lots by construction. The
 # ``remaining = due.remaining`` guard makes a lot changed under us (nothing should change it
 # while we hold the wallet lock) drop out of ``spent`` instead of being expired for a stale
-# amount. Foreign keys are checked at the end of the statement, when every row exists.
+# amount. Each lot is emptied at the row address (``ctid``) the lookup found, not looked up
+# again by id (a second index lookup per lot); a newer version of the row, which the wallet
+# lock should make impossible, is still held to the same ``remaining`` guard.
 # ``OFFSET 0`` keeps the lateral subquery a per-member index lookup: flattened into a join, the
 # planner misjudges the batch's share of ``lots`` and hashes the whole table for every batch.
 _EXPIRE_LOCKED_PG = text(
@@ -321,11 +324,12 @@ _EXPIRE_LOCKED_PG = text(
                 expired_account, cash_account, cash_expired_account)
     ),
     due AS (
-        SELECT l.id, l.program_id, l.member_id, l.asset, l.remaining,
+        SELECT l.tid, l.id, l.program_id, l.member_id, l.asset, l.remaining,
                CASE WHEN l.asset = :cash THEN b.cash_entry_id ELSE b.entry_id END AS entry_id
         FROM batch AS b
         CROSS JOIN LATERAL (
-            SELECT lots.id, lots.program_id, lots.member_id, lots.asset, lots.remaining
+            SELECT lots.ctid AS tid, lots.id, lots.program_id, lots.member_id, lots.asset,
+                   lots.remaining
             FROM lots
             WHERE lots.program_id = b.program_id AND lots.member_id = b.member_id
               AND lots.expires_at <= :now AND lots.remaining > 0
@@ -335,7 +339,7 @@ _EXPIRE_LOCKED_PG = text(
     spent AS (
         UPDATE lots SET remaining = 0
         FROM due
-        WHERE lots.id = due.id AND lots.remaining = due.remaining
+        WHERE lots.ctid = due.tid AND lots.remaining = due.remaining
         RETURNING due.id, due.program_id, due.member_id, due.asset, due.remaining, due.entry_id
     ),
     moved AS (

@@ -16,7 +16,14 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
 from loyalty.adapters.db.bulk import insert_rows
-from loyalty.adapters.db.tables import journal_entries, lot_movements, lots, postings, wallets
+from loyalty.adapters.db.tables import (
+    LOT_HAS_POINTS,
+    journal_entries,
+    lot_movements,
+    lots,
+    postings,
+    wallets,
+)
 from loyalty.domain.ledger import POINTS, EntryKind, Lot, MovementKind, Posting, account_deltas
 from loyalty.domain.ledger import assert_balanced as _assert_balanced
 
@@ -47,7 +54,7 @@ _MEMBER_LOTS = select(lots.c.id, lots.c.remaining, lots.c.earned_at, lots.c.expi
         lots.c.program_id == bindparam("program_id"),
         lots.c.member_id == bindparam("member_id"),
         lots.c.asset == bindparam("asset"),
-        lots.c.remaining > 0,
+        LOT_HAS_POINTS,
     )
 )
 _ENTRY_LOTS = _MEMBER_LOTS.where(lots.c.entry_id == bindparam("entry_id"))
