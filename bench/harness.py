@@ -232,8 +232,8 @@ class StatementTimes:
     def print(self, total_s: float) -> None:
         in_sql = sum(self.seconds.values())
         print(
-            f"  time in SQL statements {in_sql:.1f} s of {total_s:.1f} s"
+            f"  time in SQL statements {in_sql:.3f} s of {total_s:.3f} s"
             f" ({100 * in_sql / total_s:.0f}%); by statement:"
         )
-        for key, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])[:8]:
-            print(f"    {seconds:8.1f} s  {self.calls[key]:6} calls  {key}")
+        for key, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"    {seconds:8.3f} s  {self.calls[key]:6} calls  {key}")

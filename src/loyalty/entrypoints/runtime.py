@@ -5,7 +5,7 @@ Once the application is loaded, that is several hundred thousand objects (SQLAlc
 and FastAPI's own structures) that live as long as the process, and a batch of 1,000
 purchases allocates enough new objects to set off a full collection several times: measured,
 a third of a batch's time went to walking the same long-lived objects again
-(``python -m bench.batch_profile``, see docs/performance.md, "The garbage collector").
+(``python -m bench.batch_profile``; docs/performance.md, "The garbage collector").
 
 ``settle_heap`` is called once the process has loaded what it keeps: it collects what loading
 left behind, moves every surviving object out of the collector's sight for good (``gc.freeze``;
