@@ -4,7 +4,13 @@ PostgreSQL, pgbench's tpcb-like transaction runs against the same server in the 
 the ratio holds on a noisy machine.
 
     python -m bench.batch_ingest [--db sqlite|postgresql|both] [--batch 500] [--clients 2]
-        [--events 20000] [--repeat 3]
+        [--events 20000] [--repeat 3] [--client python|wrk] [--seconds 10]
+
+The default client is Python (httpx), which encodes every batch and decodes every answer on
+the same cores as the server. ``--client wrk`` sends the same batches from ``wrk``
+(``bench/batch_wrk.lua``) for ``--seconds`` instead of a number of events, and counts an
+event only once its batch was answered ``200`` (every event of the run is checked to be in
+the database afterwards).
 
 Goals stated for this path: >= 5x pgbench TPS on PostgreSQL, >= 20,000 events/s on SQLite.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import shutil
@@ -21,9 +28,11 @@ import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from bench.harness import (
     PG_ADMIN_URL,
@@ -33,6 +42,8 @@ from bench.harness import (
     spread,
     uvicorn_server,
 )
+from loyalty.adapters.db.engine import make_engine
+from loyalty.adapters.db.tables import events as events_table
 
 DOCUMENT = {
     "name": "Batch bench",
@@ -113,18 +124,72 @@ def _pgbench_tps(seconds: int, clients: int) -> float | None:
         subprocess.run(["psql", PG_ADMIN_URL, "-qc", f'DROP DATABASE "{db}" WITH (FORCE)'])
 
 
-def run(kind: str, *, events: int, batch: int, clients: int, repeat: int) -> None:
+WRK_SCRIPT = Path(__file__).with_name("batch_wrk.lua")
+
+
+def _drive_wrk(
+    url: str, port: int, token: str, program: str, *, seconds: int, batch: int, clients: int
+) -> tuple[float, int]:
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    out = subprocess.run(
+        [
+            wrk,
+            f"--threads={min(2, clients)}",
+            f"--connections={clients}",
+            f"--duration={seconds}s",
+            "--timeout=120s",
+            f"--script={WRK_SCRIPT}",
+            f"http://127.0.0.1:{port}/v1/programs/{program}/events:batch",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "LOYALTY_TOKEN": token,
+            "LOYALTY_RUN": uuid.uuid4().hex[:8],
+            "LOYALTY_BATCH": str(batch),
+        },
+    ).stdout
+    found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    fields = {k: float(v) for k, v in (kv.split("=") for kv in found.group(1).split())}
+    if fields["not_200"] or fields["socket_errors"]:
+        raise RuntimeError(f"wrk saw failed batches: {fields}")
+    answered = int(fields["requests"]) * batch
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(events_table)).scalar_one()
+    finally:
+        engine.dispose()
+    if stored < answered:
+        raise RuntimeError(f"{answered} events answered but {stored} stored")
+    return fields["seconds"], answered
+
+
+def run(
+    kind: str, *, events: int, batch: int, clients: int, repeat: int, client: str, seconds: int
+) -> None:
     rates = []
     for _ in range(repeat):
         with scratch_database(kind) as url:
             token, program = bench_program(url, DOCUMENT)
             with uvicorn_server(url) as port:
-                elapsed, accepted = asyncio.run(
-                    _drive(port, token, program, events=events, batch=batch, clients=clients)
-                )
+                if client == "wrk":
+                    elapsed, accepted = _drive_wrk(
+                        url, port, token, program, seconds=seconds, batch=batch, clients=clients
+                    )
+                else:
+                    elapsed, accepted = asyncio.run(
+                        _drive(port, token, program, events=events, batch=batch, clients=clients)
+                    )
         rates.append(accepted / elapsed)
+    amount = f"{seconds} s" if client == "wrk" else f"{events:,} events"
     line = (
-        f"{kind:10} batch {batch}, {clients} clients, {events:,} events x {repeat}: "
+        f"{kind:10} batch {batch}, {clients} clients ({client}), {amount} x {repeat}: "
         f"{spread(rates, '{:,.0f}')} events/s"
     )
     if kind == "postgresql":
@@ -144,11 +209,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--client", choices=["python", "wrk"], default="python")
+    parser.add_argument("--seconds", type=int, default=10, help="with --client wrk")
     args = parser.parse_args(argv)
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not installed (apt-get install wrk)")
     print(setting_line(), flush=True)
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     for kind in kinds:
-        run(kind, events=args.events, batch=args.batch, clients=args.clients, repeat=args.repeat)
+        run(
+            kind,
+            events=args.events,
+            batch=args.batch,
+            clients=args.clients,
+            repeat=args.repeat,
+            client=args.client,
+            seconds=args.seconds,
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+-- Batches of purchases of 3-5 lines for `wrk`, POST .../events:batch, each purchase with an
+-- id no other of the run uses (the run's tag, the thread, the batch and its position), for
+-- 5,000 customers auto-enrolled on their first purchase: the same batches as
+-- bench/batch_ingest.py's Python client sends.
+-- Environment: LOYALTY_TOKEN, LOYALTY_RUN (a tag unique to the run), LOYALTY_BATCH (events per
+-- request, default 500), LOYALTY_MEMBERS (default 5000).
+
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("thread_no", counter)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  token = os.getenv("LOYALTY_TOKEN")
+  run = os.getenv("LOYALTY_RUN")
+  batch = tonumber(os.getenv("LOYALTY_BATCH") or "500")
+  members = tonumber(os.getenv("LOYALTY_MEMBERS") or "5000")
+  math.randomseed(thread_no * 7919)
+  sent = 0
+  refused = 0
+  headers = {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}
+end
+
+local function purchase(n)
+  local lines = {}
+  local total = 0
+  for i = 1, math.random(3, 5) do
+    local quantity = math.random(1, 3)
+    local price = math.random(100, 5000)
+    total = total + quantity * price
+    lines[i] = string.format('{"sku":"SKU-%d","quantity":%d,"unit_price_minor":%d}',
+      math.random(1, 500), quantity, price)
+  end
+  return string.format(
+    '{"type":"purchase","id":"%s-%d-%d-%d","member":{"external_id":"M%d"},'
+      .. '"occurred_at":"2026-11-01T10:00:00Z","currency":"EUR","total_minor":%d,"lines":[%s]}',
+    run, thread_no, sent, n, math.random(1, members), total, table.concat(lines, ","))
+end
+
+function request()
+  sent = sent + 1
+  local events = {}
+  for n = 1, batch do
+    events[n] = purchase(n)
+  end
+  return wrk.format("POST", nil, headers, '{"events":[' .. table.concat(events, ",") .. ']}')
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    refused = refused + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local refused_all = 0
+  for _, thread in ipairs(threads) do
+    refused_all = refused_all + thread:get("refused")
+  end
+  io.write(string.format(
+    "RESULT requests=%d seconds=%.3f not_200=%d socket_errors=%d\n",
+    summary.requests, summary.duration / 1e6, refused_all,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout))
+end
