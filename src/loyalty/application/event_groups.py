@@ -64,8 +64,9 @@ class _Ticket:
 
 @dataclass(slots=True)
 class _Queue:
+    """The requests waiting for one program and key. It exists while its leader runs."""
+
     waiting: list[_Ticket] = field(default_factory=list)
-    led: bool = False
 
 
 _GroupKey = tuple[Principal, str]
@@ -119,13 +120,13 @@ class EventGroups:
         loop = asyncio.get_running_loop()
         ticket = _Ticket(event, now, loop.create_future())
         key = (principal, program_id)
-        queue = self._queues.setdefault(key, _Queue())
-        queue.waiting.append(ticket)
-        if not queue.led:
-            queue.led = True
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
             leader = loop.create_task(self._lead(key, principal, program_id))
             self._leaders.add(leader)
             leader.add_done_callback(self._leaders.discard)
+        queue.waiting.append(ticket)
         # Shielded: a request whose client went away still has its purchase recorded (as a
         # synchronous request's thread would run on); only its answer is not awaited.
         answer = await asyncio.shield(ticket.answer)
