@@ -8,7 +8,7 @@ the ratio holds on a noisy machine.
 
 The default client is Python (httpx), which encodes every batch and decodes every answer on
 the same cores as the server. ``--client wrk`` sends the same batches from ``wrk``
-(``bench/batch_wrk.lua``) for ``--seconds`` instead of a number of events, and counts an
+(``bench/wrk_purchases.lua``) for ``--seconds`` instead of a number of events, and counts an
 event only once its batch was answered ``200`` (every event of the run is checked to be in
 the database afterwards).
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
 import shutil
@@ -28,7 +27,6 @@ import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +35,7 @@ from sqlalchemy import func, select
 from bench.harness import (
     PG_ADMIN_URL,
     bench_program,
+    run_wrk,
     scratch_database,
     setting_line,
     spread,
@@ -124,41 +123,20 @@ def _pgbench_tps(seconds: int, clients: int) -> float | None:
         subprocess.run(["psql", PG_ADMIN_URL, "-qc", f'DROP DATABASE "{db}" WITH (FORCE)'])
 
 
-WRK_SCRIPT = Path(__file__).with_name("batch_wrk.lua")
-
-
 def _drive_wrk(
     url: str, port: int, token: str, program: str, *, seconds: int, batch: int, clients: int
 ) -> tuple[float, int]:
-    wrk = shutil.which("wrk")
-    assert wrk is not None
-    out = subprocess.run(
-        [
-            wrk,
-            f"--threads={min(2, clients)}",
-            f"--connections={clients}",
-            f"--duration={seconds}s",
-            "--timeout=120s",
-            f"--script={WRK_SCRIPT}",
-            f"http://127.0.0.1:{port}/v1/programs/{program}/events:batch",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "LOYALTY_TOKEN": token,
-            "LOYALTY_RUN": uuid.uuid4().hex[:8],
-            "LOYALTY_BATCH": str(batch),
-        },
-    ).stdout
-    found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)
-    if found is None:
-        raise RuntimeError(f"wrk printed no result:\n{out}")
-    fields = {k: float(v) for k, v in (kv.split("=") for kv in found.group(1).split())}
-    if fields["not_200"] or fields["socket_errors"]:
-        raise RuntimeError(f"wrk saw failed batches: {fields}")
-    answered = int(fields["requests"]) * batch
+    result = run_wrk(
+        f"http://127.0.0.1:{port}/v1/programs/{program}/events:batch",
+        token,
+        clients=clients,
+        seconds=seconds,
+        members=5_000,
+        batch=batch,
+    )
+    if result["refused"] or result["socket_errors"]:
+        raise RuntimeError(f"wrk saw failed batches: {result}")
+    answered = int(result["requests"]) * batch
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
@@ -167,7 +145,7 @@ def _drive_wrk(
         engine.dispose()
     if stored < answered:
         raise RuntimeError(f"{answered} events answered but {stored} stored")
-    return fields["seconds"], answered
+    return result["seconds"], answered
 
 
 def run(

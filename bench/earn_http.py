@@ -7,7 +7,7 @@ noisy machine.
         [--repeat 3] [--client auto|wrk|python] [--workers 1]
 
 The load generator is ``wrk`` where it is installed (``apt-get install wrk``; a C client, as
-pgbench is, with the requests written by ``bench/earn_wrk.lua``), else a Python client (httpx,
+pgbench is, with the requests written by ``bench/wrk_purchases.lua``), else a Python client (httpx,
 one process), which costs the shared cores about as much as the server's own work and so
 measures less; ``--client`` chooses, and the setting line says which one ran.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
 import shutil
@@ -28,7 +27,6 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -37,6 +35,7 @@ from bench.harness import (
     PG_ADMIN_URL,
     bench_program,
     percentile,
+    run_wrk,
     scratch_database,
     setting_line,
     uvicorn_server,
@@ -124,47 +123,23 @@ async def _drive(
     )
 
 
-WRK_SCRIPT = Path(__file__).with_name("earn_wrk.lua")
-
-
 def _drive_wrk(
     port: int, token: str, program_id: str, clients: int, seconds: float, members: int
 ) -> RunResult:
-    """The same purchases sent by ``wrk`` with ``clients`` connections (each one request at a
-    time, as the Python client's tasks are) on up to two threads."""
-    wrk = shutil.which("wrk")
-    assert wrk is not None
-    out = subprocess.run(
-        [
-            wrk,
-            f"--threads={min(2, clients)}",
-            f"--connections={clients}",
-            f"--duration={int(seconds)}s",
-            "--timeout=30s",
-            f"--script={WRK_SCRIPT}",
-            f"http://127.0.0.1:{port}/v1/programs/{program_id}/events",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "LOYALTY_TOKEN": token,
-            "LOYALTY_RUN": uuid.uuid4().hex[:8],
-            "LOYALTY_MEMBERS": str(members),
-        },
-    ).stdout
-    found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)
-    if found is None:
-        raise RuntimeError(f"wrk printed no result:\n{out}")
-    fields = {k: float(v) for k, v in (kv.split("=") for kv in found.group(1).split())}
-    failed = int(fields["not_201"] + fields["socket_errors"])
+    """The same purchases sent by ``wrk`` with ``clients`` connections."""
+    result = run_wrk(
+        f"http://127.0.0.1:{port}/v1/programs/{program_id}/events",
+        token,
+        clients=clients,
+        seconds=int(seconds),
+        members=members,
+    )
     return RunResult(
-        int(fields["requests"]) - int(fields["not_201"]),
-        failed,
-        fields["seconds"],
-        fields["p50_us"] / 1000,
-        fields["p99_us"] / 1000,
+        int(result["requests"] - result["refused"]),
+        int(result["refused"] + result["socket_errors"]),
+        result["seconds"],
+        result["p50_us"] / 1000,
+        result["p99_us"] / 1000,
     )
 
 

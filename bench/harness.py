@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import socket
 import sqlite3
@@ -131,6 +132,47 @@ def uvicorn_server(url: str, *, workers: int = 1) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+WRK_SCRIPT = Path(__file__).with_name("wrk_purchases.lua")
+
+
+def run_wrk(
+    url: str, token: str, *, clients: int, seconds: int, members: int, batch: int = 0
+) -> dict[str, float]:
+    """Purchases sent by ``wrk`` (``bench/wrk_purchases.lua``) to ``url`` for ``seconds``
+    with ``clients`` connections, each one request at a time, on up to two threads; ``batch``
+    purchases per request to the batch route, or one to the events route (0). Returns what
+    the script's ``RESULT`` line counts: ``requests``, ``seconds``, ``refused`` (any other
+    status than the route's success), ``socket_errors``, ``p50_us``, ``p99_us``."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    out = subprocess.run(
+        [
+            wrk,
+            f"--threads={min(2, clients)}",
+            f"--connections={clients}",
+            f"--duration={seconds}s",
+            "--timeout=120s",
+            f"--script={WRK_SCRIPT}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "LOYALTY_TOKEN": token,
+            "LOYALTY_RUN": uuid.uuid4().hex[:8],
+            "LOYALTY_MEMBERS": str(members),
+            "LOYALTY_BATCH": str(batch),
+        },
+    ).stdout
+    found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    return {k: float(v) for k, v in (kv.split("=") for kv in found.group(1).split())}
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -1,8 +1,11 @@
--- Purchases of 3-5 lines for `wrk`, each with an order id no other request of the run uses
--- (the run's tag, the thread and a counter), for 1,000 members auto-enrolled on their first
--- purchase: the same requests as bench/earn_http.py's Python client sends.
+-- Purchases of 3-5 lines for `wrk`, each with an id no other request of the run uses (the
+-- run's tag, the thread, a counter and the position in its batch), for customers
+-- auto-enrolled on their first purchase: the requests bench/earn_http.py and
+-- bench/batch_ingest.py's Python clients send.
 -- Environment: LOYALTY_TOKEN (the API key), LOYALTY_RUN (a tag unique to the run),
--- LOYALTY_MEMBERS (default 1000).
+-- LOYALTY_MEMBERS (default 1000), LOYALTY_BATCH (0, the default: one purchase per request to
+-- POST .../events, answered 201; n: n purchases per request to POST .../events:batch,
+-- answered 200).
 
 local threads = {}
 local counter = 0
@@ -17,14 +20,15 @@ function init(args)
   token = os.getenv("LOYALTY_TOKEN")
   run = os.getenv("LOYALTY_RUN")
   members = tonumber(os.getenv("LOYALTY_MEMBERS") or "1000")
+  batch = tonumber(os.getenv("LOYALTY_BATCH") or "0")
+  expected = batch > 0 and 200 or 201
   math.randomseed(thread_no * 7919)
   sent = 0
   refused = 0
   headers = {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}
 end
 
-function request()
-  sent = sent + 1
+local function purchase(n)
   local lines = {}
   local total = 0
   for i = 1, math.random(3, 5) do
@@ -35,15 +39,26 @@ function request()
       '{"sku":"SKU-%d","quantity":%d,"unit_price_minor":%d,"category":"grocery"}',
       math.random(1, 500), quantity, price)
   end
-  local body = string.format(
-    '{"type":"purchase","id":"%s-%d-%d","member":{"external_id":"M%d"},'
+  return string.format(
+    '{"type":"purchase","id":"%s-%d-%d-%d","member":{"external_id":"M%d"},'
       .. '"occurred_at":"2026-11-01T10:00:00Z","currency":"EUR","total_minor":%d,"lines":[%s]}',
-    run, thread_no, sent, math.random(1, members), total, table.concat(lines, ","))
-  return wrk.format("POST", nil, headers, body)
+    run, thread_no, sent, n, math.random(1, members), total, table.concat(lines, ","))
+end
+
+function request()
+  sent = sent + 1
+  if batch == 0 then
+    return wrk.format("POST", nil, headers, purchase(0))
+  end
+  local events = {}
+  for n = 1, batch do
+    events[n] = purchase(n)
+  end
+  return wrk.format("POST", nil, headers, '{"events":[' .. table.concat(events, ",") .. ']}')
 end
 
 function response(status, headers, body)
-  if status ~= 201 then
+  if status ~= expected then
     refused = refused + 1
   end
 end
@@ -54,7 +69,7 @@ function done(summary, latency, requests)
     refused_all = refused_all + thread:get("refused")
   end
   io.write(string.format(
-    "RESULT requests=%d seconds=%.3f not_201=%d socket_errors=%d p50_us=%d p99_us=%d\n",
+    "RESULT requests=%d seconds=%.3f refused=%d socket_errors=%d p50_us=%d p99_us=%d\n",
     summary.requests, summary.duration / 1e6, refused_all,
     summary.errors.connect + summary.errors.read + summary.errors.write
       + summary.errors.timeout,
