@@ -124,7 +124,14 @@ def _pgbench_tps(seconds: int, clients: int) -> float | None:
 
 
 def _drive_wrk(
-    url: str, port: int, token: str, program: str, *, seconds: int, batch: int, clients: int
+    database_url: str,
+    port: int,
+    token: str,
+    program: str,
+    *,
+    seconds: int,
+    batch: int,
+    clients: int,
 ) -> tuple[float, int]:
     result = run_wrk(
         f"http://127.0.0.1:{port}/v1/programs/{program}/events:batch",
@@ -137,7 +144,7 @@ def _drive_wrk(
     if result["refused"] or result["socket_errors"]:
         raise RuntimeError(f"wrk saw failed batches: {result}")
     answered = int(result["requests"]) * batch
-    engine = make_engine(url)
+    engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
             stored = conn.execute(select(func.count()).select_from(events_table)).scalar_one()

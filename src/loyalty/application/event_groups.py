@@ -29,7 +29,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -60,13 +60,6 @@ class _Ticket:
     event: PurchaseEvent
     now: datetime
     answer: asyncio.Future[_Answer]
-
-
-@dataclass(slots=True)
-class _Queue:
-    """The requests waiting for one program and key. It exists while its leader runs."""
-
-    waiting: list[_Ticket] = field(default_factory=list)
 
 
 _GroupKey = tuple[Principal, str]
@@ -106,7 +99,8 @@ class EventGroups:
         self._record = record or record_group
         self._size_max = size_max
         self._wait_s = wait_ms / 1000
-        self._queues: dict[_GroupKey, _Queue] = {}
+        self._queues: dict[_GroupKey, list[_Ticket]] = {}
+        """The requests waiting, per program and key; a queue exists while its leader runs."""
         self._leaders: set[asyncio.Task[None]] = set()
         self._threads = ThreadPoolExecutor(GROUP_THREADS_MAX, thread_name_prefix="event-groups")
 
@@ -122,11 +116,11 @@ class EventGroups:
         key = (principal, program_id)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue()
+            queue = self._queues[key] = []
             leader = loop.create_task(self._lead(key, principal, program_id))
             self._leaders.add(leader)
             leader.add_done_callback(self._leaders.discard)
-        queue.waiting.append(ticket)
+        queue.append(ticket)
         # Shielded: a request whose client went away still has its purchase recorded (as a
         # synchronous request's thread would run on); only its answer is not awaited.
         answer = await asyncio.shield(ticket.answer)
@@ -153,11 +147,11 @@ class EventGroups:
         happens, every ticket taken is answered, so no request waits forever."""
         queue = self._queues[key]
         try:
-            while queue.waiting:
-                if self._wait_s and len(queue.waiting) < self._size_max:
+            while queue:
+                if self._wait_s and len(queue) < self._size_max:
                     await asyncio.sleep(self._wait_s)  # let more requests join this group
-                group = queue.waiting[: self._size_max]
-                del queue.waiting[: self._size_max]
+                group = queue[: self._size_max]
+                del queue[: self._size_max]
                 answers: list[_Answer] = [None] * len(group)
                 failure: Exception | None = None
                 try:
@@ -183,10 +177,10 @@ class EventGroups:
                         else:
                             ticket.answer.set_result(answer)
         finally:
-            for ticket in queue.waiting:  # only if this task itself was cancelled
+            for ticket in queue:  # only if this task itself was cancelled
                 if not ticket.answer.done():
                     ticket.answer.set_result(None)
-            queue.waiting.clear()
+            queue.clear()
             del self._queues[key]
 
     def _record_group(
