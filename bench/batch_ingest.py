@@ -162,7 +162,8 @@ def run(
     for _ in range(repeat):
         with scratch_database(kind) as url:
             token, program = bench_program(url, DOCUMENT)
-            with uvicorn_server(url) as port:
+            with uvicorn_server(url) as server:
+                port = server.port
                 if client == "wrk":
                     elapsed, accepted = _drive_wrk(
                         url, port, token, program, seconds=seconds, batch=batch, clients=clients

@@ -9,7 +9,9 @@ noisy machine.
 The load generator is ``wrk`` where it is installed (``apt-get install wrk``; a C client, as
 pgbench is, with the requests written by ``bench/wrk_purchases.lua``), else a Python client (httpx,
 one process), which costs the shared cores about as much as the server's own work and so
-measures less; ``--client`` chooses, and the setting line says which one ran.
+measures less; ``--client`` chooses, and the setting line says which one ran. Beside the rate,
+each line gives the server's CPU time (user and system, from ``/proc``, workers included) per
+event recorded: on a shared machine it moves less than the rate does.
 
 PostgreSQL comes from LOYALTY_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres,
 where scratch databases are created and dropped).
@@ -173,14 +175,17 @@ def _bench_db(
 ) -> None:
     with scratch_database(kind) as url:
         token, program_id = bench_program(url, PROGRAM)
-        with uvicorn_server(url, workers=workers) as port:
+        with uvicorn_server(url, workers=workers) as server:
+            port = server.port
             for clients in clients_list:
-                rates, p50s, p99s, ratios, tpss = [], [], [], [], []
+                rates, p50s, p99s, ratios, tpss, cpus = [], [], [], [], [], []
                 for _ in range(repeat):
+                    cpu_before = server.cpu_seconds()
                     if client == "wrk":
                         res = _drive_wrk(port, token, program_id, clients, seconds, 1000)
                     else:
                         res = asyncio.run(_drive(port, token, program_id, clients, seconds, 1000))
+                    cpus.append((server.cpu_seconds() - cpu_before) * 1000 / res.events)
                     rates.append(res.rate)
                     p50s.append(res.p50_ms)
                     p99s.append(res.p99_ms)
@@ -194,7 +199,7 @@ def _bench_db(
                 line = (
                     f"{kind:10} clients={clients:3}  events/s median {rate:7.0f}"
                     f" (min {min(rates):.0f}, max {max(rates):.0f})  p50 {p50:6.1f} ms"
-                    f"  p99 {p99:6.1f} ms"
+                    f"  p99 {p99:6.1f} ms  server CPU {statistics.median(cpus):.2f} ms/event"
                 )
                 if ratios:
                     line += (

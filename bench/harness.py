@@ -23,6 +23,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -96,10 +97,45 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running server: its port, and the process whose CPU time (with its workers') is
+    read from ``/proc``."""
+
+    port: int
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the server and its worker processes so far (NaN where
+        there is no ``/proc``)."""
+        try:
+            return sum(_cpu_seconds(pid) for pid in _process_tree(self.pid))
+        except OSError:
+            return float("nan")
+
+
+def _process_tree(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        for child in children:
+            found.extend(_process_tree(int(child)))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    # Fields 14 and 15 of /proc/<pid>/stat, after the command name in parentheses.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def uvicorn_server(url: str, *, workers: int = 1) -> Iterator[int]:
+def uvicorn_server(url: str, *, workers: int = 1) -> Iterator[Server]:
     """``workers`` uvicorn worker processes (default one) serving the shipped application on
-    ``url``; yields the port."""
+    ``url``."""
     port = _free_port()
     env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_POOL_SIZE": "20"}
     proc = subprocess.Popen(
@@ -128,7 +164,7 @@ def uvicorn_server(url: str, *, workers: int = 1) -> Iterator[int]:
                 if time.time() > deadline:
                     raise RuntimeError("server did not start") from None
                 time.sleep(0.1)
-        yield port
+        yield Server(port, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

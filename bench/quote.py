@@ -147,10 +147,10 @@ def _bench_db(kind: str, requests: int, repeat: int) -> None:
         for who, ref in who_refs:
             call = _in_process(url, token, program_id, ref)
             _report(kind, "in-process", who, [_time_calls(call, requests) for _ in range(repeat)])
-        with uvicorn_server(url) as port:
+        with uvicorn_server(url) as server:
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(
-                base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30
+                base_url=f"http://127.0.0.1:{server.port}", headers=headers, timeout=30
             ) as http:
                 for who, ref in who_refs:
                     call = _over_http(http, program_id, ref)
