@@ -12,6 +12,7 @@ from loyalty import __version__
 from loyalty.application.limits import REQUEST_BODY_BYTES_MAX
 from loyalty.bootstrap import Settings, build_engine, build_event_groups
 from loyalty.entrypoints.api import errors
+from loyalty.entrypoints.api.event_route import EventRoute
 from loyalty.entrypoints.api.routes import router
 
 DESCRIPTION = """
@@ -135,6 +136,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     errors.install(app)
     app.include_router(router)
     app.state.api_routes = list(router.routes)
+    app.router.routes.insert(0, EventRoute())
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, Any]:
