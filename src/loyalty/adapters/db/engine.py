@@ -8,6 +8,7 @@ emits nothing for ``FOR UPDATE``). PostgreSQL: psycopg 3, READ COMMITTED, row lo
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import weakref
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -50,6 +52,25 @@ def normalise_url(url: str) -> str:
     return url
 
 
+# Types orjson would write on its own but the standard library refuses: they stay refused.
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def json_text(value: Any) -> str:
+    """The text of a JSON column: written by orjson, a tenth of the standard library's time
+    for the answers kept for idempotency; the standard library takes what orjson refuses
+    (integers beyond 64 bits, keys that aren't strings, subclasses of str and int) and
+    refuses what it always refused."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
@@ -57,6 +78,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            json_serializer=json_text,
             pool_size=pool_size,
             max_overflow=pool_size,
         )
@@ -68,6 +90,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         isolation_level="READ COMMITTED",
+        json_serializer=json_text,
     )
 
 
