@@ -1,6 +1,7 @@
 """``insert_rows`` stores exactly what SQLAlchemy's own ``insert`` stores, on both databases,
 in several statements on PostgreSQL past ``PG_ROWS_PER_STATEMENT`` rows, and its errors reach
-the caller as SQLAlchemy's (the transaction runner retries on those)."""
+the caller as SQLAlchemy's (the transaction runner retries on those), in a ``pipelined`` block
+too."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
-from loyalty.adapters.db.bulk import PG_ROWS_PER_STATEMENT, insert_rows
+from loyalty.adapters.db.bulk import PG_ROWS_PER_STATEMENT, insert_rows, pipelined
+from loyalty.adapters.db.engine import _is_unique_violation
 from loyalty.adapters.db.tables import events
 
 ROWS = PG_ROWS_PER_STATEMENT * 2 + 301
@@ -70,4 +72,34 @@ def test_insert_rows_raises_sqlalchemys_integrity_error_and_writes_nothing(engin
 def test_no_rows_is_no_statement(engine):
     with engine.begin() as conn:
         insert_rows(conn, events, [])
+        assert conn.execute(select(events.c.id)).first() is None
+
+
+def test_pipelined_inserts_store_what_plain_ones_store(engine):
+    with engine.begin() as conn:
+        insert_rows(conn, events, _rows("d"))
+        with pipelined(conn):
+            insert_rows(conn, events, _rows("e"))
+            insert_rows(conn, events, _rows("f")[:3])
+        # Read in the same transaction, after the block: everything arrived.
+        assert len(_stored(conn, "e")) == ROWS
+    with engine.connect() as conn:
+        plain = _stored(conn, "d")
+        piped = _stored(conn, "e")
+        assert len(_stored(conn, "f")) == 3
+    assert piped == plain
+
+
+def test_an_error_in_a_pipelined_block_arrives_as_sqlalchemys_and_writes_nothing(engine):
+    first = _rows("g")[:5]
+    clash = _rows("h")[:5]
+    clash[2]["source_id"] = first[0]["source_id"]  # uq_events_source
+    with pytest.raises(IntegrityError) as raised, engine.begin() as conn, pipelined(conn):
+        insert_rows(conn, events, first)
+        insert_rows(conn, events, clash)
+        insert_rows(conn, events, _rows("i")[:5])
+    assert _is_unique_violation(raised.value)  # what makes the transaction runner re-run
+    with engine.connect() as conn:
+        assert _stored(conn, "g") == _stored(conn, "h") == _stored(conn, "i") == []
+        # The pooled connection is usable again.
         assert conn.execute(select(events.c.id)).first() is None

@@ -25,8 +25,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from loyalty.adapters.db.bulk import insert_rows
-from loyalty.adapters.db.ledger_store import EntryRecord, insert_lots, write_entries
+from loyalty.adapters.db.bulk import insert_rows, pipelined
+from loyalty.adapters.db.ledger_store import (
+    EntryRecord,
+    insert_entries,
+    insert_lots,
+    move_wallets,
+    plan_entries,
+)
 from loyalty.adapters.db.locking import lock_wallets
 from loyalty.adapters.db.tables import events, member_activity, purchase_lines
 from loyalty.adapters.ids import new_id
@@ -481,14 +487,18 @@ def _write(
 ) -> None:
     """Each table's rows of the run in one statement, parents before children; events and
     keys in source id order, so two runs sharing an event wait on each other in one order."""
-    write_entries(conn, rows.entries)
-    insert_lots(conn, rows.lots, rows.movements)
-    if rows.events:
-        insert_rows(conn, events, sorted(rows.events, key=lambda row: str(row["source_id"])))
-    if rows.lines:
-        insert_rows(conn, purchase_lines, rows.lines)
-    if rows.activity:
-        insert_rows(conn, member_activity, rows.activity)
-    idempotency.store_many(
-        conn, tenant_id=principal.tenant_id, scope=ctx.program_id, now=now, outcomes=rows.keys
-    )
+    planned = plan_entries(rows.entries)
+    move_wallets(conn, planned)
+    # Nothing below is read back: on PostgreSQL, one round trip for all of it.
+    with pipelined(conn):
+        insert_entries(conn, planned)
+        insert_lots(conn, rows.lots, rows.movements)
+        if rows.events:
+            insert_rows(conn, events, sorted(rows.events, key=lambda row: str(row["source_id"])))
+        if rows.lines:
+            insert_rows(conn, purchase_lines, rows.lines)
+        if rows.activity:
+            insert_rows(conn, member_activity, rows.activity)
+        idempotency.store_many(
+            conn, tenant_id=principal.tenant_id, scope=ctx.program_id, now=now, outcomes=rows.keys
+        )

@@ -10,23 +10,47 @@ the same function SQLAlchemy would call, so the stored values are identical.
 The rows then go to the driver through ``Connection.exec_driver_sql`` (so errors are wrapped
 and retried exactly as any other statement's): on SQLite one ``executemany``; on PostgreSQL
 multi-row ``INSERT ... VALUES (...), (...)`` of up to ``PG_ROWS_PER_STATEMENT`` rows, each a
-single round trip.
+single round trip. Inside ``pipelined``, PostgreSQL gets every such statement without the
+engine waiting for each answer: one round trip for all of them.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 PG_ROWS_PER_STATEMENT = 1_000
 PG_PARAMETERS_MAX = 65_535
 """PostgreSQL's limit on the parameters of one statement."""
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, the statements of the block are sent in pipeline mode: each goes without
+    waiting for the answer to the one before, and the block ends when all are answered. Only
+    statements whose answer nobody reads (inserts without ``RETURNING``) belong inside: a row
+    count reads -1 and reading rows fails. An error of any of them is raised when the block
+    ends, wrapped as SQLAlchemy wraps any statement's, so the transaction's retries see it as
+    before; the statements after it were not applied. On SQLite, a plain block."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    driver: Any = conn.connection.driver_connection
+    try:
+        with driver.pipeline():
+            yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(
+            None, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)

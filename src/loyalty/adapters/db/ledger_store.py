@@ -108,9 +108,34 @@ def write_entries(
     debt_asset: str = POINTS,
 ) -> dict[str, int]:
     """``write_entry`` for many entries of one program at once: each entry is checked to
-    balance, the entries and their postings are inserted with one statement each, and each
-    wallet is moved once, in member order, by the sum of what the entries change on it (the
-    caller holds the wallets' locks). Returns the net change of points per member."""
+    balance, each wallet is moved once, in member order, by the sum of what the entries change
+    on it (the caller holds the wallets' locks), and the entries and their postings are
+    inserted with one statement each. Returns the net change of points per member."""
+    planned = plan_entries(entries, debt_asset=debt_asset)
+    move_wallets(conn, planned)
+    insert_entries(conn, planned)
+    return planned.net
+
+
+@dataclass(frozen=True)
+class PlannedEntries:
+    """What ``write_entries`` writes: rows of entries and postings, and wallet moves."""
+
+    entry_rows: list[dict[str, Any]]
+    legs: list[dict[str, Any]]
+    moves: list[dict[str, Any]]
+    net: dict[str, int]
+    """The net change of points per member."""
+
+
+def plan_entries(
+    entries: Sequence[tuple[EntryRecord, Sequence[Posting], dict[str, int] | None]],
+    *,
+    debt_asset: str = POINTS,
+) -> PlannedEntries:
+    """Check each entry balances and build ``write_entries``'s rows, for a caller that moves
+    the wallets (``move_wallets``, which reads row counts) apart from inserting the rows
+    (``insert_entries``, which can go in a ``pipelined`` block)."""
     entry_rows: list[dict[str, Any]] = []
     legs: list[dict[str, Any]] = []
     wallet_deltas: dict[tuple[str, str], int] = defaultdict(int)
@@ -156,9 +181,7 @@ def write_entries(
         for member, debt in (debt_delta or {}).items():
             debts[(member, debt_asset)] += debt
     if not entry_rows:
-        return {}
-    insert_rows(conn, journal_entries, entry_rows)
-    insert_rows(conn, postings, legs)
+        return PlannedEntries([], [], [], {})
     updated_at = max(entry.created_at for entry, _, _ in entries)
     moves = [
         {
@@ -172,11 +195,25 @@ def write_entries(
         for member_id, asset in sorted(set(wallet_deltas) | set(debts))
         if wallet_deltas.get((member_id, asset), 0) or debts.get((member_id, asset), 0)
     ]
-    if moves:
-        result = conn.execute(_MOVE_WALLET, moves)
-        if len(moves) == 1 or conn.dialect.supports_sane_multi_rowcount:
-            assert result.rowcount == len(moves), f"a wallet is missing among {moves}"
-    return {m: d for (m, asset), d in wallet_deltas.items() if asset == POINTS}
+    net = {m: d for (m, asset), d in wallet_deltas.items() if asset == POINTS}
+    return PlannedEntries(entry_rows, legs, moves, net)
+
+
+def move_wallets(conn: Connection, planned: PlannedEntries) -> None:
+    """Move each wallet of ``planned`` once, and check every one of them was there."""
+    if planned.moves:
+        result = conn.execute(_MOVE_WALLET, planned.moves)
+        if len(planned.moves) == 1 or conn.dialect.supports_sane_multi_rowcount:
+            assert result.rowcount == len(planned.moves), (
+                f"a wallet is missing among {planned.moves}"
+            )
+
+
+def insert_entries(conn: Connection, planned: PlannedEntries) -> None:
+    """Insert the entries and postings of ``planned``, one statement each."""
+    if planned.entry_rows:
+        insert_rows(conn, journal_entries, planned.entry_rows)
+        insert_rows(conn, postings, planned.legs)
 
 
 def lot_row(
