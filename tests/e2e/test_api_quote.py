@@ -67,3 +67,92 @@ def test_a_quote_prices_by_a_new_program_version_at_once(api):
     assert r.status_code == 200, r.text
     second = api.request("POST", f"/v1/programs/{program}/quote", json=cart).json()
     assert (second["points_earned"], second["program_version"]) == (15, 2)
+
+
+def _holding_the_wallet(api, program: str, external_id: str):
+    """A transaction of another client that holds the member's points wallet, as a
+    redemption does until it commits: on PostgreSQL its row lock, on SQLite the database's
+    one write lock. The caller rolls it back."""
+    from sqlalchemy import text
+
+    conn = api.engine.connect().execution_options(loyalty_write=True)  # SQLite: IMMEDIATE
+    conn.begin()
+    conn.execute(
+        text(
+            "UPDATE wallets SET balance = balance WHERE program_id = :p AND member_id = "
+            "(SELECT id FROM members WHERE program_id = :p AND external_id = :e)"
+        ),
+        {"p": program, "e": external_id},
+    )
+    return conn
+
+
+def test_a_quote_neither_waits_for_nor_sees_a_write_in_progress_on_the_member(api):
+    """A program whose purchases take the bulk path is quoted from what the database has
+    committed, taking no lock: a till can price a cart while the member's wallet is held
+    by a redemption (before, the quote waited for it, on SQLite into a 503)."""
+    import threading
+
+    program = api.create_program()
+    api.enroll(program, "M")
+    assert api.purchase(program, "P0", "M", [{"unit_price_minor": 1000}]).status_code == 201
+    cart = {
+        "currency": "EUR",
+        "lines": [{"unit_price_minor": 700}],
+        "member": {"external_id": "M"},
+    }
+    held = _holding_the_wallet(api, program, "M")
+    answers = []
+    try:
+        quoting = threading.Thread(
+            target=lambda: answers.append(
+                api.request("POST", f"/v1/programs/{program}/quote", json=cart)
+            ),
+            daemon=True,
+        )
+        quoting.start()
+        quoting.join(timeout=20)
+        answered_while_held = not quoting.is_alive()
+    finally:
+        held.rollback()
+        held.close()
+    quoting.join(timeout=60)
+    assert answered_while_held, "the quote waited for the other transaction"
+    r = answers[0]
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["points_earned"] == 7
+    assert body["balance_after"] == {"balance": 17, "available": 17, "pending": 0, "debt": 0}
+    assert api.balance(program, "ext:M")["balance"] == 10
+
+
+def test_a_quote_for_a_program_with_capped_rules_still_prices_by_recording_and_rolling_back(
+    api,
+):
+    """Capped rules read and write the member's usage: such a program's quote runs the
+    purchase and rolls it back, and says what the cap leaves."""
+    program = api.create_program(
+        rules=[
+            {
+                "id": "bonus",
+                "name": "Bonus, once a day",
+                "trigger": "purchase",
+                "effect": {"type": "fixed", "points": 50},
+                "limits": {"per_member": [{"period": "day", "max_count": 1}]},
+            }
+        ]
+    )
+    api.enroll(program, "M")
+    cart = {
+        "currency": "EUR",
+        "lines": [{"unit_price_minor": 700}],
+        "member": {"external_id": "M"},
+    }
+    first = api.request("POST", f"/v1/programs/{program}/quote", json=cart)
+    assert first.status_code == 200, first.text
+    assert first.json()["points_earned"] == 57
+    assert api.purchase(program, "P0", "M", [{"unit_price_minor": 700}]).status_code == 201
+    again = api.request("POST", f"/v1/programs/{program}/quote", json=cart)
+    assert again.status_code == 200, again.text
+    assert again.json()["points_earned"] == 7
+    assert api.balance(program, "ext:M")["balance"] == 57

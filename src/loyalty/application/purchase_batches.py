@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row, and_, bindparam, select
 
 from loyalty.adapters.db.bulk import insert_rows, pipelined
 from loyalty.adapters.db.ledger_store import (
@@ -34,7 +34,7 @@ from loyalty.adapters.db.ledger_store import (
     plan_entries,
 )
 from loyalty.adapters.db.locking import lock_wallets
-from loyalty.adapters.db.tables import events, member_activity, purchase_lines
+from loyalty.adapters.db.tables import events, member_activity, purchase_lines, wallets
 from loyalty.adapters.ids import new_id
 from loyalty.application import idempotency
 from loyalty.application.access import Principal
@@ -72,7 +72,7 @@ from loyalty.domain.errors import (
     IdempotencyConflict,
     MemberNotFound,
 )
-from loyalty.domain.ledger import EntryKind, Posting
+from loyalty.domain.ledger import POINTS, EntryKind, Posting
 from loyalty.domain.program import ExpiryPolicy, ProgramSettings
 from loyalty.domain.purchase import Purchase
 from loyalty.domain.rules import RuleEvaluation, Trigger
@@ -131,6 +131,67 @@ def record_purchases(
     for part in _parts(run):
         results.extend(_record_part(conn, principal, ctx, part, now=now))
     return results
+
+
+_POINTS_WALLET = select(wallets.c.balance, wallets.c.debt).where(
+    and_(
+        wallets.c.program_id == bindparam("program_id"),
+        wallets.c.member_id == bindparam("member_id"),
+        wallets.c.asset == POINTS,
+    )
+)
+
+
+def preview_purchase(
+    conn: Connection,
+    ctx: ProgramContext,
+    event: PurchaseEvent,
+    *,
+    member: Row[Any] | None,
+    new_customer: bool,
+    now: datetime,
+    actor: str,
+) -> dict[str, Any]:
+    """The answer recording ``event`` would give now, decided by the code that records it
+    (``_purchase``, as ``record_purchases`` runs it) against the member's state as read here,
+    and written nowhere: the quote of a program that ``takes_bulk_path``, in a read-only
+    transaction that takes no lock. ``member``: the purchase's member as ``find_member`` read
+    it; None for a customer with no membership, priced as the purchase would enrol them where
+    ``new_customer`` (a guest quote) or the program enrols on purchase. Raises
+    ``CurrencyMismatch``, ``MemberNotFound``, ``LimitExceeded``."""
+    assert takes_bulk_path(ctx.settings)
+    ref = event.member.as_ref()
+    balance, debt = 0, 0
+    if member is not None:
+        found = _Member(str(member.id), dict(member.attributes), member.enrolled_at, fresh=False)
+        wallet = conn.execute(
+            _POINTS_WALLET, {"program_id": ctx.program_id, "member_id": found.member_id}
+        ).first()
+        if wallet is not None:
+            balance, debt = int(wallet.balance), int(wallet.debt)
+    elif new_customer or (ctx.settings.auto_enroll and ref.startswith(EXTERNAL_PREFIX)):
+        found = _Member(new_id("mbr"), {}, now, fresh=True)
+    else:
+        raise MemberNotFound(ref)
+    members = {ref: found}
+    balances = (
+        {found.member_id: RunningBalance(found.member_id, 0, 0, {}, 0, 0, None)}
+        if found.fresh
+        else running_balances(conn, ctx.program_id, {found.member_id: (balance, debt)}, now=now)
+    )
+    run_tiers = _run_tiers(conn, ctx, [event], members, now=now, actor=actor)
+    outcome = _purchase(
+        ctx,
+        event,
+        event.model_dump(mode="json", exclude_none=True),
+        members,
+        balances,
+        run_tiers,
+        _Rows([], [], [], [], [], [], []),
+        now=now,
+        actor=actor,
+    )
+    return outcome.body
 
 
 def _parts(run: list[PurchaseEvent]) -> Iterator[list[PurchaseEvent]]:

@@ -14,12 +14,17 @@ from sqlalchemy import Connection, Engine, Row
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.ids import new_id
-from loyalty.application import holds, memberships, tiers
+from loyalty.application import holds, memberships, purchase_batches, tiers
 from loyalty.application.access import Principal, Scope
 from loyalty.application.balances import WalletFigures, wallet_figures
 from loyalty.application.event_documents import MemberRef, PurchaseEvent
 from loyalty.application.events import record_purchase_in
-from loyalty.application.members import MemberProfile, find_member, insert_member
+from loyalty.application.members import (
+    EXTERNAL_PREFIX,
+    MemberProfile,
+    find_member,
+    insert_member,
+)
 from loyalty.application.programs import ProgramContext, load_program
 from loyalty.domain.discounts import line_discounts
 from loyalty.domain.ledger import POINTS
@@ -48,35 +53,51 @@ def quote_purchase(
     Without a member, the cart is priced for a new member with no attributes. Raises
     ``ProgramNotFound``, ``MemberNotFound``, ``CurrencyMismatch``."""
 
+    def read(conn: Connection) -> dict[str, Any] | None:
+        ctx = load_program(conn, principal, program_id, Scope.READ)
+        if not purchase_batches.takes_bulk_path(ctx.settings):
+            return None  # its purchases read and write state of their own: run one, roll back
+        event, known = _member_of(conn, ctx, cart, member)
+        offered, payment = _member_sections(
+            conn, ctx, cart, known, order_reference, guest=member is None, now=now
+        )
+        result = purchase_batches.preview_purchase(
+            conn,
+            ctx,
+            event,
+            member=known,
+            new_customer=member is None,
+            now=now,
+            actor=principal.key_id,
+        )
+        balance = result["balance"]
+        after = (
+            None
+            if member is None
+            else WalletFigures(
+                balance=balance["balance"],
+                available=balance["available"],
+                pending=balance["pending"],
+                debt=balance["debt"],
+            )
+        )
+        return {**_quote_view(result, after), "discounts": offered, "payment": payment}
+
     def work(conn: Connection) -> dict[str, Any]:
         ctx = load_program(conn, principal, program_id, Scope.READ)
         guest = member is None
-        event = cart
+        event, known = _member_of(conn, ctx, cart, member)
         if guest:
-            external_id = f"quote-guest-{new_id('q')}"
             insert_member(
                 conn,
                 program_id=program_id,
-                external_id=external_id,
+                external_id=event.member.as_ref()[len(EXTERNAL_PREFIX) :],
                 profile=MemberProfile(),
                 source="api",
                 now=now,
             )
-            event = cart.model_copy(update={"member": MemberRef(external_id=external_id)})
-        known = None if guest else find_member(conn, program_id, event.member.as_ref())
-        offered = None if guest else _discounts(conn, ctx, event, known, now=now)
-        # What the member can pay with, from what they have before this cart earns anything.
-        payment = (
-            None
-            if known is None
-            else holds.payment_options(
-                conn,
-                ctx,
-                known.id,
-                order_total_minor=cart.total_minor,
-                order_reference=order_reference,
-                now=now,
-            )
+        offered, payment = _member_sections(
+            conn, ctx, cart, known, order_reference, guest=member is None, now=now
         )
         body = event.model_dump(mode="json", exclude_none=True)
         # The purchase's own balance (with its expiry buckets) is not part of a quote: only
@@ -91,11 +112,56 @@ def quote_purchase(
         )
         raise _RollBack({**_quote_view(result, after), "discounts": offered, "payment": payment})
 
+    # A program whose purchases take the bulk path is quoted by the code that records them,
+    # from what one snapshot reads, writing nothing: no lock, no write transaction (on
+    # SQLite a write transaction waits for every other writer). Any other program's quote
+    # records the purchase and rolls it back.
+    quoted = run_transaction(engine, read, write=False, snapshot=True)
+    if quoted is not None:
+        return quoted
     try:
         run_transaction(engine, work)
     except _RollBack as done:
         return done.result
     raise AssertionError("a quote always rolls back")
+
+
+def _member_of(
+    conn: Connection, ctx: ProgramContext, cart: PurchaseEvent, member: MemberRef | None
+) -> tuple[PurchaseEvent, Row[Any] | None]:
+    """The cart as the purchase of ``member`` (for a guest, of a customer with a new
+    external id, who is not a member), and the member's row if they are one."""
+    if member is None:
+        guest = MemberRef(external_id=f"quote-guest-{new_id('q')}")
+        return cart.model_copy(update={"member": guest}), None
+    return cart, find_member(conn, ctx.program_id, cart.member.as_ref())
+
+
+def _member_sections(
+    conn: Connection,
+    ctx: ProgramContext,
+    cart: PurchaseEvent,
+    known: Row[Any] | None,
+    order_reference: str | None,
+    *,
+    guest: bool,
+    now: datetime,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """The discounts of a quote for a member (None for a guest; a customer the purchase
+    would enrol gets a new member's), and its payment section, what a known member can pay
+    with, from what they have before this cart earns anything (None for anyone else)."""
+    offered = None if guest else _discounts(conn, ctx, cart, known, now=now)
+    if known is None:
+        return offered, None
+    payment = holds.payment_options(
+        conn,
+        ctx,
+        known.id,
+        order_total_minor=cart.total_minor,
+        order_reference=order_reference,
+        now=now,
+    )
+    return offered, payment
 
 
 def _discounts(

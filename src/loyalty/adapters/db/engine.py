@@ -161,10 +161,18 @@ def _sqlite_writer(engine: Engine) -> threading.RLock:
 
 
 @contextmanager
-def connect(engine: Engine, *, write: bool) -> Iterator[Connection]:
-    """One transaction: committed if the block returns, rolled back if it raises."""
-    turn = _sqlite_writer(engine) if write and engine.dialect.name == "sqlite" else nullcontext()
+def connect(engine: Engine, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
+    """One transaction: committed if the block returns, rolled back if it raises. With
+    ``snapshot``, every statement of a read-only transaction sees the same committed state
+    (``REPEATABLE READ`` on PostgreSQL, whose ``READ COMMITTED`` gives each statement its
+    own; a SQLite read transaction is one snapshot already)."""
+    assert not (write and snapshot), "a snapshot is for reads: writes take locks instead"
+    sqlite = engine.dialect.name == "sqlite"
+    turn = _sqlite_writer(engine) if write and sqlite else nullcontext()
     with turn, engine.connect() as conn:
+        if snapshot and not sqlite:
+            # Set on the driver's connection before BEGIN: no round trip of its own.
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
         conn = conn.execution_options(loyalty_write=write)
         with conn.begin():
             yield conn
@@ -183,13 +191,20 @@ def reading(engine: Engine) -> Iterator[Connection]:
         raise
 
 
-def run_transaction(engine: Engine, work: Callable[[Connection], T], *, write: bool = True) -> T:
+def run_transaction(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    *,
+    write: bool = True,
+    snapshot: bool = False,
+) -> T:
     """Run ``work`` in one transaction, retrying on deadlock, serialization failure or a busy
-    SQLite; a database that stays unreachable surfaces as ``StorageUnavailable``."""
+    SQLite; a database that stays unreachable surfaces as ``StorageUnavailable``.
+    ``snapshot``: see ``connect``."""
     delay_s = 0.005
     for attempt in range(1, TRANSACTION_ATTEMPTS_MAX + 1):
         try:
-            with connect(engine, write=write) as conn:
+            with connect(engine, write=write, snapshot=snapshot) as conn:
                 return work(conn)
         except RetryTransaction:
             if attempt < TRANSACTION_ATTEMPTS_MAX:
