@@ -156,3 +156,56 @@ def test_a_quote_for_a_program_with_capped_rules_still_prices_by_recording_and_r
     assert again.status_code == 200, again.text
     assert again.json()["points_earned"] == 7
     assert api.balance(program, "ext:M")["balance"] == 57
+
+
+def test_a_members_quote_offers_to_pay_with_the_points_they_can_spend_now(api):
+    """The quote's payment section counts what the member can spend before the cart: neither
+    points still pending nor points past their expiry that the job has not taken yet, less
+    what holds of the same order already took; and its balance_after is what the purchase
+    then leaves."""
+    from datetime import UTC, datetime, timedelta
+
+    program = api.create_program(
+        points={"pending_days": 14, "expiry": {"policy": "after_days", "days": 30}},
+        rules=[
+            {
+                "id": "welcome-back",
+                "name": "Basket bonus, spendable at once",
+                "trigger": "purchase",
+                "pending_days": 0,
+                "conditions": {"min_total_minor": 5000},
+                "effect": {"type": "fixed", "points": 40},
+            }
+        ],
+    )
+    api.enroll(program, "M")
+    assert api.purchase(program, "P1", "M", [{"unit_price_minor": 6000}]).status_code == 201
+    hold = api.request(
+        "POST",
+        f"/v1/programs/{program}/members/ext:M/holds",
+        json={"points": 15, "order_reference": "ORDER-9", "ttl_seconds": 600},
+        headers={"Idempotency-Key": "h1"},
+    )
+    assert hold.status_code == 201, hold.text
+    # A till that was offline sends a purchase of 40 days ago: its 9 points are past their
+    # expiry on arrival, in the balance until the expiry job runs, but not spendable.
+    long_ago = (datetime.now(UTC) - timedelta(days=40)).isoformat()
+    late = api.purchase(program, "OLD", "M", [{"unit_price_minor": 900}], occurred_at=long_ago)
+    assert late.status_code == 201, late.text
+    before = api.balance(program, "ext:M")
+    assert (before["balance"], before["pending"], before["available"]) == (94, 60, 25)
+    cart = {
+        "currency": "EUR",
+        "lines": [{"unit_price_minor": 2500}],
+        "member": {"external_id": "M"},
+        "order_reference": "ORDER-9",
+    }
+    quoted = api.request("POST", f"/v1/programs/{program}/quote", json=cart)
+    assert quoted.status_code == 200, quoted.text
+    points = {o["wallet"]: o for o in quoted.json()["payment"]}["points"]
+    assert points["available"] == 25
+    committed = api.purchase(program, "P2", "M", cart["lines"])
+    assert committed.status_code == 201, committed.text
+    assert quoted.json()["balance_after"] == {
+        k: committed.json()["balance"][k] for k in ("balance", "available", "pending", "debt")
+    }

@@ -187,6 +187,26 @@ class RunningBalance:
     cashback: dict[str, Any] | None
     """The cashback figures, which a batch of purchases without cashback leaves as they are."""
 
+    def figures(self) -> dict[str, WalletFigures]:
+        """What ``wallet_figures`` would read for these figures: the points wallet, and the
+        cashback wallet if the member has one."""
+        figures = {
+            POINTS: WalletFigures(
+                self.balance,
+                max(self.balance - self.overdue - self.pending, 0),
+                self.pending,
+                self.debt,
+            )
+        }
+        if self.cashback is not None:
+            figures[CASH] = WalletFigures(
+                self.cashback["balance_minor"],
+                self.cashback["available_minor"],
+                self.cashback["pending_minor"],
+                self.cashback["debt_minor"],
+            )
+        return figures
+
     def credit(self, points: int, *, debt_repaid: int) -> None:
         """An entry credited ``points`` to the account, of which ``debt_repaid`` repaid debt."""
         self.balance += points

@@ -27,7 +27,7 @@ from loyalty.adapters.db.locking import lock_second_wallet, lock_wallet
 from loyalty.adapters.db.tables import holds, journal_entries, lot_movements
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
-from loyalty.application.balances import balance_view, wallet_figures
+from loyalty.application.balances import WalletFigures, balance_view, wallet_figures
 from loyalty.application.expiry import extend_on_activity, lock_for_burn
 from loyalty.application.idempotency import Outcome, fingerprint, run_idempotent
 from loyalty.application.ledger_ops import debit_lots
@@ -122,10 +122,13 @@ def payment_options(
     order_total_minor: int,
     order_reference: str | None,
     now: datetime,
+    figures: dict[str, WalletFigures] | None = None,
 ) -> list[dict[str, Any]]:
     """What the member could pay of an order with each wallet now, within the checkout rules
-    and their spendable balance, and why not when they can't (for the quote)."""
-    figures = wallet_figures(conn, ctx.program_id, member_id, now=now)
+    and their spendable balance, and why not when they can't (for the quote). ``figures``:
+    the member's ``wallet_figures`` if the caller has read them already."""
+    if figures is None:
+        figures = wallet_figures(conn, ctx.program_id, member_id, now=now)
     cash = figures.get(CASH)
     rules = ctx.settings.checkout
     options = []

@@ -38,7 +38,7 @@ from loyalty.adapters.db.tables import events, member_activity, purchase_lines, 
 from loyalty.adapters.ids import new_id
 from loyalty.application import idempotency
 from loyalty.application.access import Principal
-from loyalty.application.balances import RunningBalance, running_balances
+from loyalty.application.balances import RunningBalance, WalletFigures, running_balances
 from loyalty.application.batch_tiers import RunTiers, from_records
 from loyalty.application.earning import (
     PurchaseEarning,
@@ -142,6 +142,15 @@ _POINTS_WALLET = select(wallets.c.balance, wallets.c.debt).where(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class PurchasePreview:
+    body: dict[str, Any]
+    """What recording the purchase would answer."""
+    before: dict[str, WalletFigures]
+    """The member's wallets before it, as ``wallet_figures`` reads them (none for a customer
+    it would enrol)."""
+
+
 def preview_purchase(
     conn: Connection,
     ctx: ProgramContext,
@@ -151,7 +160,7 @@ def preview_purchase(
     new_customer: bool,
     now: datetime,
     actor: str,
-) -> dict[str, Any]:
+) -> PurchasePreview:
     """The answer recording ``event`` would give now, decided by the code that records it
     (``_purchase``, as ``record_purchases`` runs it) against the member's state as read here,
     and written nowhere: the quote of a program that ``takes_bulk_path``, in a read-only
@@ -180,6 +189,7 @@ def preview_purchase(
         else running_balances(conn, ctx.program_id, {found.member_id: (balance, debt)}, now=now)
     )
     run_tiers = _run_tiers(conn, ctx, [event], members, now=now, actor=actor)
+    before = {} if found.fresh else balances[found.member_id].figures()
     outcome = _purchase(
         ctx,
         event,
@@ -191,7 +201,7 @@ def preview_purchase(
         now=now,
         actor=actor,
     )
-    return outcome.body
+    return PurchasePreview(outcome.body, before)
 
 
 def _parts(run: list[PurchaseEvent]) -> Iterator[list[PurchaseEvent]]:

@@ -58,10 +58,8 @@ def quote_purchase(
         if not purchase_batches.takes_bulk_path(ctx.settings):
             return None  # its purchases read and write state of their own: run one, roll back
         event, known = _member_of(conn, ctx, cart, member)
-        offered, payment = _member_sections(
-            conn, ctx, cart, known, order_reference, guest=member is None, now=now
-        )
-        result = purchase_batches.preview_purchase(
+        offered = None if member is None else _discounts(conn, ctx, cart, known, now=now)
+        preview = purchase_batches.preview_purchase(
             conn,
             ctx,
             event,
@@ -70,6 +68,12 @@ def quote_purchase(
             now=now,
             actor=principal.key_id,
         )
+        payment = (
+            None
+            if known is None
+            else _payment(conn, ctx, cart, known, order_reference, preview.before, now=now)
+        )
+        result = preview.body
         balance = result["balance"]
         after = (
             None
@@ -96,8 +100,9 @@ def quote_purchase(
                 source="api",
                 now=now,
             )
-        offered, payment = _member_sections(
-            conn, ctx, cart, known, order_reference, guest=member is None, now=now
+        offered = None if guest else _discounts(conn, ctx, event, known, now=now)
+        payment = (
+            None if known is None else _payment(conn, ctx, cart, known, order_reference, now=now)
         )
         body = event.model_dump(mode="json", exclude_none=True)
         # The purchase's own balance (with its expiry buckets) is not part of a quote: only
@@ -137,31 +142,27 @@ def _member_of(
     return cart, find_member(conn, ctx.program_id, cart.member.as_ref())
 
 
-def _member_sections(
+def _payment(
     conn: Connection,
     ctx: ProgramContext,
     cart: PurchaseEvent,
-    known: Row[Any] | None,
+    known: Row[Any],
     order_reference: str | None,
+    figures: dict[str, WalletFigures] | None = None,
     *,
-    guest: bool,
     now: datetime,
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
-    """The discounts of a quote for a member (None for a guest; a customer the purchase
-    would enrol gets a new member's), and its payment section, what a known member can pay
-    with, from what they have before this cart earns anything (None for anyone else)."""
-    offered = None if guest else _discounts(conn, ctx, cart, known, now=now)
-    if known is None:
-        return offered, None
-    payment = holds.payment_options(
+) -> list[dict[str, Any]]:
+    """What the member can pay with, from what they have before this cart earns anything
+    (``figures``, if already read)."""
+    return holds.payment_options(
         conn,
         ctx,
         known.id,
         order_total_minor=cart.total_minor,
         order_reference=order_reference,
         now=now,
+        figures=figures,
     )
-    return offered, payment
 
 
 def _discounts(
