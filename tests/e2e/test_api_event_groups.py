@@ -3,6 +3,7 @@ answered exactly as it would have been alone."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
 from loyalty.adapters.db.tables import events
+from loyalty.application.access import authenticate
 from loyalty.application.audit import audit_ledger
+from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.event_groups import EventGroups, record_group
 from loyalty.bootstrap import Settings
 from loyalty.entrypoints.api.app import create_app
@@ -307,3 +310,31 @@ def test_with_group_commit_off_every_purchase_is_recorded_alone(api):
         answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     assert [r.status_code for r in answers] == [201] * 4
     assert len(_received_at(api, program)) == 4
+
+
+def test_purchases_already_on_their_way_join_the_group_about_to_be_recorded(api):
+    """The leader lets the event loop turn before it takes a group, so requests that arrive a
+    few turns after the first (as a group's clients send their next purchases together) are
+    recorded with it, not left to wait behind a group of one."""
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    principal = authenticate(api.engine, api.token)
+    sizes: list[int] = []
+
+    def record(engine: Any, principal: Any, program_id: str, group: Any, *, now: Any) -> Any:
+        sizes.append(len(group))
+        return record_group(engine, principal, program_id, group, now=now)
+
+    groups = EventGroups(api.engine, size_max=64, wait_ms=0, record=record)
+    purchases = [PurchaseEvent.model_validate(_purchase(f"O{i}", 10 + i)) for i in range(4)]
+
+    async def arrive(turns: int, purchase: PurchaseEvent) -> Any:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await groups.submit(principal, program, purchase, now=datetime.now(UTC))
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(*(arrive(i, p) for i, p in enumerate(purchases)))
+
+    outcomes = asyncio.run(together())
+    assert sizes == [4]
+    assert [o.status_code for o in outcomes] == [201] * 4

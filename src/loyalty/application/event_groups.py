@@ -8,7 +8,9 @@ records it with ``purchase_batches.record_purchases`` in one transaction in a wo
 commits, and only then hands each waiting request its own answer: the outcome it would have
 got alone (the bulk path answers body for body what ``events.record_event`` answers), or the
 domain error that refused it (a refused purchase writes nothing, so the others commit). Then
-it takes the next group, until the queue is empty. Waiting requests hold no thread, only a
+it takes the next group, until the queue is empty. Before taking a group it lets the event
+loop turn until a few turns in a row bring no new request (``SETTLE_QUIET_TURNS``), so the
+requests the server is already reading join it. Waiting requests hold no thread, only a
 future on the event loop: with threads, every answer woke a thread, and 32 waiting clients
 held 32 of the server's worker threads.
 
@@ -46,6 +48,11 @@ from loyalty.domain.errors import DomainError
 
 GROUP_THREADS_MAX = 16
 """Transactions of groups (and of events recorded alone) running at once in one process."""
+SETTLE_QUIET_TURNS = 5
+"""Before taking a group, the leader lets the event loop turn until this many turns in a row
+add no request to the queue (at most ``SETTLE_TURNS_MAX``): requests the server has already
+read but not yet validated join the group instead of waiting for the next one."""
+SETTLE_TURNS_MAX = 32
 
 T = TypeVar("T")
 
@@ -130,6 +137,20 @@ class EventGroups:
             return await self._submit_alone(principal, program_id, event, now=now)
         return answer
 
+    async def _settle(self, queue: list[_Ticket]) -> None:
+        """Let requests already on their way join: when a group's answers go out, its clients
+        send their next purchases at once, and the first to arrive would otherwise find the
+        queue to itself and be recorded alone while the others wait behind it. A turn of an
+        idle loop costs microseconds, so a lone request hardly waits."""
+        quiet = turns = 0
+        while quiet < SETTLE_QUIET_TURNS and turns < SETTLE_TURNS_MAX:
+            if len(queue) >= self._size_max:
+                return
+            seen = len(queue)
+            await asyncio.sleep(0)
+            turns += 1
+            quiet = quiet + 1 if len(queue) == seen else 0
+
     async def _submit_alone(
         self, principal: Principal, program_id: str, event: AnyEvent, *, now: datetime
     ) -> Outcome:
@@ -150,6 +171,7 @@ class EventGroups:
             while queue:
                 if self._wait_s and len(queue) < self._size_max:
                     await asyncio.sleep(self._wait_s)  # let more requests join this group
+                await self._settle(queue)
                 group = queue[: self._size_max]
                 del queue[: self._size_max]
                 answers: list[_Answer] = [None] * len(group)
