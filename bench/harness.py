@@ -174,11 +174,20 @@ WRK_SCRIPT = Path(__file__).with_name("wrk_purchases.lua")
 
 
 def run_wrk(
-    url: str, token: str, *, clients: int, seconds: int, members: int, batch: int = 0
+    url: str,
+    token: str,
+    *,
+    clients: int,
+    seconds: int,
+    members: int = 1000,
+    batch: int = 0,
+    script: Path = WRK_SCRIPT,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Purchases sent by ``wrk`` (``bench/wrk_purchases.lua``) to ``url`` for ``seconds``
     with ``clients`` connections, each one request at a time, on up to two threads; ``batch``
-    purchases per request to the batch route, or one to the events route (0). Returns what
+    purchases per request to the batch route, or one to the events route (0). Another
+    ``script`` sends its own requests, with ``env`` added to its environment. Returns what
     the script's ``RESULT`` line counts: ``requests``, ``seconds``, ``refused`` (any other
     status than the route's success), ``socket_errors``, ``p50_us``, ``p99_us``."""
     wrk = shutil.which("wrk")
@@ -191,7 +200,7 @@ def run_wrk(
             f"--connections={clients}",
             f"--duration={seconds}s",
             "--timeout=120s",
-            f"--script={WRK_SCRIPT}",
+            f"--script={script}",
             url,
         ],
         check=True,
@@ -203,6 +212,7 @@ def run_wrk(
             "LOYALTY_RUN": uuid.uuid4().hex[:8],
             "LOYALTY_MEMBERS": str(members),
             "LOYALTY_BATCH": str(batch),
+            **(env or {}),
         },
     ).stdout
     found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)

@@ -5,17 +5,23 @@ Measured two ways on each database, one request at a time:
 
 * in-process: ``quote_purchase`` called directly, as the route calls it;
 * over HTTP: ``POST /v1/programs/{id}/quote`` to one uvicorn worker, from one client that
-  keeps its connection open.
+  keeps its connection open: the Python client (httpx), whose own work per request is part
+  of every latency it measures, and, where ``wrk`` is installed (``apt-get install wrk``), a
+  C client on one connection (``bench/wrk_quote.lua``) for ``--seconds`` a run, which
+  measures the server more nearly alone.
 
 Each for a known member (a till asking before payment) and for no member (a product page:
-priced for a new member, whom the quote enrolls and rolls back).
+priced for a new member, whom the quote would enrol).
 
     python -m bench.quote [--db sqlite|postgresql|both] [--requests 2000] [--repeat 3]
+        [--seconds 10] [--client both|python|wrk]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,6 +35,7 @@ from bench.harness import (
     DATABASES,
     bench_program,
     percentile,
+    run_wrk,
     scratch_database,
     setting_line,
     spread,
@@ -42,6 +49,7 @@ from loyalty.application.quote import quote_purchase
 
 GOAL = "goal: p99 <= 5 ms over HTTP on an idle machine"
 GROCER = Path(__file__).resolve().parent.parent / "docs" / "examples" / "grocer.yaml"
+WRK_QUOTE = Path(__file__).with_name("wrk_quote.lua")
 MEMBER = "Q-1001"
 WARMUP = 50
 
@@ -111,10 +119,15 @@ def _in_process(
     return call
 
 
-def _over_http(http: httpx.Client, program_id: str, member: MemberRef | None) -> Callable[[], None]:
+def _body(member: MemberRef | None) -> dict[str, Any]:
     body: dict[str, Any] = {"currency": "EUR", "lines": CART_LINES}
     if member is not None:
         body["member"] = member.model_dump(exclude_none=True)
+    return body
+
+
+def _over_http(http: httpx.Client, program_id: str, member: MemberRef | None) -> Callable[[], None]:
+    body = _body(member)
     path = f"/v1/programs/{program_id}/quote"
 
     def call() -> None:
@@ -126,16 +139,54 @@ def _over_http(http: httpx.Client, program_id: str, member: MemberRef | None) ->
 
 
 def _report(kind: str, how: str, who: str, runs: list[list[float]]) -> None:
-    p50s = [percentile(r, 0.50) for r in runs]
-    p99s = [percentile(r, 0.99) for r in runs]
+    _print(
+        kind,
+        how,
+        who,
+        [percentile(r, 0.50) for r in runs],
+        [percentile(r, 0.99) for r in runs],
+        f"{len(runs)} x {len(runs[0])} requests",
+    )
+
+
+def _print(kind: str, how: str, who: str, p50s: list[float], p99s: list[float], runs: str) -> None:
     print(
         f"{kind:10} {how:10} {who:6}  p50 {spread(p50s, '{:.2f}')} ms"
-        f"  p99 {spread(p99s, '{:.2f}')} ms  ({len(runs)} x {len(runs[0])} requests)",
+        f"  p99 {spread(p99s, '{:.2f}')} ms  ({runs})",
         flush=True,
     )
 
 
-def _bench_db(kind: str, requests: int, repeat: int) -> None:
+def _over_wrk(
+    kind: str, who: str, url: str, token: str, member: MemberRef | None, seconds: int, repeat: int
+) -> None:
+    """The same quote from ``wrk`` on one connection, ``repeat`` runs of ``seconds``."""
+    results = [
+        run_wrk(
+            url,
+            token,
+            clients=1,
+            seconds=seconds,
+            script=WRK_QUOTE,
+            env={"LOYALTY_BODY": json.dumps(_body(member))},
+        )
+        for _ in range(repeat)
+    ]
+    if any(r["refused"] or r["socket_errors"] for r in results):
+        raise RuntimeError(f"wrk saw refused quotes or socket errors: {results}")
+    _print(
+        kind,
+        "HTTP wrk",
+        who,
+        [r["p50_us"] / 1000 for r in results],
+        [r["p99_us"] / 1000 for r in results],
+        f"{repeat} x {seconds} s, "
+        + "/".join(f"{r['requests']:,.0f}" for r in results)
+        + " requests",
+    )
+
+
+def _bench_db(kind: str, requests: int, repeat: int, *, seconds: int, clients: list[str]) -> None:
     document = yaml.safe_load(GROCER.read_text(encoding="utf-8"))
     with scratch_database(kind) as url:
         token, program_id = bench_program(url, document)
@@ -154,8 +205,14 @@ def _bench_db(kind: str, requests: int, repeat: int) -> None:
             ) as http:
                 for who, ref in who_refs:
                     call = _over_http(http, program_id, ref)
-                    runs = [_time_calls(call, requests) for _ in range(repeat)]
-                    _report(kind, "HTTP", who, runs)
+                    if "python" in clients:
+                        runs = [_time_calls(call, requests) for _ in range(repeat)]
+                        _report(kind, "HTTP", who, runs)
+                    if "wrk" in clients:
+                        for _ in range(WARMUP):  # as the Python client's runs do
+                            call()
+                        quote_url = f"http://127.0.0.1:{server.port}/v1/programs/{program_id}/quote"
+                        _over_wrk(kind, who, quote_url, token, ref, seconds, repeat)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,7 +222,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", choices=[*DATABASES, "both"], default="both")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10, help="each wrk run's length")
+    parser.add_argument(
+        "--client",
+        choices=["both", "python", "wrk"],
+        default="both",
+        help="HTTP clients (both: wrk only where installed)",
+    )
     args = parser.parse_args(argv)
+    clients = ["python", "wrk"] if args.client == "both" else [args.client]
+    if args.client == "both" and shutil.which("wrk") is None:
+        print("NOTE: wrk is not installed (apt-get install wrk): HTTP from the Python client only")
+        clients = ["python"]
     print(
         f"quote latency: a 4-line cart under {GROCER.name}, sequential requests, "
         f"{WARMUP} warm-up then {args.requests} timed, {args.repeat} runs (median, min-max "
@@ -174,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(setting_line(), flush=True)
     for kind in DATABASES if args.db == "both" else [args.db]:
-        _bench_db(kind, args.requests, args.repeat)
+        _bench_db(kind, args.requests, args.repeat, seconds=args.seconds, clients=clients)
 
 
 if __name__ == "__main__":
