@@ -1,9 +1,10 @@
-"""A quote of a program whose purchases take the bulk path reads the member's wallet and lots
-in separate statements, without a lock. On PostgreSQL it does so in one ``REPEATABLE READ``
-snapshot: under ``READ COMMITTED`` each statement sees what has committed by its own start,
-so a purchase committing between the two would give a balance from before it and lots from
-after it. Here purchases of one member commit without pause while quotes of the same member
-run, and every quote must describe one committed state plus the cart."""
+"""A quote of a program whose purchases take the bulk path, and the balance endpoint, read the
+member's wallet and lots in separate statements, without a lock. On PostgreSQL they do so in
+one ``REPEATABLE READ`` snapshot: under ``READ COMMITTED`` each statement sees what has
+committed by its own start, so a purchase committing between the two would give a balance
+from before it and lots from after it. Here purchases of one member commit without pause
+while quotes (or balance reads) of the same member run, and every answer must describe one
+committed state (plus the cart, for a quote)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 
 import pytest
 
+from loyalty.application.balances import get_balance
 from loyalty.application.event_documents import MemberRef
 from loyalty.application.quote import quote_purchase
 from tests.reliability.helpers import NOW, make_setup, purchase_event
@@ -21,11 +23,12 @@ BASE_PENDING = 10
 """What each purchase of 1,000 minor units earns at the base rate, held 14 days."""
 BONUS_AVAILABLE = 5
 """Its bonus, spendable at once."""
-QUOTES = 150
+READS = 150
 
 
-def test_every_quote_reads_one_committed_state_while_purchases_of_its_member_commit(
-    postgres_engine,
+@pytest.mark.parametrize("read", ["quote", "balance"])
+def test_every_answer_reads_one_committed_state_while_purchases_of_its_member_commit(
+    postgres_engine, read
 ):
     setup = make_setup(
         postgres_engine,
@@ -59,13 +62,22 @@ def test_every_quote_reads_one_committed_state_while_purchases_of_its_member_com
     buyer.start()
     seen: list[tuple[int, int]] = []
     try:
-        for _ in range(QUOTES):
-            cart = purchase_event("cart", member={"id": member_id}, total_minor=1000)
-            quoted = quote_purchase(
-                postgres_engine, setup.principal, setup.program_id, cart, member=member, now=NOW
-            )
-            after = quoted["balance_after"]
-            seen.append((after["balance"], after["pending"]))
+        for _ in range(READS):
+            if read == "quote":
+                cart = purchase_event("cart", member={"id": member_id}, total_minor=1000)
+                answer = quote_purchase(
+                    postgres_engine,
+                    setup.principal,
+                    setup.program_id,
+                    cart,
+                    member=member,
+                    now=NOW,
+                )["balance_after"]
+            else:
+                answer = get_balance(
+                    postgres_engine, setup.principal, setup.program_id, member_id, now=NOW
+                )
+            seen.append((answer["balance"], answer["pending"]))
     finally:
         stop.set()
         buyer.join(timeout=60)
@@ -73,7 +85,8 @@ def test_every_quote_reads_one_committed_state_while_purchases_of_its_member_com
     assert purchases > 0
     per_purchase = BASE_PENDING + BONUS_AVAILABLE
     for balance, pending in seen:
-        # After k committed purchases and this cart: balance 15 (k + 1), pending 10 (k + 1).
+        # After k committed purchases: balance 15 k and pending 10 k (a quote adds its cart:
+        # k + 1 of each).
         assert balance % per_purchase == 0, (balance, pending)
         assert pending * per_purchase == balance * BASE_PENDING, (balance, pending)
     # The quotes saw the purchases go by, not one state over and over.

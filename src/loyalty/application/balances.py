@@ -311,7 +311,9 @@ def get_balance(
         member = resolve_member(conn, program_id, member_ref)
         return balance_view(conn, program_id, member.id, now=now)
 
-    return run_transaction(engine, work, write=False)
+    # One snapshot: the wallet and the lots are read by separate statements, and a purchase
+    # committing between them must not show as a balance from before it with lots from after.
+    return run_transaction(engine, work, write=False, snapshot=True)
 
 
 def get_statement(
