@@ -294,3 +294,49 @@ def test_a_return_gives_back_what_points_and_cashback_paid_for_the_returned_item
     assert final["balance"] == 100
     assert final["cashback"]["balance_minor"] == 1_000
     assert audit_ledger(api.engine) == []
+
+
+def test_after_a_program_drops_cashback_its_members_cashback_still_shows_and_pays(api):
+    """Without cashback the program's purchases take the bulk path and its quote only reads;
+    both still answer the member's cashback wallet, as the balance endpoint does."""
+    program = _member_with_cashback(api)
+    document = api.request("GET", f"/v1/programs/{program}").json()["document"]
+    document.pop("cashback")
+    changed = api.request("PUT", f"/v1/programs/{program}", json=document)
+    assert changed.status_code == 200, changed.text
+    batch = api.request(
+        "POST",
+        f"/v1/programs/{program}/events:batch",
+        json={
+            "events": [
+                {
+                    "type": "purchase",
+                    "id": "O2",
+                    "member": {"external_id": "C1"},
+                    "occurred_at": "2026-01-15T11:00:00+00:00",
+                    "currency": "EUR",
+                    "total_minor": 2_000,
+                    "lines": [{"sku": "B", "unit_price_minor": 2_000}],
+                }
+            ]
+        },
+    )
+    assert batch.status_code == 200, batch.text
+    answer = batch.json()["results"][0]
+    assert answer["status"] == 201, answer
+    balance = api.balance(program, "ext:C1")
+    assert balance["cashback"]["balance_minor"] == 1_000
+    assert answer["body"]["balance"]["cashback"] == balance["cashback"]
+    quote = api.request(
+        "POST",
+        f"/v1/programs/{program}/quote",
+        json={
+            "member": {"external_id": "C1"},
+            "currency": "EUR",
+            "lines": [{"sku": "A", "unit_price_minor": 2_000}],
+        },
+    )
+    assert quote.status_code == 200, quote.text
+    options = {o["wallet"]: o for o in quote.json()["payment"]}
+    assert options["cashback"]["available"] == balance["cashback"]["available_minor"]
+    assert quote.json()["cashback_earned_minor"] is None

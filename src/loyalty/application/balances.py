@@ -6,11 +6,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    null,
+    or_,
+    select,
+    union_all,
+)
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.tables import (
     LOT_HAS_POINTS,
+    TS,
     journal_entries,
     lots,
     members,
@@ -249,12 +263,20 @@ class RunningBalance:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Wallet:
+    balance: int
+    debt: int
+
+
 _LIVE_LOTS = (
     select(
         lots.c.member_id,
         lots.c.expires_at,
         func.sum(lots.c.remaining).label("points"),
         func.sum(_PENDING).label("pending"),
+        cast(null(), BigInteger).label("cash_balance"),
+        cast(null(), BigInteger).label("cash_debt"),
     )
     .where(
         and_(
@@ -266,13 +288,23 @@ _LIVE_LOTS = (
     )
     .group_by(lots.c.member_id, lots.c.expires_at)
 )
-_OTHER_WALLETS = select(wallets.c.member_id, wallets.c.balance, wallets.c.debt).where(
+_CASH_WALLETS = select(
+    wallets.c.member_id,
+    cast(null(), TS),
+    cast(null(), BigInteger),
+    cast(null(), BigInteger),
+    wallets.c.balance,
+    wallets.c.debt,
+).where(
     and_(
         wallets.c.program_id == bindparam("program_id"),
         wallets.c.member_id.in_(bindparam("member_ids", expanding=True)),
         wallets.c.asset == CASH,
     )
 )
+_LIVE_LOTS_AND_CASH = union_all(_LIVE_LOTS, _CASH_WALLETS)
+"""The points wallets' live lots by expiry, then (``cash_balance`` set) the members' cashback
+wallets: one round trip for both."""
 
 
 def running_balances(
@@ -287,18 +319,24 @@ def running_balances(
     }
     if not running:
         return running
-    params = {"program_id": program_id, "member_ids": sorted(running)}
-    for row in conn.execute(_LIVE_LOTS, {**params, "now": now}):
+    params = {"program_id": program_id, "member_ids": sorted(running), "now": now}
+    cash_wallets = []
+    for row in conn.execute(_LIVE_LOTS_AND_CASH, params).all():
         figures = running[row.member_id]
+        if row.cash_balance is not None:
+            cash_wallets.append(row)
+            continue
         figures.pending += int(row.pending)
         if row.expires_at is not None:
             figures.expiring[row.expires_at] = int(row.points)
             if row.expires_at <= now:
                 figures.overdue += int(row.points)
-    for cash in conn.execute(_OTHER_WALLETS, params).all():
-        figures = running[cash.member_id]
-        figures.cashback = _cashback_view(
-            conn, {"program_id": program_id, "member_id": cash.member_id}, cash, now=now
+    for cash in cash_wallets:
+        running[cash.member_id].cashback = _cashback_view(
+            conn,
+            {"program_id": program_id, "member_id": cash.member_id},
+            _Wallet(cash.cash_balance, cash.cash_debt),
+            now=now,
         )
     return running
 
