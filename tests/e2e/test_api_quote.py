@@ -50,6 +50,22 @@ def test_a_read_key_can_quote_but_a_quote_for_an_unknown_member_is_refused(api):
     assert r.status_code == 404 and r.json()["code"] == "member_not_found"
     r = api.request("POST", f"/v1/programs/{program}/quote", json={**cart, "currency": "USD"})
     assert r.status_code == 422 and r.json()["code"] == "currency_mismatch"
+    # The cart is judged before the member, as a purchase judges it.
+    unknown = {**cart, "currency": "USD", "member": {"id": "mbr_nobody"}}
+    r = api.request("POST", f"/v1/programs/{program}/quote", json=unknown)
+    assert r.status_code == 422 and r.json()["code"] == "currency_mismatch"
+    r = api.request(
+        "POST",
+        f"/v1/programs/{program}/events",
+        json={
+            **unknown,
+            "type": "purchase",
+            "id": "O1",
+            "total_minor": 500,
+            "occurred_at": NOW.isoformat(),
+        },
+    )
+    assert r.status_code == 422 and r.json()["code"] == "currency_mismatch"
 
 
 def test_a_quote_prices_by_a_new_program_version_at_once(api):

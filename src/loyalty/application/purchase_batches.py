@@ -169,6 +169,7 @@ def preview_purchase(
     ``new_customer`` (a guest quote) or the program enrols on purchase. Raises
     ``CurrencyMismatch``, ``MemberNotFound``, ``LimitExceeded``."""
     assert takes_bulk_path(ctx.settings)
+    _checked_purchase(ctx, event, now=now)  # the cart before the member, as a purchase is
     ref = event.member.as_ref()
     balance, debt = 0, 0
     if member is not None:
