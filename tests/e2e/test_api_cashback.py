@@ -300,6 +300,13 @@ def test_after_a_program_drops_cashback_its_members_cashback_still_shows_and_pay
     """Without cashback the program's purchases take the bulk path and its quote only reads;
     both still answer the member's cashback wallet, as the balance endpoint does."""
     program = _member_with_cashback(api)
+    cart = {
+        "member": {"external_id": "C1"},
+        "currency": "EUR",
+        "lines": [{"sku": "A", "unit_price_minor": 2_000}],
+    }
+    with_cashback = api.request("POST", f"/v1/programs/{program}/quote", json=cart)
+    assert with_cashback.json()["cashback_earned_minor"] == 200
     document = api.request("GET", f"/v1/programs/{program}").json()["document"]
     document.pop("cashback")
     changed = api.request("PUT", f"/v1/programs/{program}", json=document)
@@ -327,16 +334,11 @@ def test_after_a_program_drops_cashback_its_members_cashback_still_shows_and_pay
     balance = api.balance(program, "ext:C1")
     assert balance["cashback"]["balance_minor"] == 1_000
     assert answer["body"]["balance"]["cashback"] == balance["cashback"]
-    quote = api.request(
-        "POST",
-        f"/v1/programs/{program}/quote",
-        json={
-            "member": {"external_id": "C1"},
-            "currency": "EUR",
-            "lines": [{"sku": "A", "unit_price_minor": 2_000}],
-        },
-    )
-    assert quote.status_code == 200, quote.text
-    options = {o["wallet"]: o for o in quote.json()["payment"]}
-    assert options["cashback"]["available"] == balance["cashback"]["available_minor"]
-    assert quote.json()["cashback_earned_minor"] is None
+    # The first quote after the change, and the next: the same answer either way.
+    quotes = [api.request("POST", f"/v1/programs/{program}/quote", json=cart) for _ in range(2)]
+    for quote in quotes:
+        assert quote.status_code == 200, quote.text
+        options = {o["wallet"]: o for o in quote.json()["payment"]}
+        assert options["cashback"]["available"] == balance["cashback"]["available_minor"]
+        assert quote.json()["cashback_earned_minor"] is None
+        assert quote.json()["points_earned"] == 20

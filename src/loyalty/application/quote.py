@@ -30,6 +30,19 @@ from loyalty.domain.discounts import line_discounts
 from loyalty.domain.ledger import POINTS
 from loyalty.domain.tiers import tier_by_id
 
+READ_ONLY_GUESSES_MAX = 10_000
+"""Programs whose last quote's path is remembered in one process (then forgotten at once)."""
+_read_only: dict[str, bool] = {}
+"""Per program id, whether its last quote could only read: the next quote starts the
+transaction that path needs. A wrong guess (the program changed) costs one more
+transaction, never a wrong answer: each path checks the program it loaded."""
+
+
+def _remember(program_id: str, read_only: bool) -> None:
+    if len(_read_only) >= READ_ONLY_GUESSES_MAX:
+        _read_only.clear()
+    _read_only[program_id] = read_only
+
 
 class _RollBack(Exception):
     def __init__(self, result: dict[str, Any]) -> None:
@@ -56,6 +69,7 @@ def quote_purchase(
     def read(conn: Connection) -> dict[str, Any] | None:
         ctx = load_program(conn, principal, program_id, Scope.READ)
         if not purchase_batches.takes_bulk_path(ctx.settings):
+            _remember(program_id, False)
             return None  # its purchases read and write state of their own: run one, roll back
         event, known = _member_of(conn, ctx, cart, member)
         offered = None if member is None else _discounts(conn, ctx, cart, known, now=now)
@@ -89,6 +103,7 @@ def quote_purchase(
 
     def work(conn: Connection) -> dict[str, Any]:
         ctx = load_program(conn, principal, program_id, Scope.READ)
+        _remember(program_id, purchase_batches.takes_bulk_path(ctx.settings))
         guest = member is None
         event, known = _member_of(conn, ctx, cart, member)
         if guest:
@@ -120,10 +135,12 @@ def quote_purchase(
     # A program whose purchases take the bulk path is quoted by the code that records them,
     # from what one snapshot reads, writing nothing: no lock, no write transaction (on
     # SQLite a write transaction waits for every other writer). Any other program's quote
-    # records the purchase and rolls it back.
-    quoted = run_transaction(engine, read, write=False, snapshot=True)
-    if quoted is not None:
-        return quoted
+    # records the purchase and rolls it back. Which one a program needs is known once its
+    # document is read, inside the transaction; the last answer for it picks the transaction.
+    if _read_only.get(program_id, True):
+        quoted = run_transaction(engine, read, write=False, snapshot=True)
+        if quoted is not None:
+            return quoted
     try:
         run_transaction(engine, work)
     except _RollBack as done:
