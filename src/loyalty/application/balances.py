@@ -162,22 +162,24 @@ def balance_view(
         "pending": pending,
         "debt": points.debt,
         "expiring": _expiring(conn, params, POINTS, "points", now=now),
-        "cashback": None if cash is None else _cashback_view(conn, params, cash, now=now),
+        "cashback": None
+        if cash is None
+        else _cashback_view(conn, params, balance=cash.balance, debt=cash.debt, now=now),
         "as_of": now.isoformat(),
     }
 
 
 def _cashback_view(
-    conn: Connection, params: dict[str, Any], cash: Any, *, now: datetime
+    conn: Connection, params: dict[str, Any], *, balance: int, debt: int, now: datetime
 ) -> dict[str, Any]:
     available, pending = _available_pending(
-        conn, {**params, "asset": CASH}, balance=cash.balance, now=now
+        conn, {**params, "asset": CASH}, balance=balance, now=now
     )
     return {
-        "balance_minor": cash.balance,
+        "balance_minor": balance,
         "available_minor": available,
         "pending_minor": pending,
-        "debt_minor": cash.debt,
+        "debt_minor": debt,
         "expiring": _expiring(conn, params, CASH, "amount_minor", now=now),
     }
 
@@ -201,17 +203,15 @@ class RunningBalance:
     cashback: dict[str, Any] | None
     """The cashback figures, which a batch of purchases without cashback leaves as they are."""
 
+    @property
+    def available(self) -> int:
+        """What ``balance_view`` calls available: less pending and overdue points, never < 0."""
+        return max(self.balance - self.overdue - self.pending, 0)
+
     def figures(self) -> dict[str, WalletFigures]:
         """What ``wallet_figures`` would read for these figures: the points wallet, and the
         cashback wallet if the member has one."""
-        figures = {
-            POINTS: WalletFigures(
-                self.balance,
-                max(self.balance - self.overdue - self.pending, 0),
-                self.pending,
-                self.debt,
-            )
-        }
+        figures = {POINTS: WalletFigures(self.balance, self.available, self.pending, self.debt)}
         if self.cashback is not None:
             figures[CASH] = WalletFigures(
                 self.cashback["balance_minor"],
@@ -251,7 +251,7 @@ class RunningBalance:
         return {
             "member_id": self.member_id,
             "balance": self.balance,
-            "available": max(self.balance - self.overdue - self.pending, 0),
+            "available": self.available,
             "pending": self.pending,
             "debt": self.debt,
             "expiring": [
@@ -261,12 +261,6 @@ class RunningBalance:
             "cashback": self.cashback,
             "as_of": now.isoformat(),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class _Wallet:
-    balance: int
-    debt: int
 
 
 _LIVE_LOTS = (
@@ -335,7 +329,8 @@ def running_balances(
         running[cash.member_id].cashback = _cashback_view(
             conn,
             {"program_id": program_id, "member_id": cash.member_id},
-            _Wallet(cash.cash_balance, cash.cash_debt),
+            balance=cash.cash_balance,
+            debt=cash.cash_debt,
             now=now,
         )
     return running
