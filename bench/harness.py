@@ -181,13 +181,12 @@ def run_wrk(
     seconds: int,
     members: int = 1000,
     batch: int = 0,
-    script: Path = WRK_SCRIPT,
-    env: Mapping[str, str] | None = None,
+    body: str | None = None,
 ) -> dict[str, float]:
     """Purchases sent by ``wrk`` (``bench/wrk_purchases.lua``) to ``url`` for ``seconds``
     with ``clients`` connections, each one request at a time, on up to two threads; ``batch``
-    purchases per request to the batch route, or one to the events route (0). Another
-    ``script`` sends its own requests, with ``env`` added to its environment. Returns what
+    purchases per request to the batch route, or one to the events route (0); with ``body``,
+    that body in every request, answered ``200`` (a quote). Returns what
     the script's ``RESULT`` line counts: ``requests``, ``seconds``, ``refused`` (any other
     status than the route's success), ``socket_errors``, ``p50_us``, ``p99_us``."""
     wrk = shutil.which("wrk")
@@ -200,7 +199,7 @@ def run_wrk(
             f"--connections={clients}",
             f"--duration={seconds}s",
             "--timeout=120s",
-            f"--script={script}",
+            f"--script={WRK_SCRIPT}",
             url,
         ],
         check=True,
@@ -212,7 +211,7 @@ def run_wrk(
             "LOYALTY_RUN": uuid.uuid4().hex[:8],
             "LOYALTY_MEMBERS": str(members),
             "LOYALTY_BATCH": str(batch),
-            **(env or {}),
+            **({"LOYALTY_BODY": body} if body is not None else {}),
         },
     ).stdout
     found = re.search(r"^RESULT (.*)$", out, re.MULTILINE)

@@ -7,8 +7,8 @@ Measured two ways on each database, one request at a time:
 * over HTTP: ``POST /v1/programs/{id}/quote`` to one uvicorn worker, from one client that
   keeps its connection open: the Python client (httpx), whose own work per request is part
   of every latency it measures, and, where ``wrk`` is installed (``apt-get install wrk``), a
-  C client on one connection (``bench/wrk_quote.lua``) for ``--seconds`` a run, which
-  measures the server more nearly alone.
+  C client on one connection (``bench/wrk_purchases.lua`` sending the cart) for
+  ``--seconds`` a run, which measures the server more nearly alone.
 
 Each for a known member (a till asking before payment) and for no member (a product page:
 priced for a new member, whom the quote would enrol).
@@ -49,7 +49,6 @@ from loyalty.application.quote import quote_purchase
 
 GOAL = "goal: p99 <= 5 ms over HTTP on an idle machine"
 GROCER = Path(__file__).resolve().parent.parent / "docs" / "examples" / "grocer.yaml"
-WRK_QUOTE = Path(__file__).with_name("wrk_quote.lua")
 MEMBER = "Q-1001"
 WARMUP = 50
 
@@ -167,8 +166,7 @@ def _over_wrk(
             token,
             clients=1,
             seconds=seconds,
-            script=WRK_QUOTE,
-            env={"LOYALTY_BODY": json.dumps(_body(member))},
+            body=json.dumps(_body(member)),
         )
         for _ in range(repeat)
     ]

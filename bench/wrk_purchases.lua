@@ -5,7 +5,8 @@
 -- Environment: LOYALTY_TOKEN (the API key), LOYALTY_RUN (a tag unique to the run),
 -- LOYALTY_MEMBERS (default 1000), LOYALTY_BATCH (0, the default: one purchase per request to
 -- POST .../events, answered 201; n: n purchases per request to POST .../events:batch,
--- answered 200).
+-- answered 200). With LOYALTY_BODY set, every request sends that body instead, answered 200
+-- (bench/quote.py's quotes).
 
 local threads = {}
 local counter = 0
@@ -21,7 +22,8 @@ function init(args)
   run = os.getenv("LOYALTY_RUN")
   members = tonumber(os.getenv("LOYALTY_MEMBERS") or "1000")
   batch = tonumber(os.getenv("LOYALTY_BATCH") or "0")
-  expected = batch > 0 and 200 or 201
+  fixed_body = os.getenv("LOYALTY_BODY")
+  expected = (fixed_body or batch > 0) and 200 or 201
   math.randomseed(thread_no * 7919)
   sent = 0
   refused = 0
@@ -47,6 +49,9 @@ end
 
 function request()
   sent = sent + 1
+  if fixed_body then
+    return wrk.format("POST", nil, headers, fixed_body)
+  end
   if batch == 0 then
     return wrk.format("POST", nil, headers, purchase(0))
   end
