@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Connection,
     Engine,
     and_,
@@ -22,6 +23,7 @@ from sqlalchemy import (
 )
 
 from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.keyed import KeyedRead, each_key
 from loyalty.adapters.db.tables import (
     LOT_HAS_POINTS,
     TS,
@@ -263,40 +265,43 @@ class RunningBalance:
         }
 
 
-_LIVE_LOTS = (
-    select(
-        lots.c.member_id,
-        lots.c.expires_at,
-        func.sum(lots.c.remaining).label("points"),
-        func.sum(_PENDING).label("pending"),
-        cast(null(), BigInteger).label("cash_balance"),
-        cast(null(), BigInteger).label("cash_debt"),
-    )
-    .where(
-        and_(
-            lots.c.program_id == bindparam("program_id"),
-            lots.c.member_id.in_(bindparam("member_ids", expanding=True)),
-            lots.c.asset == POINTS,
-            LOT_HAS_POINTS,
-        )
-    )
-    .group_by(lots.c.member_id, lots.c.expires_at)
-)
+_LIVE_LOTS = select(
+    lots.c.member_id,
+    lots.c.expires_at,
+    func.sum(lots.c.remaining).label("points"),
+    func.sum(_PENDING).label("pending"),
+    cast(null(), BigInteger).label("cash_balance"),
+    cast(null(), BigInteger).label("cash_debt"),
+).where(and_(lots.c.program_id == bindparam("program_id"), lots.c.asset == POINTS, LOT_HAS_POINTS))
 _CASH_WALLETS = select(
     wallets.c.member_id,
-    cast(null(), TS),
-    cast(null(), BigInteger),
-    cast(null(), BigInteger),
-    wallets.c.balance,
-    wallets.c.debt,
-).where(
-    and_(
-        wallets.c.program_id == bindparam("program_id"),
-        wallets.c.member_id.in_(bindparam("member_ids", expanding=True)),
-        wallets.c.asset == CASH,
-    )
+    cast(null(), TS).label("expires_at"),
+    cast(null(), BigInteger).label("points"),
+    cast(null(), BigInteger).label("pending"),
+    wallets.c.balance.label("cash_balance"),
+    wallets.c.debt.label("cash_debt"),
+).where(and_(wallets.c.program_id == bindparam("program_id"), wallets.c.asset == CASH))
+_MEMBERS: BindParameter[Any] = bindparam("member_ids", expanding=True)
+_LIVE_LOTS_AND_CASH = KeyedRead(
+    in_list=union_all(
+        _LIVE_LOTS.where(lots.c.member_id.in_(_MEMBERS)).group_by(
+            lots.c.member_id, lots.c.expires_at
+        ),
+        _CASH_WALLETS.where(wallets.c.member_id.in_(_MEMBERS)),
+    ),
+    each_key=union_all(
+        each_key(
+            lambda member_id: _LIVE_LOTS.where(lots.c.member_id == member_id).group_by(
+                lots.c.member_id, lots.c.expires_at
+            ),
+            keys="member_ids",
+        ),
+        each_key(
+            lambda member_id: _CASH_WALLETS.where(wallets.c.member_id == member_id).limit(1),
+            keys="member_ids",
+        ),
+    ),
 )
-_LIVE_LOTS_AND_CASH = union_all(_LIVE_LOTS, _CASH_WALLETS)
 """The points wallets' live lots by expiry, then (``cash_balance`` set) the members' cashback
 wallets: one round trip for both."""
 
@@ -315,7 +320,7 @@ def running_balances(
         return running
     params = {"program_id": program_id, "member_ids": sorted(running), "now": now}
     cash_wallets = []
-    for row in conn.execute(_LIVE_LOTS_AND_CASH, params).all():
+    for row in conn.execute(_LIVE_LOTS_AND_CASH.on(conn), params).all():
         figures = running[row.member_id]
         if row.cash_balance is not None:
             cash_wallets.append(row)

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, bindparam, select, text
 
 from loyalty.adapters.db.bulk import insert_rows
 from loyalty.adapters.db.engine import RetryTransaction
+from loyalty.adapters.db.keyed import KeyedRead, each_key
 from loyalty.adapters.db.tables import idempotency_keys
 from loyalty.domain.errors import DomainError, IdempotencyConflict
 
@@ -65,7 +66,12 @@ def find(conn: Connection, *, tenant_id: str, scope: str, key: str) -> Any:
     return conn.execute(_FIND, {"tenant_id": tenant_id, "scope": scope, "key": key}).first()
 
 
-_FIND_MANY = _STORED.where(idempotency_keys.c.key.in_(bindparam("keys", expanding=True)))
+_FIND_MANY = KeyedRead(
+    in_list=_STORED.where(idempotency_keys.c.key.in_(bindparam("keys", expanding=True))),
+    each_key=each_key(
+        lambda key: _STORED.where(idempotency_keys.c.key == key).limit(1), keys="keys"
+    ),
+)
 
 
 def find_many(conn: Connection, *, tenant_id: str, scope: str, keys: set[str]) -> dict[str, Any]:
@@ -73,7 +79,7 @@ def find_many(conn: Connection, *, tenant_id: str, scope: str, keys: set[str]) -
     if not keys:
         return {}
     params = {"tenant_id": tenant_id, "scope": scope, "keys": sorted(keys)}
-    return {row.key: row for row in conn.execute(_FIND_MANY, params)}
+    return {row.key: row for row in conn.execute(_FIND_MANY.on(conn), params)}
 
 
 def store_many(

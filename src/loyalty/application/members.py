@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 
 from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.keyed import KeyedRead, each_key
 from loyalty.adapters.db.tables import members, wallets
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
@@ -212,17 +213,28 @@ def _insert_new_members(conn: Connection) -> Any:
 
 
 _INSERT_WALLET = insert(wallets)
-_MANY_BY_EXTERNAL_ID = select(members).where(
-    and_(
-        members.c.program_id == bindparam("program_id"),
-        members.c.external_id.in_(bindparam("refs", expanding=True)),
-    )
+_OF_PROGRAM = select(members).where(members.c.program_id == bindparam("program_id"))
+_MANY_BY_EXTERNAL_ID = KeyedRead(
+    in_list=_OF_PROGRAM.where(members.c.external_id.in_(bindparam("refs", expanding=True))),
+    # The program compared with IS TRUE, which no index serves: the one index left is the
+    # unique one led by the external id, whatever the planner's statistics say.
+    each_key=each_key(
+        lambda ref: (
+            select(members)
+            .where(
+                and_(
+                    members.c.external_id == ref,
+                    (members.c.program_id == bindparam("program_id")).is_(true()),
+                )
+            )
+            .limit(1)
+        ),
+        keys="refs",
+    ),
 )
-_MANY_BY_ID = select(members).where(
-    and_(
-        members.c.program_id == bindparam("program_id"),
-        members.c.id.in_(bindparam("refs", expanding=True)),
-    )
+_MANY_BY_ID = KeyedRead(
+    in_list=_OF_PROGRAM.where(members.c.id.in_(bindparam("refs", expanding=True))),
+    each_key=each_key(lambda ref: _OF_PROGRAM.where(members.c.id == ref).limit(1), keys="refs"),
 )
 
 
@@ -235,10 +247,12 @@ def find_members(conn: Connection, program_id: str, member_refs: set[str]) -> di
     ids = sorted(ref for ref in member_refs if not ref.startswith(EXTERNAL_PREFIX))
     found: dict[str, Row[Any]] = {}
     if external:
-        for row in conn.execute(_MANY_BY_EXTERNAL_ID, {"program_id": program_id, "refs": external}):
+        for row in conn.execute(
+            _MANY_BY_EXTERNAL_ID.on(conn), {"program_id": program_id, "refs": external}
+        ):
             found[f"{EXTERNAL_PREFIX}{row.external_id}"] = row
     if ids:
-        for row in conn.execute(_MANY_BY_ID, {"program_id": program_id, "refs": ids}):
+        for row in conn.execute(_MANY_BY_ID.on(conn), {"program_id": program_id, "refs": ids}):
             found[str(row.id)] = row
     return found
 

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, text, tuple_
 
+from loyalty.adapters.db.keyed import KeyedRead, each_key
 from loyalty.adapters.db.tables import wallets
 from loyalty.domain.ledger import POINTS
 
@@ -31,20 +32,24 @@ def lock_wallets(
     ids = sorted(set(member_ids))
     if not ids:
         return {}
-    stmt = (
-        select(wallets.c.member_id, wallets.c.balance, wallets.c.debt)
-        .where(
-            and_(
-                wallets.c.program_id == program_id,
-                wallets.c.asset == asset,
-                wallets.c.member_id.in_(ids),
-            )
-        )
-        .order_by(wallets.c.member_id)
-        .with_for_update()
-    )
-    rows = conn.execute(stmt).all()
+    params = {"program_id": program_id, "asset": asset, "member_ids": ids}
+    rows = conn.execute(_LOCK_MANY.on(conn), params).all()
     return {r.member_id: WalletState(r.member_id, r.balance, r.debt) for r in rows}
+
+
+_OF_PROGRAM = select(wallets.c.member_id, wallets.c.balance, wallets.c.debt).where(
+    and_(wallets.c.program_id == bindparam("program_id"), wallets.c.asset == bindparam("asset"))
+)
+_LOCK_MANY = KeyedRead(
+    in_list=_OF_PROGRAM.where(wallets.c.member_id.in_(bindparam("member_ids", expanding=True)))
+    .order_by(wallets.c.member_id)
+    .with_for_update(),
+    # Each wallet locked as its member id comes out of the sorted list: in member order.
+    each_key=each_key(
+        lambda member_id: _OF_PROGRAM.where(wallets.c.member_id == member_id).with_for_update(),
+        keys="member_ids",
+    ),
+)
 
 
 _LOCK_ONE = (

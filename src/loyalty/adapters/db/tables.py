@@ -128,8 +128,16 @@ members = Table(
     Column("enrolled_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Column("enrollment_source", String(32), nullable=False),
-    UniqueConstraint("program_id", "external_id", name="uq_members_program_external"),
-    Index("ix_members_program_email", "program_id", "email"),
+    # Led by the external id on PostgreSQL; SQLite keeps (program_id, external_id): see
+    # migration 0018.
+    UniqueConstraint("external_id", "program_id", name="uq_members_program_external"),
+    Index(
+        "ix_members_program_email",
+        "program_id",
+        "email",
+        postgresql_where=text("email IS NOT NULL"),
+        sqlite_where=text("email IS NOT NULL"),
+    ),
     Index("ix_members_program_id", "program_id", "id"),
 )
 
