@@ -1,5 +1,5 @@
 """``insert_rows`` stores exactly what SQLAlchemy's own ``insert`` stores, on both databases,
-in several statements on PostgreSQL past ``PG_ROWS_PER_STATEMENT`` rows, and its errors reach
+for thousands of rows at once, and its errors reach
 the caller as SQLAlchemy's (the transaction runner retries on those), in a ``pipelined`` block
 too."""
 
@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
-from loyalty.adapters.db.bulk import PG_ROWS_PER_STATEMENT, insert_rows, pipelined
+from loyalty.adapters.db.bulk import insert_rows, pipelined
 from loyalty.adapters.db.engine import _is_unique_violation
 from loyalty.adapters.db.tables import events
 
-ROWS = PG_ROWS_PER_STATEMENT * 2 + 301
+ROWS = 2_301
 PARIS = timezone(timedelta(hours=1))
 
 
@@ -67,6 +67,20 @@ def test_insert_rows_raises_sqlalchemys_integrity_error_and_writes_nothing(engin
         insert_rows(conn, events, rows)
     with engine.connect() as conn:
         assert _stored(conn, "c") == []
+
+
+def test_a_value_too_long_for_its_column_is_refused_as_sqlalchemys_insert_refuses_it(
+    postgres_engine,
+):
+    """PostgreSQL refuses an id longer than its column (SQLite keeps what it is given)."""
+    rows = _rows("t")[:3]
+    rows[1]["id"] = "t" + "x" * 40  # events.id is VARCHAR(32)
+    with pytest.raises(DataError), postgres_engine.begin() as conn:
+        conn.execute(insert(events), rows[1:2])
+    with pytest.raises(DataError), postgres_engine.begin() as conn:
+        insert_rows(conn, events, rows)
+    with postgres_engine.connect() as conn:
+        assert _stored(conn, "t") == []
 
 
 def test_no_rows_is_no_statement(engine):
