@@ -1,25 +1,45 @@
-"""The reads a group of purchases makes by key (its idempotency keys, members, wallets and live
-lots) look up only those keys' rows, however many rows the program has and whatever the
-database's planner knows about them: a read that passed over the whole program made every
-group slower than the one before."""
+"""The reads a group of purchases makes by key (its idempotency keys, members, wallets, live
+lots, tiers and tier history) look up only those keys' rows, however many rows the program
+has and whatever the database's planner knows about them: a read that passed over the whole
+program made every group slower than the one before."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, event
 
 from loyalty.adapters.db.locking import lock_wallets
 from loyalty.application import idempotency
+from loyalty.application.access import Scope, authenticate
 from loyalty.application.balances import running_balances
+from loyalty.application.batch_tiers import RunTiers
 from loyalty.application.members import find_members
+from loyalty.application.programs import load_program
 
 AT = datetime(2026, 5, 4, 12, tzinfo=UTC)
 MEMBERS = 150
 PURCHASES = 600
-TABLES = ("idempotency_keys", "members", "wallets", "lots")
+TABLES = ("idempotency_keys", "members", "wallets", "lots", "member_tiers", "member_activity")
+TIERS = {
+    "metric": "spend",
+    "window": {"type": "rolling_months", "months": 12},
+    "levels": [
+        {"id": "bronze", "name": "Bronze", "threshold": 0},
+        {"id": "silver", "name": "Silver", "threshold": 5_000},
+    ],
+}
+VISITS = {
+    "id": "visits",
+    "metric": "visits",
+    "window": {"type": "rolling_months", "months": 12},
+    "levels": [
+        {"id": "newcomer", "name": "Newcomer", "threshold": 0},
+        {"id": "regular", "name": "Regular", "threshold": 3},
+    ],
+}
 
 
 def _purchase(n: int) -> dict[str, Any]:
@@ -37,6 +57,8 @@ def _program_with_history(api: Any) -> str:
     program = api.create_program(
         enrollment={"auto_enroll_on_purchase": True},
         points={"expiry": {"policy": "after_days", "days": 365}},
+        tiers=TIERS,
+        tier_sets=[VISITS],
     )
     if api.engine.dialect.name == "postgresql":
         # Statistics taken before the program had a row: what the planner knows of a program
@@ -69,13 +91,26 @@ def _reads(conn: Connection, api: Any, program: str) -> list[tuple[str, Any]]:
         balances = running_balances(
             conn, program, {m: (w.balance, w.debt) for m, w in locked.items()}, now=AT
         )
+        ctx = load_program(conn, authenticate(api.engine, api.token), program, Scope.WRITE)
+        tiers = RunTiers(ctx, now=AT, actor="test")
+        ids = sorted(row.id for row in found.values())
+        # Two moments, so the windows start on different days and the rows between are read.
+        tiers.load(
+            conn,
+            {row.id: row.enrolled_at for row in found.values()},
+            set(),
+            [(ids[0], AT), (ids[1], AT + timedelta(days=3))],
+        )
     finally:
         event.remove(conn, "before_cursor_execute", record)
     assert set(stored) == keys
     assert set(found) == refs
     assert len(locked) == 3
     assert all(b.expiring for b in balances.values())  # each member's lots were read
-    assert len(seen) == 4
+    assert "silver" in {tiers.held(member_id)["status"] for member_id in ids}  # rows were read
+    # Keys, members, wallets, lots; the program; tiers held; visits; spend totals and the rows
+    # between the windows' starts.
+    assert len(seen) == 9, [statement for statement, _ in seen]
     return seen
 
 

@@ -11,14 +11,16 @@ recording them one by one would. Everything runs under the wallet locks the run 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, func, select, update
 
 from loyalty.adapters.db.bulk import insert_rows
+from loyalty.adapters.db.keyed import KeyedRead, each_key
 from loyalty.adapters.db.tables import member_activity, member_tiers, tier_changes
 from loyalty.adapters.ids import new_id
 from loyalty.application.programs import ProgramContext
@@ -87,7 +89,7 @@ class RunTiers:
         if not known:
             return
         params = {"program_id": self._ctx.program_id, "member_ids": known}
-        for row in conn.execute(_HELD, params):
+        for row in conn.execute(_HELD.on(conn), params):
             if row.tier_set in self._members[row.member_id].held:
                 self._members[row.member_id].held[row.tier_set] = str(row.tier)
         for tier_set in sets:
@@ -107,34 +109,45 @@ class RunTiers:
         starts: list[datetime | None],
     ) -> None:
         a = member_activity.c
-        where = [a.program_id == params["program_id"], a.member_id.in_(params["member_ids"])]
         first = None if None in starts else min(s for s in starts if s is not None)
         set_id = tier_set.set_id
         if tier_set.metric is TierMetric.VISITS:
-            stmt = (
-                select(a.member_id, a.visit_day, func.max(a.occurred_at).label("last"))
-                .where(and_(*where, a.visit_day.is_not(None)))
-                .group_by(a.member_id, a.visit_day)
-            )
-            if first is not None:
-                stmt = stmt.where(a.occurred_at >= first)
-            for row in conn.execute(stmt):
+
+            def visits(member: ColumnElement[bool]) -> Select[Any]:
+                stmt = (
+                    select(a.member_id, a.visit_day, func.max(a.occurred_at).label("last"))
+                    .where(and_(a.program_id == params["program_id"], member))
+                    .where(a.visit_day.is_not(None))
+                    .group_by(a.member_id, a.visit_day)
+                )
+                return stmt if first is None else stmt.where(a.occurred_at >= first)
+
+            for row in _per_member(conn, visits, params):
                 self._members[row.member_id].history[set_id].days[str(row.visit_day)] = row.last
             return
         column = _COLUMN[tier_set.metric]
         last = None if first is None else max(s for s in starts if s is not None)
-        totals = select(a.member_id, func.coalesce(func.sum(column), 0).label("total")).where(
-            and_(*where)
-        )
-        if last is not None:
-            totals = totals.where(a.occurred_at >= last)
-        for row in conn.execute(totals.group_by(a.member_id)):
+
+        def totals(member: ColumnElement[bool]) -> Select[Any]:
+            stmt = select(a.member_id, func.coalesce(func.sum(column), 0).label("total")).where(
+                and_(a.program_id == params["program_id"], member)
+            )
+            if last is not None:
+                stmt = stmt.where(a.occurred_at >= last)
+            return stmt.group_by(a.member_id)
+
+        for row in _per_member(conn, totals, params):
             self._members[row.member_id].history[set_id].total = int(row.total)
         if first is not None and last is not None and first < last:
-            rows = select(a.member_id, a.occurred_at, column.label("amount")).where(
-                and_(*where, a.occurred_at >= first, a.occurred_at < last)
-            )
-            for row in conn.execute(rows):
+
+            def between(member: ColumnElement[bool]) -> Select[Any]:
+                return select(a.member_id, a.occurred_at, column.label("amount")).where(
+                    and_(a.program_id == params["program_id"], member),
+                    a.occurred_at >= first,
+                    a.occurred_at < last,
+                )
+
+            for row in _per_member(conn, between, params):
                 history = self._members[row.member_id].history[set_id]
                 history.rows.append((row.occurred_at, int(row.amount)))
 
@@ -256,12 +269,43 @@ def from_records(
     return by_set[main.set_id], by_set
 
 
-_HELD = select(member_tiers.c.member_id, member_tiers.c.tier_set, member_tiers.c.tier).where(
-    and_(
-        member_tiers.c.program_id == bindparam("program_id"),
-        member_tiers.c.member_id.in_(bindparam("member_ids", expanding=True)),
-    )
+_OF_PROGRAM = select(member_tiers.c.member_id, member_tiers.c.tier_set, member_tiers.c.tier).where(
+    member_tiers.c.program_id == bindparam("program_id")
 )
+_HELD = KeyedRead(
+    in_list=_OF_PROGRAM.where(
+        member_tiers.c.member_id.in_(bindparam("member_ids", expanding=True))
+    ),
+    # Ordered by set, which the primary key (program, member, set) gives and the review index
+    # (program, set, review date) does not: the one path that needs no sort. OFFSET 0: a
+    # member has a row per set, and the read of one member must stay a subquery.
+    each_key=each_key(
+        lambda member_id: (
+            _OF_PROGRAM.where(member_tiers.c.member_id == member_id)
+            .order_by(member_tiers.c.tier_set)
+            .offset(0)
+        ),
+        keys="member_ids",
+    ),
+)
+
+
+def _per_member(
+    conn: Connection, read: Callable[[ColumnElement[bool]], Select[Any]], params: dict[str, Any]
+) -> Any:
+    """``read`` of the members ``params["member_ids"]``, given the condition that picks one or
+    all of them: each member looked up on its own on PostgreSQL (``adapters/db/keyed.py``),
+    an ``IN`` list on SQLite."""
+    if conn.dialect.name != "postgresql":
+        member = member_activity.c.member_id.in_(bindparam("member_ids", expanding=True))
+        return conn.execute(read(member), {"member_ids": params["member_ids"]})
+    stmt = each_key(
+        lambda member_id: read(member_activity.c.member_id == member_id).offset(0),
+        keys="member_ids",
+    )
+    return conn.execute(stmt, {"member_ids": params["member_ids"]})
+
+
 _UPDATE = (
     update(member_tiers)
     .where(

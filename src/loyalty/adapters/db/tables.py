@@ -408,7 +408,8 @@ member_tiers = Table(
     Column("manual", Boolean, nullable=False),
     Column("reason", String(200), nullable=True),
     Column("updated_at", TS, nullable=False),
-    Index("ix_member_tiers_review", "program_id", "tier_set", "review_at"),
+    # Led by the set: see migration 0019.
+    Index("ix_member_tiers_review", "tier_set", "program_id", "review_at"),
 )
 """A member's current tier. Members without a row are in the set's lowest tier. The tier
 holds until ``review_at`` (plus the set's grace days; null: never reviewed), when the metric
