@@ -320,7 +320,7 @@ def running_balances(
         return running
     params = {"program_id": program_id, "member_ids": sorted(running), "now": now}
     cash_wallets = []
-    for row in conn.execute(_LIVE_LOTS_AND_CASH.on(conn), params).all():
+    for row in conn.execute(_LIVE_LOTS_AND_CASH.on(conn, running), params).all():
         figures = running[row.member_id]
         if row.cash_balance is not None:
             cash_wallets.append(row)

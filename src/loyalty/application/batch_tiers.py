@@ -89,7 +89,7 @@ class RunTiers:
         if not known:
             return
         params = {"program_id": self._ctx.program_id, "member_ids": known}
-        for row in conn.execute(_HELD.on(conn), params):
+        for row in conn.execute(_HELD.on(conn, known), params):
             if row.tier_set in self._members[row.member_id].held:
                 self._members[row.member_id].held[row.tier_set] = str(row.tier)
         for tier_set in sets:
@@ -295,8 +295,8 @@ def _per_member(
 ) -> Any:
     """``read`` of the members ``params["member_ids"]``, given the condition that picks one or
     all of them: each member looked up on its own on PostgreSQL (``adapters/db/keyed.py``),
-    an ``IN`` list on SQLite."""
-    if conn.dialect.name != "postgresql":
+    an ``IN`` list on SQLite and for one member."""
+    if conn.dialect.name != "postgresql" or len(params["member_ids"]) == 1:
         member = member_activity.c.member_id.in_(bindparam("member_ids", expanding=True))
         return conn.execute(read(member), {"member_ids": params["member_ids"]})
     stmt = each_key(

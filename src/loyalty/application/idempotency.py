@@ -79,7 +79,7 @@ def find_many(conn: Connection, *, tenant_id: str, scope: str, keys: set[str]) -
     if not keys:
         return {}
     params = {"tenant_id": tenant_id, "scope": scope, "keys": sorted(keys)}
-    return {row.key: row for row in conn.execute(_FIND_MANY.on(conn), params)}
+    return {row.key: row for row in conn.execute(_FIND_MANY.on(conn, keys), params)}
 
 
 def store_many(

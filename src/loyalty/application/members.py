@@ -248,11 +248,11 @@ def find_members(conn: Connection, program_id: str, member_refs: set[str]) -> di
     found: dict[str, Row[Any]] = {}
     if external:
         for row in conn.execute(
-            _MANY_BY_EXTERNAL_ID.on(conn), {"program_id": program_id, "refs": external}
+            _MANY_BY_EXTERNAL_ID.on(conn, external), {"program_id": program_id, "refs": external}
         ):
             found[f"{EXTERNAL_PREFIX}{row.external_id}"] = row
     if ids:
-        for row in conn.execute(_MANY_BY_ID.on(conn), {"program_id": program_id, "refs": ids}):
+        for row in conn.execute(_MANY_BY_ID.on(conn, ids), {"program_id": program_id, "refs": ids}):
             found[str(row.id)] = row
     return found
 

@@ -20,7 +20,7 @@ and gets the ``IN`` list.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,5 +51,10 @@ class KeyedRead:
     in_list: Any
     each_key: Any
 
-    def on(self, conn: Connection) -> Any:
-        return self.each_key if conn.dialect.name == "postgresql" else self.in_list
+    def on(self, conn: Connection, keys: Sized) -> Any:
+        """The form for ``keys`` on ``conn``. A single key takes the ``IN`` list everywhere:
+        PostgreSQL reads ``IN ($1)`` as ``= $1``, which its indexes answer directly, and
+        plans it faster than the lateral join (a quote reads one member)."""
+        if conn.dialect.name == "postgresql" and len(keys) > 1:
+            return self.each_key
+        return self.in_list

@@ -33,7 +33,7 @@ def lock_wallets(
     if not ids:
         return {}
     params = {"program_id": program_id, "asset": asset, "member_ids": ids}
-    rows = conn.execute(_LOCK_MANY.on(conn), params).all()
+    rows = conn.execute(_LOCK_MANY.on(conn, ids), params).all()
     return {r.member_id: WalletState(r.member_id, r.balance, r.debt) for r in rows}
 
 
