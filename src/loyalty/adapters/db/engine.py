@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 T = TypeVar("T")
 
@@ -84,43 +84,14 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    engine = create_engine(
+    return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_pre_ping=True,
         isolation_level="READ COMMITTED",
         json_serializer=json_text,
     )
-    _ping_after_idle(engine)
-    return engine
-
-
-PING_AFTER_IDLE_S = 1.0
-"""A pooled PostgreSQL connection idle this long is pinged before it is handed out."""
-
-
-def _ping_after_idle(engine: Engine) -> None:
-    """Ping a pooled connection before use only if it sat idle: a connection back in use
-    within a second (every one, under load) skips the round trip that pinging every
-    checkout cost each transaction. One that dies unpinged (the server restarted, its session
-    was ended) fails its transaction's first statement; ``run_transaction`` runs the
-    transaction again on a new connection, since nothing of it was committed."""
-
-    @event.listens_for(engine, "checkin")
-    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-        idle_since = record.info.get("idle_since")
-        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_conn)
-        except Exception as exc:
-            # The pool replaces the connection and tries again (SQLAlchemy's documented
-            # pessimistic disconnect handling).
-            raise DisconnectionError() from exc
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -232,24 +203,14 @@ def run_transaction(
     ``snapshot``: see ``connect``."""
     delay_s = 0.005
     for attempt in range(1, TRANSACTION_ATTEMPTS_MAX + 1):
-        lost_before_commit = False
         try:
             with connect(engine, write=write, snapshot=snapshot) as conn:
-                try:
-                    return work(conn)
-                except DBAPIError as exc:
-                    lost_before_commit = exc.connection_invalidated
-                    raise
+                return work(conn)
         except RetryTransaction:
             if attempt < TRANSACTION_ATTEMPTS_MAX:
                 continue
             raise StorageUnavailable("transaction kept conflicting; retry later") from None
         except DBAPIError as exc:
-            if lost_before_commit and attempt == 1:
-                # The connection was dead before the commit was sent, so nothing was written:
-                # once more, on a new one (SQLAlchemy has discarded the pool's old ones). A
-                # commit that fails is not retried here: it may have been applied.
-                continue
             if _is_unique_violation(exc):
                 if attempt < TRANSACTION_ATTEMPTS_MAX:
                     continue
