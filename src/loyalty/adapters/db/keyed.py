@@ -12,10 +12,10 @@ against 0.2 ms looked up one by one; ``docs/performance.md``, "Lookups by key").
 
 ``each_key`` reads the list with ``unnest(:keys) CROSS JOIN LATERAL (<the read of one key>)``:
 the inner read names its one key, which an index answers with one descent, and a ``LIMIT``,
-``GROUP BY`` or ``FOR UPDATE`` in it keeps the planner from turning it back into a join it
-could again run as a pass. Rows come out in the order of the keys, so ``FOR UPDATE`` locks in
-that order. SQLite's planner already looks each value of an ``IN`` list up through the index,
-and gets the ``IN`` list.
+``OFFSET 0``, ``GROUP BY`` or ``FOR UPDATE`` in it keeps the planner from turning it back into
+a join it could again run as a pass. Rows come out in the order of the keys, so ``FOR UPDATE``
+locks in that order. SQLite's planner already looks each value of an ``IN`` list up through
+the index, and gets the ``IN`` list.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 def each_key(one: Callable[[ColumnElement[Any]], Select[Any]], *, keys: str) -> Select[Any]:
     """``one(key)`` for each key of the list bound as ``keys``, in the list's order; ``one``
-    must not be flattened into a join (give it a ``LIMIT``, a ``GROUP BY`` or a
+    must not be flattened into a join (give it a ``LIMIT``, ``OFFSET 0``, a ``GROUP BY`` or a
     ``FOR UPDATE``). PostgreSQL only."""
     listed = (
         func.unnest(bindparam(keys, type_=ARRAY(String)))
