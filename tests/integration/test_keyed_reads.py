@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Connection, event
 
 from loyalty.adapters.db.locking import lock_wallets
@@ -74,15 +75,16 @@ def _program_with_history(api: Any) -> str:
     return program
 
 
-def _reads(conn: Connection, api: Any, program: str) -> list[tuple[str, Any]]:
-    """Run the four reads for three members, as a group does, and return their statements."""
+def _reads(conn: Connection, api: Any, program: str, numbers: list[int]) -> list[tuple[str, Any]]:
+    """Run a group's reads by key for the members and orders ``numbers`` names, and return
+    their statements."""
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         seen.append((statement, parameters))
 
-    refs = {"ext:C3", "ext:C77", "ext:C140"}
-    keys = {f"event:purchase:O{n}" for n in (3, 77, 140)}
+    refs = {f"ext:C{n}" for n in numbers}
+    keys = {f"event:purchase:O{n}" for n in numbers}
     event.listen(conn, "before_cursor_execute", record)
     try:
         stored = idempotency.find_many(conn, tenant_id=api.tenant_id, scope=program, keys=keys)
@@ -99,13 +101,13 @@ def _reads(conn: Connection, api: Any, program: str) -> list[tuple[str, Any]]:
             conn,
             {row.id: row.enrolled_at for row in found.values()},
             set(),
-            [(ids[0], AT), (ids[1], AT + timedelta(days=3))],
+            [(ids[0], AT), (ids[-1], AT + timedelta(days=3))],
         )
     finally:
         event.remove(conn, "before_cursor_execute", record)
     assert set(stored) == keys
     assert set(found) == refs
-    assert len(locked) == 3
+    assert len(locked) == len(numbers)
     assert all(b.expiring for b in balances.values())  # each member's lots were read
     assert "silver" in {tiers.held(member_id)["status"] for member_id in ids}  # rows were read
     # Keys, members, wallets, lots; the program; tiers held; visits; spend totals and the rows
@@ -122,14 +124,16 @@ def _rows_passed_over(plan: dict[str, Any]) -> int:
     return int(passed) + sum(_rows_passed_over(p) for p in plan.get("Plans", []))
 
 
-def test_a_groups_reads_by_key_look_up_only_their_keys(api):
+@pytest.mark.parametrize("numbers", [[3, 77, 140], [77]], ids=["three", "one"])
+def test_a_groups_reads_by_key_look_up_only_their_keys(api, numbers):
+    """Three keys: on PostgreSQL, each looked up on its own; one key: an equality."""
     program = _program_with_history(api)
     with api.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Tables this small are cheapest read whole; a program's tables are not. Without
             # that way out the plans show which index path a large table gets.
             conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        statements = _reads(conn, api, program)
+        statements = _reads(conn, api, program, numbers)
         for statement, parameters in statements:
             if conn.dialect.name == "postgresql":
                 explained = conn.exec_driver_sql(
