@@ -276,15 +276,10 @@ _HELD = KeyedRead(
     in_list=_OF_PROGRAM.where(
         member_tiers.c.member_id.in_(bindparam("member_ids", expanding=True))
     ),
-    # Ordered by set, which the primary key (program, member, set) gives and the review index
-    # (program, set, review date) does not: the one path that needs no sort. OFFSET 0: a
-    # member has a row per set, and the read of one member must stay a subquery.
+    # OFFSET 0: a member has a row per set, and the read of one member must stay a subquery.
+    # The primary key (program, member, set) is the one index it can take (migration 0019).
     each_key=each_key(
-        lambda member_id: (
-            _OF_PROGRAM.where(member_tiers.c.member_id == member_id)
-            .order_by(member_tiers.c.tier_set)
-            .offset(0)
-        ),
+        lambda member_id: _OF_PROGRAM.where(member_tiers.c.member_id == member_id).offset(0),
         keys="member_ids",
     ),
 )
