@@ -1,7 +1,7 @@
 """Member lookups by external id that don't depend on PostgreSQL's statistics.
 
-- ``uq_members_program_external`` is on (external_id, program_id) instead of (program_id,
-  external_id): a lookup of a list of external ids (``adapters/db/keyed.py``) names its
+- On PostgreSQL, ``uq_members_program_external`` is on (external_id, program_id) instead of
+  (program_id, external_id): a lookup of a list of external ids (``adapters/db/keyed.py``) names its
   external id with an index condition no other index of the table can serve, so it reads only
   that id's rows. Led by program_id, it looked to a planner without statistics for the program
   no cheaper than the other indexes led by program_id, and the planner took one of those and
