@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, func, select, update
 
 from loyalty.adapters.db.bulk import insert_rows
-from loyalty.adapters.db.keyed import KeyedRead, each_key
+from loyalty.adapters.db.keyed import KeyedRead, each_key, looks_up_each
 from loyalty.adapters.db.tables import member_activity, member_tiers, tier_changes
 from loyalty.adapters.ids import new_id
 from loyalty.application.programs import ProgramContext
@@ -289,9 +289,8 @@ def _per_member(
     conn: Connection, read: Callable[[ColumnElement[bool]], Select[Any]], params: dict[str, Any]
 ) -> Any:
     """``read`` of the members ``params["member_ids"]``, given the condition that picks one or
-    all of them: each member looked up on its own on PostgreSQL (``adapters/db/keyed.py``),
-    an ``IN`` list on SQLite and for one member."""
-    if conn.dialect.name != "postgresql" or len(params["member_ids"]) == 1:
+    all of them, in the form ``keyed.looks_up_each`` picks."""
+    if not looks_up_each(conn, params["member_ids"]):
         member = member_activity.c.member_id.in_(bindparam("member_ids", expanding=True))
         return conn.execute(read(member), {"member_ids": params["member_ids"]})
     stmt = each_key(

@@ -52,9 +52,13 @@ class KeyedRead:
     each_key: Any
 
     def on(self, conn: Connection, keys: Sized) -> Any:
-        """The form for ``keys`` on ``conn``. A single key takes the ``IN`` list everywhere:
-        PostgreSQL reads ``IN ($1)`` as ``= $1``, which its indexes answer directly, and
-        plans it faster than the lateral join (a quote reads one member)."""
-        if conn.dialect.name == "postgresql" and len(keys) > 1:
-            return self.each_key
-        return self.in_list
+        """The form for ``keys`` on ``conn`` (see ``looks_up_each``)."""
+        return self.each_key if looks_up_each(conn, keys) else self.in_list
+
+
+def looks_up_each(conn: Connection, keys: Sized) -> bool:
+    """Whether ``keys`` are read with ``each_key`` on ``conn``: on PostgreSQL, more than one.
+    A single key takes the ``IN`` list everywhere: PostgreSQL reads ``IN ($1)`` as ``= $1``,
+    which its indexes answer directly, and plans it faster than the lateral join (a quote
+    reads one member)."""
+    return conn.dialect.name == "postgresql" and len(keys) > 1
