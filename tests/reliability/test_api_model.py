@@ -93,6 +93,12 @@ class Model:
     orders: dict[str, Order] = field(default_factory=dict)
 
 
+def _earned(quantity: int, price: int) -> int:
+    """What a purchase of one line earns under the program's default rate: a point per 100
+    minor units, rounded down."""
+    return quantity * price // 100
+
+
 def _problem(response: Any, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -174,7 +180,7 @@ def machine_for(engine: Engine) -> type[RuleBasedStateMachine]:
                 _problem(r, 404, "member_not_found")
                 return
             assert r.status_code == 201, r.text
-            points = quantity * price // 100
+            points = _earned(quantity, price)
             repaid = member.credit(points)
             answer = r.json()
             assert answer["points_earned"] == points
@@ -300,7 +306,7 @@ def machine_for(engine: Engine) -> type[RuleBasedStateMachine]:
                 _problem(r, 404, "member_not_found")
                 return
             assert r.status_code == 200, r.text
-            points = quantity * price // 100
+            points = _earned(quantity, price)
             after = Member(member.points_left, member.debt)
             repaid = after.credit(points)
             answer = r.json()
