@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Connection, event
 
 from loyalty.adapters.db.locking import lock_wallets
+from loyalty.adapters.db.tables import metadata
 from loyalty.application import idempotency
 from loyalty.application.access import Scope, authenticate
 from loyalty.application.balances import running_balances
@@ -144,5 +145,8 @@ def test_a_groups_reads_by_key_look_up_only_their_keys(api, numbers):
             else:
                 steps = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
                 details = [str(row[-1]) for row in steps]
-                scans = [d for d in details if d.startswith("SCAN") and "CONSTANT ROW" not in d]
+                # A scan of a table; scanning a subquery's own few rows is how SQLite reads it.
+                scans = [
+                    d for d in details if d.startswith("SCAN ") and d.split()[1] in metadata.tables
+                ]
                 assert not scans, (statement, details)

@@ -29,6 +29,7 @@ from loyalty.adapters.db.tables import (
 from loyalty.application import purchase_batches
 from loyalty.application.access import Principal, Scope, authenticate, create_api_key
 from loyalty.application.audit import audit_ledger
+from loyalty.application.balances import EXPIRY_BUCKETS_ANSWERED, get_balance
 from loyalty.application.batch import record_events_batch
 from loyalty.application.event_documents import PurchaseEvent, ReturnEvent
 from loyalty.application.events import AnyEvent, submit_event
@@ -369,3 +370,39 @@ def test_batches_enrolling_the_same_new_customers_wait_instead_of_failing(engine
     }
     assert len(state["events"]) == 120 and len(state["wallets"]) == 7
     assert audit_ledger(engine) == []
+
+
+@pytest.mark.parametrize("path", ["alone", "in bulk"])
+def test_an_answer_lists_the_soonest_expiry_times_and_counts_every_lot(engine, path):
+    """A write's answer lists the member's first expiry times only, yet its totals count every
+    lot: here four lots past their expiry (the fourth beyond the list) and pending points in
+    lots later than the list. ``GET .../balance`` lists them all, with the same figures."""
+    principal = _principal(engine)
+    document = ProgramDocument.model_validate(DOCUMENT)
+    program = create_program(engine, principal, document, now=NOW).body["id"]
+    history = [
+        _purchase(f"m-{days}", {"external_id": "M"}, 10, occurred_at=(NOW - timedelta(days=days)))
+        for days in (45, 44, 43, 42, 3, 2)
+    ]
+    for raw in history:
+        raw["occurred_at"] = raw["occurred_at"].isoformat()
+        submit_event(engine, principal, program, PurchaseEvent.model_validate(raw), now=NOW)
+    last = PurchaseEvent.model_validate(_purchase("m-0", {"external_id": "M"}, 10))
+    if path == "alone":
+        body = submit_event(engine, principal, program, last, now=NOW).body
+    else:
+        (item,) = record_events_batch(engine, principal, program, [last], now=NOW)
+        body = item.body
+    answered = body["balance"]
+    full = get_balance(engine, principal, program, "ext:M", now=NOW)
+
+    assert len(answered["expiring"]) == EXPIRY_BUCKETS_ANSWERED
+    assert answered["expiring"] == full["expiring"][:EXPIRY_BUCKETS_ANSWERED]
+    assert all(bucket["expired"] for bucket in answered["expiring"])
+    assert len(full["expiring"]) > EXPIRY_BUCKETS_ANSWERED + 1
+    overdue = sum(b["points"] for b in full["expiring"] if b["expired"])
+    assert overdue > sum(b["points"] for b in answered["expiring"])  # a fourth lot past expiry
+    assert full["pending"] > 0
+    for figure in ("balance", "available", "pending", "debt"):
+        assert answered[figure] == full[figure], figure
+    assert full["available"] == full["balance"] - overdue - full["pending"]

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BindParameter,
     Connection,
     Engine,
+    Select,
     and_,
     bindparam,
     case,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.keyed import KeyedRead, each_key
@@ -39,6 +41,12 @@ from loyalty.application.programs import load_program
 from loyalty.domain.ledger import CASH, POINTS, member_account
 
 EXPIRY_BUCKETS_MAX = 100
+"""Expiry groups ``GET .../balance`` lists."""
+EXPIRY_BUCKETS_ANSWERED = 3
+"""Expiry groups the balance in a write's answer lists (a purchase, a redemption, a hold...):
+the soonest, for a receipt or a checkout screen. Fewer than ``GET .../balance`` lists, so that
+what a write reads and answers (and stores for its replay) does not grow with the member's
+history: a member who buys every week holds a lot per purchase."""
 
 
 _WALLETS = select(wallets.c.asset, wallets.c.balance, wallets.c.debt).where(
@@ -60,7 +68,7 @@ _EXPIRING = (
     )
     .group_by(lots.c.expires_at)
     .order_by(lots.c.expires_at)
-    .limit(EXPIRY_BUCKETS_MAX)
+    .limit(bindparam("buckets"))
 )
 
 
@@ -129,27 +137,40 @@ def wallet_figures(
 
 
 def _expiring(
-    conn: Connection, params: dict[str, Any], asset: str, unit: str, *, now: datetime
+    conn: Connection,
+    params: dict[str, Any],
+    asset: str,
+    unit: str,
+    *,
+    now: datetime,
+    buckets: int,
 ) -> list[dict[str, Any]]:
-    """What expires when in one wallet of a member, ``unit`` naming the amount."""
+    """What expires when in one wallet of a member, ``unit`` naming the amount: the first
+    ``buckets`` expiry times."""
     return [
         {
             "expires_at": r.expires_at.isoformat(),
             unit: int(r.points),
             "expired": r.expires_at <= now,
         }
-        for r in conn.execute(_EXPIRING, {**params, "asset": asset}).all()
+        for r in conn.execute(_EXPIRING, {**params, "asset": asset, "buckets": buckets}).all()
     ]
 
 
 def balance_view(
-    conn: Connection, program_id: str, member_id: str, *, now: datetime
+    conn: Connection,
+    program_id: str,
+    member_id: str,
+    *,
+    now: datetime,
+    buckets: int = EXPIRY_BUCKETS_ANSWERED,
 ) -> dict[str, Any]:
     """``balance`` is the account's signed total; ``pending`` the points still in their
     pending period; ``available`` what can be spent now (the balance less pending points and
     lots already past their expiry); ``debt`` what a return took back after it was spent,
-    repaid by the next earnings. ``cashback`` gives the same figures for the member's
-    cashback wallet, in minor units (``None`` before the member's first cashback)."""
+    repaid by the next earnings; ``expiring`` the first ``buckets`` expiry times (the
+    totals count every lot). ``cashback`` gives the same figures for the member's cashback
+    wallet, in minor units (``None`` before the member's first cashback)."""
     params = {"program_id": program_id, "member_id": member_id}
     rows = {r.asset: r for r in conn.execute(_WALLETS, params).all()}
     points = rows[POINTS]
@@ -163,16 +184,24 @@ def balance_view(
         "available": available,
         "pending": pending,
         "debt": points.debt,
-        "expiring": _expiring(conn, params, POINTS, "points", now=now),
+        "expiring": _expiring(conn, params, POINTS, "points", now=now, buckets=buckets),
         "cashback": None
         if cash is None
-        else _cashback_view(conn, params, balance=cash.balance, debt=cash.debt, now=now),
+        else _cashback_view(
+            conn, params, balance=cash.balance, debt=cash.debt, now=now, buckets=buckets
+        ),
         "as_of": now.isoformat(),
     }
 
 
 def _cashback_view(
-    conn: Connection, params: dict[str, Any], *, balance: int, debt: int, now: datetime
+    conn: Connection,
+    params: dict[str, Any],
+    *,
+    balance: int,
+    debt: int,
+    now: datetime,
+    buckets: int,
 ) -> dict[str, Any]:
     available, pending = _available_pending(
         conn, {**params, "asset": CASH}, balance=balance, now=now
@@ -182,7 +211,7 @@ def _cashback_view(
         "available_minor": available,
         "pending_minor": pending,
         "debt_minor": debt,
-        "expiring": _expiring(conn, params, CASH, "amount_minor", now=now),
+        "expiring": _expiring(conn, params, CASH, "amount_minor", now=now, buckets=buckets),
     }
 
 
@@ -197,7 +226,9 @@ class RunningBalance:
     balance: int
     debt: int
     expiring: dict[datetime, int]
-    """Points left in live lots with an expiry, by when they expire."""
+    """Points left in live lots with an expiry, by when they expire: at least the first
+    ``EXPIRY_BUCKETS_ANSWERED`` expiry times (read), and those of the lots credited since
+    (a later time than these cannot be among the first, so ``view`` is still exact)."""
     overdue: int
     """Points left in lots already past their expiry (not spendable)."""
     pending: int
@@ -249,7 +280,7 @@ class RunningBalance:
 
     def view(self, *, now: datetime) -> dict[str, Any]:
         """What ``balance_view`` answers for these figures."""
-        expiring = sorted(self.expiring.items())[:EXPIRY_BUCKETS_MAX]
+        expiring = sorted(self.expiring.items())[:EXPIRY_BUCKETS_ANSWERED]
         return {
             "member_id": self.member_id,
             "balance": self.balance,
@@ -265,35 +296,73 @@ class RunningBalance:
         }
 
 
-_LIVE_LOTS = select(
-    lots.c.member_id,
-    lots.c.expires_at,
-    func.sum(lots.c.remaining).label("points"),
-    func.sum(_PENDING).label("pending"),
-    cast(null(), BigInteger).label("cash_balance"),
-    cast(null(), BigInteger).label("cash_debt"),
-).where(and_(lots.c.program_id == bindparam("program_id"), lots.c.asset == POINTS, LOT_HAS_POINTS))
+_OVERDUE = case((lots.c.expires_at <= bindparam("now"), lots.c.remaining), else_=0)
+
+
+def _live_lots(member: ColumnElement[bool], *, lateral: bool = False) -> Select[Any]:
+    """The live points lots of the members ``member`` selects, by expiry time, soonest first
+    and at most ``:buckets`` of them per member, each row with its member's totals
+    (``pending``, ``overdue``) over every lot: what is read and handled grows with the
+    buckets answered, not with the member's history. ``lateral``: ``member`` names a column
+    of a table earlier in the enclosing ``FROM`` (``each_key``'s key)."""
+    grouped = (
+        select(
+            lots.c.member_id,
+            lots.c.expires_at,
+            func.sum(lots.c.remaining).label("points"),
+            func.row_number()
+            .over(
+                partition_by=lots.c.member_id,
+                order_by=(lots.c.expires_at.is_(None), lots.c.expires_at),
+            )
+            .label("n"),
+            func.sum(func.sum(_PENDING)).over(partition_by=lots.c.member_id).label("pending"),
+            func.sum(func.sum(_OVERDUE)).over(partition_by=lots.c.member_id).label("overdue"),
+        )
+        .where(
+            and_(
+                lots.c.program_id == bindparam("program_id"),
+                lots.c.asset == POINTS,
+                LOT_HAS_POINTS,
+                member,
+            )
+        )
+        .group_by(lots.c.member_id, lots.c.expires_at)
+    )
+    by_expiry = (
+        grouped.correlate_except(lots).lateral("by_expiry")
+        if lateral
+        else grouped.subquery("by_expiry")
+    )
+    return select(
+        by_expiry.c.member_id,
+        by_expiry.c.expires_at,
+        by_expiry.c.points,
+        by_expiry.c.pending,
+        by_expiry.c.overdue,
+        cast(null(), BigInteger).label("cash_balance"),
+        cast(null(), BigInteger).label("cash_debt"),
+    ).where(by_expiry.c.n <= bindparam("buckets"))
+
+
 _CASH_WALLETS = select(
     wallets.c.member_id,
     cast(null(), TS).label("expires_at"),
     cast(null(), BigInteger).label("points"),
     cast(null(), BigInteger).label("pending"),
+    cast(null(), BigInteger).label("overdue"),
     wallets.c.balance.label("cash_balance"),
     wallets.c.debt.label("cash_debt"),
 ).where(and_(wallets.c.program_id == bindparam("program_id"), wallets.c.asset == CASH))
 _MEMBERS: BindParameter[Any] = bindparam("member_ids", expanding=True)
 _LIVE_LOTS_AND_CASH = KeyedRead(
     in_list=union_all(
-        _LIVE_LOTS.where(lots.c.member_id.in_(_MEMBERS)).group_by(
-            lots.c.member_id, lots.c.expires_at
-        ),
+        _live_lots(lots.c.member_id.in_(_MEMBERS)),
         _CASH_WALLETS.where(wallets.c.member_id.in_(_MEMBERS)),
     ),
     each_key=union_all(
         each_key(
-            lambda member_id: _LIVE_LOTS.where(lots.c.member_id == member_id).group_by(
-                lots.c.member_id, lots.c.expires_at
-            ),
+            lambda member_id: _live_lots(lots.c.member_id == member_id, lateral=True),
             keys="member_ids",
         ),
         each_key(
@@ -302,8 +371,8 @@ _LIVE_LOTS_AND_CASH = KeyedRead(
         ),
     ),
 )
-"""The points wallets' live lots by expiry, then (``cash_balance`` set) the members' cashback
-wallets: one round trip for both."""
+"""The points wallets' first expiry times with their totals, then (``cash_balance`` set) the
+members' cashback wallets: one round trip for both."""
 
 
 def running_balances(
@@ -318,18 +387,22 @@ def running_balances(
     }
     if not running:
         return running
-    params = {"program_id": program_id, "member_ids": sorted(running), "now": now}
+    params = {
+        "program_id": program_id,
+        "member_ids": sorted(running),
+        "now": now,
+        "buckets": EXPIRY_BUCKETS_ANSWERED,
+    }
     cash_wallets = []
     for row in conn.execute(_LIVE_LOTS_AND_CASH.on(conn, running), params).all():
         figures = running[row.member_id]
         if row.cash_balance is not None:
             cash_wallets.append(row)
             continue
-        figures.pending += int(row.pending)
+        figures.pending = int(row.pending)
+        figures.overdue = int(row.overdue)
         if row.expires_at is not None:
             figures.expiring[row.expires_at] = int(row.points)
-            if row.expires_at <= now:
-                figures.overdue += int(row.points)
     for cash in cash_wallets:
         running[cash.member_id].cashback = _cashback_view(
             conn,
@@ -337,6 +410,7 @@ def running_balances(
             balance=cash.cash_balance,
             debt=cash.cash_debt,
             now=now,
+            buckets=EXPIRY_BUCKETS_ANSWERED,
         )
     return running
 
@@ -347,7 +421,7 @@ def get_balance(
     def work(conn: Connection) -> dict[str, Any]:
         load_program(conn, principal, program_id, Scope.READ)
         member = resolve_member(conn, program_id, member_ref)
-        return balance_view(conn, program_id, member.id, now=now)
+        return balance_view(conn, program_id, member.id, now=now, buckets=EXPIRY_BUCKETS_MAX)
 
     # One snapshot: the wallet and the lots are read by separate statements, and a purchase
     # committing between them must not show as a balance from before it with lots from after.
