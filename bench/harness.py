@@ -290,7 +290,9 @@ def seed_set_based(
 
 class StatementTimes:
     """Wall time per SQL statement (by its first words), for every statement an engine sends
-    while active."""
+    through SQLAlchemy while active. Not counted: PostgreSQL's multi-row inserts of
+    ``adapters/db/bulk.insert_rows``, which go to psycopg directly (their time shows in the
+    statement that ends their pipeline, or in none)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
