@@ -4,7 +4,7 @@ transaction runs against the same server in the same run, so the ratio is compar
 noisy machine.
 
     python -m bench.earn_http [--db sqlite|postgresql|both] [--clients 1,8,32] [--seconds 10]
-        [--repeat 3] [--client auto|wrk|python] [--workers 1]
+        [--repeat 3] [--client auto|wrk|python] [--workers 1] [--members 1000]
 
 The load generator is ``wrk`` where it is installed (``apt-get install wrk``; a C client, as
 pgbench is, with the requests written by ``bench/wrk_purchases.lua``), else a Python client (httpx,
@@ -171,7 +171,14 @@ def _pgbench(admin_url: str, clients: int, seconds: int) -> float:
 
 
 def _bench_db(
-    kind: str, clients_list: list[int], seconds: int, repeat: int, *, client: str, workers: int
+    kind: str,
+    clients_list: list[int],
+    seconds: int,
+    repeat: int,
+    *,
+    client: str,
+    workers: int,
+    members: int,
 ) -> None:
     with scratch_database(kind) as url:
         token, program_id = bench_program(url, PROGRAM)
@@ -182,9 +189,11 @@ def _bench_db(
                 for _ in range(repeat):
                     cpu_before = server.cpu_seconds()
                     if client == "wrk":
-                        res = _drive_wrk(port, token, program_id, clients, seconds, 1000)
+                        res = _drive_wrk(port, token, program_id, clients, seconds, members)
                     else:
-                        res = asyncio.run(_drive(port, token, program_id, clients, seconds, 1000))
+                        res = asyncio.run(
+                            _drive(port, token, program_id, clients, seconds, members)
+                        )
                     cpus.append((server.cpu_seconds() - cpu_before) * 1000 / res.events)
                     rates.append(res.rate)
                     p50s.append(res.p50_ms)
@@ -220,6 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=1000,
+        help="customers the purchases go to (fewer: longer histories, more lots per member)",
+    )
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     client = args.client
@@ -232,15 +247,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"earn over HTTP: {args.seconds}s x {args.repeat} runs per setting (median, min, max),"
-        f" {args.workers} uvicorn worker(s), purchases of 3-5 lines, 1,000 members; the load"
-        f" generator, {generator}, runs on the same machine. {GOAL_SQLITE}."
+        f" {args.workers} uvicorn worker(s), purchases of 3-5 lines, {args.members:,} members;"
+        f" the load generator, {generator}, runs on the same machine. {GOAL_SQLITE}."
     )
     if client == "python":
         print("NOTE: wrk not used: the Python client's own cost is part of every figure.")
     print(setting_line(), flush=True)
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     for kind in kinds:
-        _bench_db(kind, clients, args.seconds, args.repeat, client=client, workers=args.workers)
+        _bench_db(
+            kind,
+            clients,
+            args.seconds,
+            args.repeat,
+            client=client,
+            workers=args.workers,
+            members=args.members,
+        )
 
 
 if __name__ == "__main__":
