@@ -45,16 +45,14 @@ def _settings(program_id: str, version: int, document: dict[str, Any]) -> Progra
     return cached
 
 
-_CURRENT = (
-    select(programs.c.tenant_id, programs.c.current_version, program_versions.c.document)
-    .join(
-        program_versions,
-        and_(
-            program_versions.c.program_id == programs.c.id,
-            program_versions.c.version == programs.c.current_version,
-        ),
+_CURRENT = select(programs.c.tenant_id, programs.c.current_version).where(
+    programs.c.id == bindparam("program_id")
+)
+_DOCUMENT = select(program_versions.c.document).where(
+    and_(
+        program_versions.c.program_id == bindparam("program_id"),
+        program_versions.c.version == bindparam("version"),
     )
-    .where(programs.c.id == bindparam("program_id"))
 )
 
 
@@ -62,14 +60,20 @@ def load_program(
     conn: Connection, principal: Principal, program_id: str, scope: Scope
 ) -> ProgramContext:
     """The program's current version, if this key may use it; another tenant's program is
-    reported as absent."""
+    reported as absent. The version's document is read (and parsed) only the first time this
+    process meets that version: every request reads the program's row, not its document."""
     principal.require_program(program_id, scope)
     row = conn.execute(_CURRENT, {"program_id": program_id}).first()
     if row is None or row.tenant_id != principal.tenant_id:
         raise ProgramNotFound(program_id)
-    return ProgramContext(
-        program_id, row.tenant_id, _settings(program_id, row.current_version, row.document)
-    )
+    version = int(row.current_version)
+    settings = _settings_cache.get((program_id, version))
+    if settings is None:
+        document = conn.execute(
+            _DOCUMENT, {"program_id": program_id, "version": version}
+        ).scalar_one()
+        settings = _settings(program_id, version, document)
+    return ProgramContext(program_id, row.tenant_id, settings)
 
 
 def settings_at(conn: Connection, program_id: str, version: int) -> ProgramSettings:
