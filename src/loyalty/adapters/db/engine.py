@@ -8,7 +8,6 @@ emits nothing for ``FOR UPDATE``). PostgreSQL: psycopg 3, READ COMMITTED, row lo
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import weakref
@@ -16,10 +15,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
-import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+
+from loyalty.adapters.json_bytes import json_bytes
 
 T = TypeVar("T")
 
@@ -52,23 +52,10 @@ def normalise_url(url: str) -> str:
     return url
 
 
-# Types orjson would write on its own but the standard library refuses: they stay refused.
-_ORJSON_OPTIONS = (
-    orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
-
-
 def json_text(value: Any) -> str:
-    """The text of a JSON column: written by orjson, a tenth of the standard library's time
-    for the answers kept for idempotency; the standard library takes what orjson refuses
-    (integers beyond 64 bits, keys that aren't strings, subclasses of str and int) and
-    refuses what it always refused."""
-    try:
-        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
-    except TypeError:
-        return json.dumps(value)
+    """The text of a JSON column (``json_bytes``: orjson, a tenth of the standard library's
+    time for the answers kept for idempotency)."""
+    return json_bytes(value).decode()
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:

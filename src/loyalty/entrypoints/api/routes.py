@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from loyalty.adapters.clock import utc_now
+from loyalty.adapters.json_bytes import json_bytes
 from loyalty.application import (
     access,
     balances,
@@ -126,9 +127,17 @@ async def principal_of(
 Auth = Annotated[Principal, Depends(principal_of)]
 
 
+class _Answer(JSONResponse):
+    """An answer written by ``json_bytes`` (orjson): the same JSON as ``JSONResponse`` writes,
+    in a tenth of the time, on the event loop's thread."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
 def respond(outcome: Outcome, response_status: int | None = None) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-    return JSONResponse(
+    return _Answer(
         outcome.body, status_code=response_status or outcome.status_code, headers=headers
     )
 
