@@ -115,7 +115,11 @@ class BalanceOut(_Body):
     available: int
     pending: int
     debt: int
-    expiring: list[ExpiryBucket]
+    expiring: list[ExpiryBucket] = Field(
+        description="Points by expiry time, soonest first: up to 100 groups from "
+        "`GET .../balance`, the soonest 3 in a write's answer (the other figures count "
+        "every lot)."
+    )
     cashback: CashbackBalance | None = None
     """The cashback wallet (null until the member's first cashback)."""
     as_of: str
