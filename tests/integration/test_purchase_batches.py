@@ -380,12 +380,9 @@ def test_an_answer_lists_the_soonest_expiry_times_and_counts_every_lot(engine, p
     principal = _principal(engine)
     document = ProgramDocument.model_validate(DOCUMENT)
     program = create_program(engine, principal, document, now=NOW).body["id"]
-    history = [
-        _purchase(f"m-{days}", {"external_id": "M"}, 10, occurred_at=(NOW - timedelta(days=days)))
-        for days in (45, 44, 43, 42, 3, 2)
-    ]
-    for raw in history:
-        raw["occurred_at"] = raw["occurred_at"].isoformat()
+    for days in (45, 44, 43, 42, 3, 2):
+        at = (NOW - timedelta(days=days)).isoformat()
+        raw = _purchase(f"m-{days}", {"external_id": "M"}, 10, occurred_at=at)
         submit_event(engine, principal, program, PurchaseEvent.model_validate(raw), now=NOW)
     last = PurchaseEvent.model_validate(_purchase("m-0", {"external_id": "M"}, 10))
     if path == "alone":
