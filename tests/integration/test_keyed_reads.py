@@ -20,6 +20,7 @@ from loyalty.application.balances import running_balances
 from loyalty.application.batch_tiers import RunTiers
 from loyalty.application.members import find_members
 from loyalty.application.programs import load_program
+from tests.e2e.test_api_tier_sets import VISITS
 
 AT = datetime(2026, 5, 4, 12, tzinfo=UTC)
 MEMBERS = 150
@@ -31,15 +32,6 @@ TIERS = {
     "levels": [
         {"id": "bronze", "name": "Bronze", "threshold": 0},
         {"id": "silver", "name": "Silver", "threshold": 5_000},
-    ],
-}
-VISITS = {
-    "id": "visits",
-    "metric": "visits",
-    "window": {"type": "rolling_months", "months": 12},
-    "levels": [
-        {"id": "newcomer", "name": "Newcomer", "threshold": 0},
-        {"id": "regular", "name": "Regular", "threshold": 3},
     ],
 }
 
