@@ -66,26 +66,18 @@ def load_program(
     row = conn.execute(_CURRENT, {"program_id": program_id}).first()
     if row is None or row.tenant_id != principal.tenant_id:
         raise ProgramNotFound(program_id)
-    version = int(row.current_version)
-    settings = _settings_cache.get((program_id, version))
-    if settings is None:
-        document = conn.execute(
-            _DOCUMENT, {"program_id": program_id, "version": version}
-        ).scalar_one()
-        settings = _settings(program_id, version, document)
-    return ProgramContext(program_id, row.tenant_id, settings)
+    return ProgramContext(
+        program_id, row.tenant_id, settings_at(conn, program_id, int(row.current_version))
+    )
 
 
 def settings_at(conn: Connection, program_id: str, version: int) -> ProgramSettings:
-    """The settings of one published version (what an old purchase was computed under)."""
-    document = conn.execute(
-        select(program_versions.c.document).where(
-            and_(
-                program_versions.c.program_id == program_id,
-                program_versions.c.version == version,
-            )
-        )
-    ).scalar_one()
+    """The settings of one published version (what an old purchase was computed under); its
+    document is read only if this process has not parsed that version yet."""
+    cached = _settings_cache.get((program_id, version))
+    if cached is not None:
+        return cached
+    document = conn.execute(_DOCUMENT, {"program_id": program_id, "version": version}).scalar_one()
     return _settings(program_id, version, document)
 
 
