@@ -117,3 +117,20 @@ def test_an_error_in_a_pipelined_block_arrives_as_sqlalchemys_and_writes_nothing
         assert _stored(conn, "g") == _stored(conn, "h") == _stored(conn, "i") == []
         # The pooled connection is usable again.
         assert conn.execute(select(events.c.id)).first() is None
+
+
+def test_inserts_in_a_pipelined_block_wait_for_no_answer_before_its_end(engine):
+    """On PostgreSQL the block's inserts are answered together when it ends (one round trip):
+    an insert the database refuses does not stop the Python after it, and the refusal
+    arrives with the block's end. On SQLite a block is plain, and it arrives at once."""
+    first = _rows("j")[:5]
+    clash = _rows("k")[:5]
+    clash[0]["source_id"] = first[0]["source_id"]  # uq_events_source
+    reached_after_the_clash = False
+    with pytest.raises(IntegrityError), engine.begin() as conn, pipelined(conn):
+        insert_rows(conn, events, first)
+        insert_rows(conn, events, clash)
+        reached_after_the_clash = True
+    assert reached_after_the_clash is (engine.dialect.name == "postgresql")
+    with engine.connect() as conn:
+        assert _stored(conn, "j") == _stored(conn, "k") == []

@@ -64,8 +64,13 @@ def pipelined(conn: Connection) -> Iterator[None]:
 @contextmanager
 def _driver_pipeline(conn: Connection) -> Iterator[Any]:
     """psycopg's pipeline on ``conn``'s driver connection (which the block gets), its errors
-    wrapped as SQLAlchemy wraps a statement's."""
+    wrapped as SQLAlchemy wraps a statement's. Inside a pipeline already, the block joins it:
+    psycopg ends a nested pipeline with a Sync and waits for every answer so far, a round trip
+    per block, and the outer pipeline's end raises the block's errors."""
     driver: Any = conn.connection.driver_connection
+    if driver.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+        yield driver
+        return
     try:
         with driver.pipeline():
             yield driver
