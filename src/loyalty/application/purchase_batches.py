@@ -30,8 +30,8 @@ from loyalty.adapters.db.ledger_store import (
     EntryRecord,
     insert_entries,
     insert_lots,
-    move_wallets,
     plan_entries,
+    send_wallet_moves,
 )
 from loyalty.adapters.db.locking import lock_wallets
 from loyalty.adapters.db.tables import events, member_activity, purchase_lines, wallets
@@ -560,9 +560,10 @@ def _write(
     """Each table's rows of the run in one statement, parents before children; events and
     keys in source id order, so two runs sharing an event wait on each other in one order."""
     planned = plan_entries(rows.entries)
-    move_wallets(conn, planned)
-    # Nothing below is read back: on PostgreSQL, one round trip for all of it.
+    # Nothing below is read back but the wallets' row count, checked once the block is
+    # answered: on PostgreSQL, one round trip for all of it.
     with pipelined(conn):
+        moved = send_wallet_moves(conn, planned)
         insert_entries(conn, planned)
         insert_lots(conn, rows.lots, rows.movements)
         if rows.events:
@@ -574,3 +575,4 @@ def _write(
         idempotency.store_many(
             conn, tenant_id=principal.tenant_id, scope=ctx.program_id, now=now, outcomes=rows.keys
         )
+    moved.check()

@@ -80,6 +80,18 @@ def _driver_pipeline(conn: Connection) -> Iterator[Any]:
         ) from exc
 
 
+def execute_raw(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
+    """PostgreSQL only: ``sql`` (with ``$n`` placeholders) through a raw psycopg cursor,
+    prepared once per connection, which is returned. Inside ``pipelined`` it is answered when
+    the block ends (its row count is read after that); elsewhere at once. Errors arrive
+    wrapped as SQLAlchemy wraps a statement's."""
+    assert conn.dialect.name == "postgresql"
+    with _driver_pipeline(conn) as driver:
+        cursor = psycopg.RawCursor(driver)
+        cursor.execute(sql, params, prepare=True)
+    return cursor
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     columns: tuple[str, ...]

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
-from loyalty.adapters.db.bulk import insert_rows
+from loyalty.adapters.db.bulk import execute_raw, insert_rows
 from loyalty.adapters.db.tables import (
     LOT_HAS_POINTS,
     journal_entries,
@@ -134,8 +134,8 @@ def plan_entries(
     debt_asset: str = POINTS,
 ) -> PlannedEntries:
     """Check each entry balances and build ``write_entries``'s rows, for a caller that moves
-    the wallets (``move_wallets``, which reads row counts) apart from inserting the rows
-    (``insert_entries``, which can go in a ``pipelined`` block)."""
+    the wallets (``send_wallet_moves``) apart from inserting the rows (``insert_entries``);
+    both can go in one ``pipelined`` block."""
     entry_rows: list[dict[str, Any]] = []
     legs: list[dict[str, Any]] = []
     wallet_deltas: dict[tuple[str, str], int] = defaultdict(int)
@@ -201,12 +201,59 @@ def plan_entries(
 
 def move_wallets(conn: Connection, planned: PlannedEntries) -> None:
     """Move each wallet of ``planned`` once, and check every one of them was there."""
-    if planned.moves:
-        result = conn.execute(_MOVE_WALLET, planned.moves)
-        if len(planned.moves) == 1 or conn.dialect.supports_sane_multi_rowcount:
-            assert result.rowcount == len(planned.moves), (
-                f"a wallet is missing among {planned.moves}"
-            )
+    send_wallet_moves(conn, planned).check()
+
+
+_PG_MOVE_WALLETS = """
+UPDATE wallets AS w
+SET balance = w.balance + v.balance_change, debt = w.debt + v.debt_change, updated_at = $1
+FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[])
+    AS v(member_id, asset, balance_change, debt_change)
+WHERE w.program_id = $6 AND w.member_id = v.member_id AND w.asset = v.asset
+"""
+"""Every wallet move of one program in one statement (arrays of the same length)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WalletMoves:
+    """Wallet moves sent; ``check`` (once they are answered) that every wallet was there."""
+
+    expected: int
+    counted: Any
+    """What holds the row count: psycopg's cursor (read once it is answered), or the number
+    itself (-1: a driver that can't count the rows of many statements)."""
+
+    def check(self) -> None:
+        rowcount = self.counted if isinstance(self.counted, int) else self.counted.rowcount
+        if rowcount == -1 and isinstance(self.counted, int):
+            return
+        assert rowcount == self.expected, (
+            f"{self.expected - rowcount} of {self.expected} wallets are missing"
+        )
+
+
+def send_wallet_moves(conn: Connection, planned: PlannedEntries) -> WalletMoves:
+    """Move each wallet of ``planned`` once: on PostgreSQL in one statement, which may be sent
+    inside a ``pipelined`` block (call ``check`` after the block); elsewhere one statement
+    per wallet, checked as it goes."""
+    moves = planned.moves
+    if not moves:
+        return WalletMoves(0, 0)
+    if conn.dialect.name == "postgresql":
+        (program_id,) = {move["w_program_id"] for move in moves}
+        (updated_at,) = {move["w_updated_at"] for move in moves}
+        params = [
+            updated_at,
+            [move["w_member_id"] for move in moves],
+            [move["w_asset"] for move in moves],
+            [move["balance_change"] for move in moves],
+            [move["debt_change"] for move in moves],
+            program_id,
+        ]
+        return WalletMoves(len(moves), execute_raw(conn, _PG_MOVE_WALLETS, params))
+    result = conn.execute(_MOVE_WALLET, moves)
+    sane = len(moves) == 1 or conn.dialect.supports_sane_multi_rowcount
+    return WalletMoves(len(moves), result.rowcount if sane else -1)
 
 
 def insert_entries(conn: Connection, planned: PlannedEntries) -> None:
