@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -9,6 +11,7 @@ from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loyalty import __version__
+from loyalty.adapters.db.engine import background_checkpoints
 from loyalty.application.limits import REQUEST_BODY_BYTES_MAX
 from loyalty.bootstrap import Settings, build_engine, build_event_groups
 from loyalty.entrypoints.api import errors
@@ -124,12 +127,19 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     """The application on ``engine`` (else the configured database); ``settings`` default to
     the environment's."""
     settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with background_checkpoints(app.state.engine):
+            yield
+
     app = FastAPI(
         title="Loyalty Engine",
         version=__version__,
         description=DESCRIPTION,
         docs_url="/docs",
         openapi_url="/openapi.json",
+        lifespan=lifespan,
     )
     app.state.engine = engine if engine is not None else build_engine(settings)
     app.state.event_groups = build_event_groups(app.state.engine, settings)

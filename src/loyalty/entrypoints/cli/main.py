@@ -15,6 +15,7 @@ from rich.table import Table
 from sqlalchemy import Engine, select
 
 from loyalty.adapters.clock import utc_now
+from loyalty.adapters.db.engine import background_checkpoints
 from loyalty.adapters.db.schema import current_revision, head_revision, migrate
 from loyalty.adapters.db.tables import programs as programs_table
 from loyalty.application import access, holds, members, tiers
@@ -296,13 +297,16 @@ def events_import(
                     )
         pending.clear()
 
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    ) as progress:
+    with (
+        background_checkpoints(engine),
+        Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+        ) as progress,
+    ):
         task = progress.add_task(f"Importing {file.name}", total=size)
         with file.open("rb") as probe:
             del probe
