@@ -133,11 +133,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def uvicorn_server(url: str, *, workers: int = 1) -> Iterator[Server]:
+def uvicorn_server(url: str, *, workers: int = 1, source: str | None = None) -> Iterator[Server]:
     """``workers`` uvicorn worker processes (default one) serving the shipped application on
-    ``url``."""
+    ``url``; ``source``: another checkout's ``src`` directory, whose code the server runs."""
     port = _free_port()
     env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_POOL_SIZE": "20"}
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [
             sys.executable,
