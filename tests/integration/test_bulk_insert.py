@@ -83,6 +83,41 @@ def test_a_value_too_long_for_its_column_is_refused_as_sqlalchemys_insert_refuse
         assert _stored(conn, "t") == []
 
 
+def test_timestamps_are_stored_as_sqlalchemy_stores_them_to_the_byte(engine):
+    """The same instants in other zones, whole seconds, and one instant repeated: the stored
+    values as the driver returns them (SQLite's text, PostgreSQL's timestamps) are equal."""
+    instants = [
+        datetime(2026, 3, 1, 9, 30, tzinfo=PARIS),
+        datetime(2026, 3, 1, 8, 30, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-11))),
+        datetime(2027, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    ]
+    rows = _rows("z")[: len(instants) * 3]
+    for i, row in enumerate(rows):
+        row["occurred_at"] = instants[i % len(instants)]
+        row["received_at"] = instants[0]
+    with engine.begin() as conn:
+        copies = [{**row, "id": "y" + row["id"][1:], "source_id": "y" + row["id"]} for row in rows]
+        conn.execute(insert(events), copies)
+        insert_rows(conn, events, rows)
+        raw = "SELECT occurred_at, received_at FROM events WHERE substr(id, 1, 1) = '{}'"
+        raw += " ORDER BY id"
+        by_sqlalchemy = conn.exec_driver_sql(raw.format("y")).all()
+        by_insert_rows = conn.exec_driver_sql(raw.format("z")).all()
+    assert by_insert_rows == by_sqlalchemy
+    if engine.dialect.name == "sqlite":
+        assert by_insert_rows[1] == ("2026-03-01 08:30:00.000000", "2026-03-01 08:30:00.000000")
+
+
+def test_a_naive_timestamp_is_refused_and_nothing_written(engine):
+    rows = _rows("n")[:3]
+    rows[2]["occurred_at"] = datetime(2026, 3, 1, 9, 30)  # no zone
+    with pytest.raises(ValueError, match="naive"), engine.begin() as conn:
+        insert_rows(conn, events, rows)
+    with engine.connect() as conn:
+        assert _stored(conn, "n") == []
+
+
 def test_no_rows_is_no_statement(engine):
     with engine.begin() as conn:
         insert_rows(conn, events, [])
