@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from loyalty.adapters.db.engine import background_checkpoints, make_engine
 from loyalty.entrypoints.api.app import create_app
@@ -64,3 +64,16 @@ def test_the_server_checkpoints_while_it_runs(tmp_path):
         assert _grows_past(path, before + 7_000_000, within_s=10)
     assert _checkpointers() == []
     engine.dispose()
+
+
+def test_no_thread_where_there_is_no_file_of_its_own_to_copy(tmp_path, monkeypatch):
+    """In memory, or named by a SQLite URI (whose parameters a plain connection would not
+    read: it would open a file literally named ``file:...``), the block runs alone."""
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite://", "sqlite:///:memory:", f"sqlite:///file:{tmp_path}/u.db?uri=true"):
+        engine = create_engine(url)
+        with background_checkpoints(engine, interval_s=0.01):
+            assert _checkpointers() == []
+            time.sleep(0.05)
+        engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

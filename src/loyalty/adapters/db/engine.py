@@ -125,7 +125,12 @@ def background_checkpoints(
     themselves. sqlite3 lets go of Python's lock while SQLite works, so the copy runs beside
     the requests. Elsewhere (PostgreSQL, an in-memory SQLite) the block runs alone."""
     database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    if (
+        engine.dialect.name != "sqlite"
+        or not database
+        or database == ":memory:"
+        or "uri" in engine.url.query  # a SQLite URI: left to the commits, as without a server
+    ):
         yield
         return
     stop = threading.Event()
