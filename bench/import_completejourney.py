@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from bench.harness import bench_program, scratch_database, setting_line
 from bench.simulate_completejourney import load_events
-from loyalty.adapters.db.engine import make_engine
+from loyalty.adapters.db.engine import background_checkpoints, make_engine
 from loyalty.adapters.db.tables import member_tiers, members, wallets
 from loyalty.application.access import authenticate
 from loyalty.application.audit import audit_ledger
@@ -102,21 +102,22 @@ def run(kind: str, events: Sequence[PurchaseEvent], *, batch: int) -> None:
         settle_heap()  # as the server and `loyalty events import` do
         accepted = points = 0
         started = time.perf_counter()
-        try:
-            for start in range(0, len(events), batch):
-                chunk = list(events[start : start + batch])
-                for item in record_events_batch(
-                    engine, principal, program_id, chunk, now=datetime.now(UTC)
-                ):
-                    if item.accepted:
-                        accepted += 1
-                        points += int(item.body["points_earned"])
-                if start // batch % 20 == 0:
-                    done = start + len(chunk)
-                    rate = done / (time.perf_counter() - started)
-                    print(f"  {kind}: {done:,} events, {rate:,.0f} events/s", flush=True)
-        finally:
-            engine.dispose()
+        with background_checkpoints(engine):  # as `loyalty events import` runs
+            try:
+                for start in range(0, len(events), batch):
+                    chunk = list(events[start : start + batch])
+                    for item in record_events_batch(
+                        engine, principal, program_id, chunk, now=datetime.now(UTC)
+                    ):
+                        if item.accepted:
+                            accepted += 1
+                            points += int(item.body["points_earned"])
+                    if start // batch % 20 == 0:
+                        done = start + len(chunk)
+                        rate = done / (time.perf_counter() - started)
+                        print(f"  {kind}: {done:,} events, {rate:,.0f} events/s", flush=True)
+            finally:
+                engine.dispose()
         elapsed = time.perf_counter() - started
         outcome = _outcome(url, program_id)
         print(
