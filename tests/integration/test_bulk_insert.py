@@ -154,18 +154,38 @@ def test_an_error_in_a_pipelined_block_arrives_as_sqlalchemys_and_writes_nothing
         assert conn.execute(select(events.c.id)).first() is None
 
 
-def test_inserts_in_a_pipelined_block_wait_for_no_answer_before_its_end(engine):
+def test_inserts_in_a_pipelined_block_wait_for_no_answer_before_its_end(engine, monkeypatch):
     """On PostgreSQL the block's inserts are answered together when it ends (one round trip):
-    an insert the database refuses does not stop the Python after it, and the refusal
-    arrives with the block's end. On SQLite a block is plain, and it arrives at once."""
+    none of them asks psycopg for a Sync, the message after which it waits for every answer
+    so far (a nested pipeline asks for one at its start and its end). A refusal still arrives
+    as SQLAlchemy's error and nothing stays written."""
+    syncs: list[int] = []
+    if engine.dialect.name == "postgresql":
+        from psycopg._pipeline_base import BasePipeline
+
+        enqueue_sync = BasePipeline._enqueue_sync
+
+        def counted(pipeline: BasePipeline) -> None:
+            syncs.append(1)
+            enqueue_sync(pipeline)
+
+        monkeypatch.setattr(BasePipeline, "_enqueue_sync", counted)
     first = _rows("j")[:5]
     clash = _rows("k")[:5]
     clash[0]["source_id"] = first[0]["source_id"]  # uq_events_source
-    reached_after_the_clash = False
-    with pytest.raises(IntegrityError), engine.begin() as conn, pipelined(conn):
-        insert_rows(conn, events, first)
-        insert_rows(conn, events, clash)
-        reached_after_the_clash = True
-    assert reached_after_the_clash is (engine.dialect.name == "postgresql")
+    syncs_before_the_end = None
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        # As in a group: its reads came first (psycopg waits for the BEGIN it sends with a
+        # transaction's first statement).
+        conn.execute(select(events.c.id).limit(1)).all()
+        syncs_after_the_reads = len(syncs)
+        with pipelined(conn):
+            insert_rows(conn, events, first)
+            insert_rows(conn, events, _rows("l")[:70])  # 64 + 4 + 1 + 1 rows: four statements
+            syncs_before_the_end = len(syncs) - syncs_after_the_reads
+            insert_rows(conn, events, clash)
+    assert syncs_before_the_end == 0
+    if engine.dialect.name == "postgresql":
+        assert len(syncs) == syncs_after_the_reads + 1  # the block's end
     with engine.connect() as conn:
-        assert _stored(conn, "j") == _stored(conn, "k") == []
+        assert _stored(conn, "j") == _stored(conn, "k") == _stored(conn, "l") == []
