@@ -237,11 +237,12 @@ def order_conditions_hold(
         return False
     if c.stores is not None and (order.store or "") not in c.stores:
         return False
-    local = order.occurred_at.astimezone(zone)
-    if c.days_of_week is not None and local.weekday() not in c.days_of_week:
-        return False
-    if not _in_window(local.time(), c.hours_from, c.hours_until):
-        return False
+    if c.days_of_week is not None or c.hours_from is not None or c.hours_until is not None:
+        local = order.occurred_at.astimezone(zone)  # only when asked: a conversion per rule
+        if c.days_of_week is not None and local.weekday() not in c.days_of_week:
+            return False
+        if not _in_window(local.time(), c.hours_from, c.hours_until):
+            return False
     if c.above_average_percent is not None:
         average = order.member_average_minor
         if average is None or order.base_minor * 100 < average * (100 + c.above_average_percent):
