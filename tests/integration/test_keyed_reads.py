@@ -142,3 +142,44 @@ def test_a_groups_reads_by_key_look_up_only_their_keys(api, numbers):
                     d for d in details if d.startswith("SCAN ") and d.split()[1] in metadata.tables
                 ]
                 assert not scans, (statement, details)
+
+
+def _index_only(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """(relation, node type) of every read of a table in the plan."""
+    found = [(plan["Relation Name"], plan["Node Type"])] if "Relation Name" in plan else []
+    return found + [pair for p in plan.get("Plans", []) for pair in _index_only(p)]
+
+
+def test_a_groups_reads_of_lots_and_activity_need_no_table_row(api):
+    """A member's lots and activity rows lie spread over their tables by when they were made:
+    the group's reads of them (balances, tier metrics) are answered by the index alone."""
+    program = _program_with_history(api)
+    if api.engine.dialect.name == "postgresql":
+        # What autovacuum does to tables that only grow: marks their pages all-visible, which
+        # an index-only read needs to skip the table.
+        with api.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("VACUUM ANALYZE lots, member_activity")
+    with api.engine.begin() as conn:
+        statements = _reads(conn, api, program, [3, 77, 140])
+        checked = 0
+        for statement, parameters in statements:
+            tables = {t for t in ("lots", "member_activity") if f" {t}" in statement}
+            if not tables:
+                continue
+            checked += 1
+            if conn.dialect.name == "postgresql":
+                explained = conn.exec_driver_sql(
+                    f"EXPLAIN (FORMAT JSON) {statement}", parameters
+                ).scalar_one()
+                plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]
+                reads = [r for r in _index_only(plan["Plan"]) if r[0] in tables]
+                assert reads, (statement, plan)
+                assert all(node == "Index Only Scan" for _, node in reads), (statement, reads)
+            else:
+                steps = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                details = [str(row[-1]) for row in steps]
+                reads = [d for d in details if any(f" {t} " in f"{d} " for t in tables)]
+                assert reads, (statement, details)
+                assert all("USING COVERING INDEX" in d for d in reads), (statement, details)
+        assert checked == 4  # lots; spend totals, the rows between, visits

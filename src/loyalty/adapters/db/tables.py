@@ -204,12 +204,17 @@ lots = Table(
     CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_in_range"),
     # Only lots with points left: every read of a member's lots asks for those, and a lot that
     # expiry or a burn empties writes no new entry here (an UPDATE writes one into every index
-    # whose predicate the new row meets).
+    # whose predicate the new row meets). It holds what a write's balance reads of each lot
+    # (asset, remaining, available_at), so that read needs no table row: a member's lots are
+    # spread over the table by when they were earned, one page each (migration 0020).
     Index(
         "ix_lots_member",
         "program_id",
         "member_id",
         "expires_at",
+        "asset",
+        "remaining",
+        "available_at",
         postgresql_where=text("remaining > 0"),
         sqlite_where=text("remaining > 0"),
     ),
@@ -389,7 +394,18 @@ member_activity = Table(
     Column("tier_points", BigInteger, nullable=False),
     Column("purchases", Integer, nullable=False),
     Column("visit_day", String(10), nullable=True),
-    Index("ix_member_activity_member", "program_id", "member_id", "occurred_at"),
+    # With every metric: a tier's metric is a sum over a member's rows in a window, read from
+    # the index alone (migration 0020).
+    Index(
+        "ix_member_activity_member",
+        "program_id",
+        "member_id",
+        "occurred_at",
+        "spend_minor",
+        "tier_points",
+        "purchases",
+        "visit_day",
+    ),
 )
 """Append-only: what each event adds to (a purchase) or takes from (a return) a member's tier
 metrics. Metrics over any window are sums over it; ``visit_day`` is the purchase's local date,
