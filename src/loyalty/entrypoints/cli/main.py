@@ -308,8 +308,6 @@ def events_import(
         ) as progress,
     ):
         task = progress.add_task(f"Importing {file.name}", total=size)
-        with file.open("rb") as probe:
-            del probe
         for row in read_events(file):
             pending.append(row)
             if len(pending) >= batch_size:
