@@ -36,7 +36,7 @@ import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
@@ -130,13 +130,9 @@ def _plan(table: Table, keys: tuple[str, ...], dialect_name: str, dialect: Diale
 
 @functools.lru_cache(maxsize=4_096)
 def _utc_bind(value: datetime | None) -> datetime | None:
-    """``UTCDateTime``'s value for PostgreSQL: the instant in UTC (a naive one refused).
-    Cached by instant: equal instants in any zone give the same UTC value."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetimes are not stored; pass an aware UTC datetime")
-    return value.astimezone(UTC)
+    """``UTCDateTime``'s value for PostgreSQL, cached by instant: equal instants in any zone
+    give the same UTC value."""
+    return None if value is None else UTCDateTime.to_utc(value)
 
 
 @functools.lru_cache(maxsize=4_096)
