@@ -18,8 +18,8 @@ import shutil
 import statistics
 from pathlib import Path
 
-from bench.earn_http import PROGRAM
-from bench.harness import bench_program, run_wrk, scratch_database, setting_line, uvicorn_server
+from bench.earn_http import PROGRAM, drive_wrk
+from bench.harness import bench_program, scratch_database, setting_line, uvicorn_server
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,20 +58,14 @@ def main(argv: list[str] | None = None) -> None:
             for name in order:
                 server, token, program_id = servers[name]
                 cpu_before = server.cpu_seconds()
-                out = run_wrk(
-                    f"http://127.0.0.1:{server.port}/v1/programs/{program_id}/events",
-                    token,
-                    clients=args.clients,
-                    seconds=args.seconds,
-                    members=args.members,
+                run = drive_wrk(
+                    server.port, token, program_id, args.clients, args.seconds, args.members
                 )
-                events = out["requests"] - out["refused"]
-                if out["refused"] or out["socket_errors"]:
-                    refused, errors = out["refused"], out["socket_errors"]
-                    print(f"  {name}: {refused:.0f} refused, {errors:.0f} socket errors")
-                if round_no > 0 and events:
-                    cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / events
-                    results[name].append((events / out["seconds"], cpu_ms, out["p99_us"] / 1000))
+                if run.errors:
+                    print(f"  {name}: {run.errors} non-201 responses or socket errors")
+                if round_no > 0 and run.events:
+                    cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / run.events
+                    results[name].append((run.rate, cpu_ms, run.p99_ms))
     for name, runs in results.items():
         rates = [r[0] for r in runs]
         print(

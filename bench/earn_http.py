@@ -125,7 +125,7 @@ async def _drive(
     )
 
 
-def _drive_wrk(
+def drive_wrk(
     port: int, token: str, program_id: str, clients: int, seconds: float, members: int
 ) -> RunResult:
     """The same purchases sent by ``wrk`` with ``clients`` connections."""
@@ -189,7 +189,7 @@ def _bench_db(
                 for _ in range(repeat):
                     cpu_before = server.cpu_seconds()
                     if client == "wrk":
-                        res = _drive_wrk(port, token, program_id, clients, seconds, members)
+                        res = drive_wrk(port, token, program_id, clients, seconds, members)
                     else:
                         res = asyncio.run(
                             _drive(port, token, program_id, clients, seconds, members)
