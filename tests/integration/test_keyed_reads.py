@@ -109,6 +109,13 @@ def _reads(conn: Connection, api: Any, program: str, numbers: list[int]) -> list
     return seen
 
 
+def _pg_plan(conn: Connection, statement: str, parameters: Any, *, analyze: bool) -> Any:
+    """PostgreSQL's plan of ``statement`` (its top node), run as well with ``analyze``."""
+    options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
+    explained = conn.exec_driver_sql(f"EXPLAIN ({options}) {statement}", parameters).scalar_one()
+    return (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+
+
 def _rows_passed_over(plan: dict[str, Any]) -> int:
     """Rows the plan's nodes read and dropped, and rows of whole-table scans."""
     passed = plan.get("Rows Removed by Filter", 0) + plan.get("Rows Removed by Index Recheck", 0)
@@ -129,11 +136,8 @@ def test_a_groups_reads_by_key_look_up_only_their_keys(api, numbers):
         statements = _reads(conn, api, program, numbers)
         for statement, parameters in statements:
             if conn.dialect.name == "postgresql":
-                explained = conn.exec_driver_sql(
-                    f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters
-                ).scalar_one()
-                plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]
-                assert _rows_passed_over(plan["Plan"]) == 0, (statement, plan)
+                plan = _pg_plan(conn, statement, parameters, analyze=True)
+                assert _rows_passed_over(plan) == 0, (statement, plan)
             else:
                 steps = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
                 details = [str(row[-1]) for row in steps]
@@ -144,10 +148,10 @@ def test_a_groups_reads_by_key_look_up_only_their_keys(api, numbers):
                 assert not scans, (statement, details)
 
 
-def _index_only(plan: dict[str, Any]) -> list[tuple[str, str]]:
+def _table_reads(plan: dict[str, Any]) -> list[tuple[str, str]]:
     """(relation, node type) of every read of a table in the plan."""
     found = [(plan["Relation Name"], plan["Node Type"])] if "Relation Name" in plan else []
-    return found + [pair for p in plan.get("Plans", []) for pair in _index_only(p)]
+    return found + [pair for p in plan.get("Plans", []) for pair in _table_reads(p)]
 
 
 def test_a_groups_reads_of_lots_and_activity_need_no_table_row(api):
@@ -169,11 +173,8 @@ def test_a_groups_reads_of_lots_and_activity_need_no_table_row(api):
                 continue
             checked += 1
             if conn.dialect.name == "postgresql":
-                explained = conn.exec_driver_sql(
-                    f"EXPLAIN (FORMAT JSON) {statement}", parameters
-                ).scalar_one()
-                plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]
-                reads = [r for r in _index_only(plan["Plan"]) if r[0] in tables]
+                plan = _pg_plan(conn, statement, parameters, analyze=False)
+                reads = [r for r in _table_reads(plan) if r[0] in tables]
                 assert reads, (statement, plan)
                 assert all(node == "Index Only Scan" for _, node in reads), (statement, reads)
             else:
