@@ -79,6 +79,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             json_serializer=json_text,
             pool_size=pool_size,
             max_overflow=pool_size,
+            # The connection returned last is taken first. A SQLite connection keeps its page
+            # cache only while no other connection has written since its last transaction:
+            # taken in turn (the default), every write reloaded the pages it touched.
+            pool_use_lifo=True,
         )
         _configure_sqlite(engine)
         return engine
