@@ -88,3 +88,32 @@ def test_a_members_live_lots_are_found_through_the_partial_member_index_by_a_gen
             params = tuple(values[name] for name in compiled.positiontup)
             plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
     assert "ix_lots_member" in " ".join(str(column) for row in plan for column in row)
+
+
+def test_only_reversals_are_indexed_by_the_entry_they_reverse_and_a_lookup_finds_them(engine):
+    # Every earn entry would otherwise add a key of NULL to the index, in each group's commit.
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            definition = conn.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"),
+                {"name": "ix_journal_entries_reverses"},
+            ).scalar_one()
+            conn.exec_driver_sql(
+                "PREPARE reversals AS SELECT id FROM journal_entries WHERE reverses_entry_id = $1"
+            )
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = conn.exec_driver_sql("EXPLAIN EXECUTE reversals('e')").all()
+            conn.exec_driver_sql("DEALLOCATE reversals")
+        else:
+            definition = conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = :name"),
+                {"name": "ix_journal_entries_reverses"},
+            ).scalar_one()
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT id FROM journal_entries WHERE reverses_entry_id = ?",
+                ("e",),
+            ).all()
+    unbracketed = definition.replace("(", "").replace(")", "")
+    assert unbracketed.endswith("WHERE reverses_entry_id IS NOT NULL"), definition
+    assert "ix_journal_entries_reverses" in " ".join(str(column) for row in plan for column in row)

@@ -175,7 +175,13 @@ journal_entries = Table(
     Column("created_at", TS, nullable=False),
     Column("details", JSON, nullable=False),
     Index("ix_journal_entries_member", "program_id", "member_id", "id"),
-    Index("ix_journal_entries_reverses", "reverses_entry_id"),
+    # Only reversals point to another entry; the rest would each add a key of NULL.
+    Index(
+        "ix_journal_entries_reverses",
+        "reverses_entry_id",
+        postgresql_where=text("reverses_entry_id IS NOT NULL"),
+        sqlite_where=text("reverses_entry_id IS NOT NULL"),
+    ),
 )
 
 postings = Table(
