@@ -20,17 +20,15 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy import event
 
 from bench.earn_http import PROGRAM, _purchase
 from bench.harness import bench_program, scratch_database, setting_line
 from loyalty.adapters.db.engine import make_engine
 from loyalty.application.access import authenticate
-from loyalty.application.event_documents import Event
 from loyalty.application.event_groups import record_group
+from loyalty.entrypoints.api.event_route import EVENT
 
-EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 MEMBERS = 1_000
 HISTORY = 3  # purchases per member before the measured groups
 WAL_HEADER = 32
@@ -68,21 +66,18 @@ def run(group: int, groups: int) -> None:
             dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
         principal = authenticate(engine, token)
+
+        def record(purchases: list[dict[str, object]]) -> None:
+            events = [EVENT.validate_python(purchase) for purchase in purchases]
+            record_group(engine, principal, program, events, now=datetime.now(UTC))
+
         for round_ in range(HISTORY):
             for start in range(0, MEMBERS, 50):
-                events = [
-                    EVENT.validate_python(_purchase(rng, f"H{round_}-{n}", n))
-                    for n in range(start, start + 50)
-                ]
-                record_group(engine, principal, program, events, now=datetime.now(UTC))
+                record([_purchase(rng, f"H{round_}-{n}", n) for n in range(start, start + 50)])
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").all()
         for number in range(groups):
-            events = [
-                EVENT.validate_python(_purchase(rng, f"O{number}-{n}", rng.randrange(MEMBERS)))
-                for n in range(group)
-            ]
-            record_group(engine, principal, program, events, now=datetime.now(UTC))
+            record([_purchase(rng, f"O{number}-{n}", rng.randrange(MEMBERS)) for n in range(group)])
         trees = _frames_by_tree(path)  # before the last connection closes and empties the WAL
         engine.dispose()
     total = sum(trees.values())

@@ -8,8 +8,8 @@ emits nothing for ``FOR UPDATE``). PostgreSQL: psycopg 3, READ COMMITTED, row lo
 A SQLite write appends its pages to the WAL at commit; copying the WAL back into the database
 (a checkpoint) is done by the commit that finds the WAL past ``wal_autocheckpoint`` pages, which
 waits for it. A long-running process (the server) runs ``background_checkpoints`` instead: a
-thread of its own copies the WAL every few milliseconds, on the other core, while the writers
-go on. The commit-time threshold stays, higher, as the bound where no such thread runs.
+thread of its own copies the WAL every 25 ms, on the other core, while the writers go on. The
+commit-time threshold stays, higher, as the bound where no such thread runs.
 """
 
 from __future__ import annotations
