@@ -1,16 +1,19 @@
 """On SQLite, the server copies the WAL into the database from a thread of its own, so a
-commit need not: the commits themselves leave the WAL alone up to a far higher bound."""
+commit need not: the commits themselves leave the WAL alone up to a far higher bound. The
+thread also makes SQLite write the WAL from its start again once it is long, which steady
+writes alone never let happen."""
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
-from loyalty.adapters.db.engine import background_checkpoints, make_engine
+from loyalty.adapters.db.engine import background_checkpoints, make_engine, run_transaction
 from loyalty.entrypoints.api.app import create_app
 
 ROWS = 8_000  # 8 MB: past SQLite's default threshold of 1,000 pages (4 MB)
@@ -63,6 +66,42 @@ def test_the_server_checkpoints_while_it_runs(tmp_path):
         assert len(_checkpointers()) == 1
         assert _grows_past(path, before + 7_000_000, within_s=10)
     assert _checkpointers() == []
+    engine.dispose()
+
+
+def _wal_frames_and_restarts(path: Path) -> tuple[int, int]:
+    """The frames the WAL file has room for (it is reused from its start, not shrunk), and how
+    many times it was restarted (the checkpoint sequence number in its header)."""
+    wal = path.with_name(path.name + "-wal")
+    header = wal.read_bytes()[:32]
+    page_size, restarts = struct.unpack(">II", header[8:16])
+    return (wal.stat().st_size - 32) // (24 + page_size), restarts
+
+
+def test_under_steady_writes_the_thread_restarts_the_wal_past_its_bound(tmp_path):
+    path = tmp_path / "restart.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE filler (n INTEGER PRIMARY KEY, data BLOB)"))
+
+    def insert(start: int) -> None:
+        def work(conn: Connection) -> None:
+            conn.execute(
+                text("INSERT INTO filler (n, data) VALUES (:n, randomblob(1000))"),
+                [{"n": n} for n in range(start, start + 4)],
+            )
+
+        run_transaction(engine, work)
+
+    transactions = 3_000  # 3 frames each: about 9,000 if the WAL never restarts
+    with background_checkpoints(engine, interval_s=0.005, restart_pages=100):
+        for number in range(transactions):
+            insert(4 * number)
+    frames, restarts = _wal_frames_and_restarts(path)
+    assert restarts >= 5  # without the restarts: 0, the file 9,125 frames long
+    assert frames < 4_500, f"the WAL grew to {frames} frames"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM filler")).scalar_one() == 4 * transactions
     engine.dispose()
 
 
