@@ -18,8 +18,9 @@ threshold, and the commit that found it there copied what the thread had not yet
 synced both files while its requests waited: at 8 clients one group of purchases in 70 took
 about 30 ms instead of 4, which is what set the p99. So the thread restarts it itself, rarely:
 when it finds the WAL past ``SQLITE_WAL_RESTART_PAGES``, it copies the rest again while this
-process's writers wait their turn (a few milliseconds), and the next write begins on a WAL
-copied to its end. The commit-time threshold sits above that bound, for where no thread runs.
+process's writers wait their turn (mostly the sync of the database file: 2 to 30 ms on a busy
+disk), and the next write begins on a WAL copied to its end. A writer of another process may
+slip in first; the thread then tries again on its next pass.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ SQLITE_CHECKPOINT_INTERVAL_S = 0.025
 _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 SQLITE_WAL_RESTART_PAGES = 20_000
 """Past this many pages in the WAL (about 80 MB), ``background_checkpoints`` makes SQLite write
-it from its start again (the module's notes): at 8 clients, once in about 130 groups."""
+it from its start again (the module's notes): at 8 clients, once in about 150 groups."""
 TRANSACTION_ATTEMPTS_MAX = 8
 
 
