@@ -1,7 +1,7 @@
 """``insert_rows`` stores exactly what SQLAlchemy's own ``insert`` stores, on both databases,
 for thousands of rows at once, and its errors reach
 the caller as SQLAlchemy's (the transaction runner retries on those), in a ``pipelined`` block
-too."""
+too. ``insert_new_rows`` stores the same, skipping the rows whose unique key is taken."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 
-from loyalty.adapters.db.bulk import insert_rows, pipelined
+from loyalty.adapters.db.bulk import insert_new_rows, insert_rows, pipelined
 from loyalty.adapters.db.engine import _is_unique_violation
 from loyalty.adapters.db.tables import events
 
@@ -67,6 +67,30 @@ def test_insert_rows_raises_sqlalchemys_integrity_error_and_writes_nothing(engin
         insert_rows(conn, events, rows)
     with engine.connect() as conn:
         assert _stored(conn, "c") == []
+
+
+def test_insert_new_rows_skips_the_rows_whose_key_is_taken_and_names_the_others(engine):
+    taken = _rows("p")[:30]
+    again = [{**row, "id": "q" + row["id"][1:]} for row in taken]  # the same source ids
+    fresh = _rows("r")[:45]
+    with engine.begin() as conn:
+        insert_rows(conn, events, taken[::3])
+        conn.execute(insert(events), _rows("s")[:45])  # what SQLAlchemy stores for ``fresh``
+    rows = again + fresh  # 75 rows: statements of 64, 4, 4, 1, 1 and 1
+    with engine.begin() as conn:
+        inserted = insert_new_rows(
+            conn, events, rows, unique=("program_id", "type", "source_id"), returning="id"
+        )
+    skipped = {"q" + row["id"][1:] for row in taken[::3]}
+    assert inserted == {row["id"] for row in rows} - skipped
+    assert len(inserted) == 65
+    with engine.connect() as conn:
+        assert _stored(conn, "r") == _stored(conn, "s")
+        assert len(_stored(conn, "q")) == 20
+    with engine.begin() as conn:  # again: every key is taken now
+        key = ("program_id", "type", "source_id")
+        assert insert_new_rows(conn, events, rows, unique=key, returning="id") == set()
+        assert insert_new_rows(conn, events, [], unique=key, returning="id") == set()
 
 
 def test_a_value_too_long_for_its_column_is_refused_as_sqlalchemys_insert_refuses_it(

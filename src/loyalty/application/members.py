@@ -9,10 +9,9 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, true, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 
+from loyalty.adapters.db.bulk import insert_new_rows, insert_rows
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.keyed import KeyedRead, each_key
 from loyalty.adapters.db.tables import members, wallets
@@ -180,11 +179,17 @@ def enroll_members(conn: Connection, rows: list[dict[str, Any]], *, now: datetim
     if not rows:
         return set()
     ordered = sorted(rows, key=lambda row: str(row["external_id"]))
-    inserted = {str(row.id) for row in conn.execute(_insert_new_members(conn), ordered)}
+    inserted = {
+        str(member_id)
+        for member_id in insert_new_rows(
+            conn, members, ordered, unique=("program_id", "external_id"), returning="id"
+        )
+    }
     if not inserted:
         return inserted
-    conn.execute(
-        _INSERT_WALLET,
+    insert_rows(
+        conn,
+        wallets,
         [
             {
                 "program_id": row["program_id"],
@@ -201,18 +206,6 @@ def enroll_members(conn: Connection, rows: list[dict[str, Any]], *, now: datetim
     return inserted
 
 
-def _insert_new_members(conn: Connection) -> Any:
-    """``INSERT ... ON CONFLICT (program_id, external_id) DO NOTHING RETURNING id`` in the
-    connection's dialect (both spell it the same; SQLAlchemy has one construct per dialect)."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return (
-        dialect_insert(members)
-        .on_conflict_do_nothing(index_elements=[members.c.program_id, members.c.external_id])
-        .returning(members.c.id)
-    )
-
-
-_INSERT_WALLET = insert(wallets)
 _OF_PROGRAM = select(members).where(members.c.program_id == bindparam("program_id"))
 _MANY_BY_EXTERNAL_ID = KeyedRead(
     in_list=_OF_PROGRAM.where(members.c.external_id.in_(bindparam("refs", expanding=True))),
