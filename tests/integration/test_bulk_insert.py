@@ -76,7 +76,7 @@ def test_insert_new_rows_skips_the_rows_whose_key_is_taken_and_names_the_others(
     with engine.begin() as conn:
         insert_rows(conn, events, taken[::3])
         conn.execute(insert(events), _rows("s")[:45])  # what SQLAlchemy stores for ``fresh``
-    rows = again + fresh  # 75 rows: statements of 64, 4, 4, 1, 1 and 1
+    rows = again + fresh  # 75 rows: statements of 64 and 11
     with engine.begin() as conn:
         inserted = insert_new_rows(
             conn, events, rows, unique=("program_id", "type", "source_id"), returning="id"

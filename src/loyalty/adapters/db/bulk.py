@@ -51,6 +51,9 @@ ROWS_PER_STATEMENT = (64, 16, 4, 1)
 """The sizes of PostgreSQL's multi-row inserts, largest first (a size whose parameters would
 pass ``PG_PARAMETERS_PER_STATEMENT_MAX`` is skipped)."""
 PG_PARAMETERS_PER_STATEMENT_MAX = 1_000
+NEW_ROWS_PER_STATEMENT_MAX = 64
+"""Rows in one statement of ``insert_new_rows`` (fewer where their parameters would pass
+``PG_PARAMETERS_PER_STATEMENT_MAX``)."""
 
 
 @contextmanager
@@ -180,27 +183,26 @@ def insert_new_rows(
     ON CONFLICT (unique) DO NOTHING RETURNING ...``, which both databases spell the same
     (SQLite 3.35 and later). SQLAlchemy compiles its own construct of that statement for every
     execution (it cannot cache one with ``ON CONFLICT``): about 0.1 ms each, more than the
-    insert. Here the text is built once per table, columns, number of rows (``ROWS_PER_STATEMENT``
-    sizes, so a few texts a table) and dialect, and the values converted as ``insert_rows``
-    converts them; it runs through ``Connection.exec_driver_sql``, so its errors are wrapped and
-    retried as any statement's. On PostgreSQL a row that conflicts with one another transaction
-    is inserting waits for that transaction, as the construct did."""
+    insert. Here the text is built once per table, columns, number of rows (one statement for
+    up to ``NEW_ROWS_PER_STATEMENT_MAX`` rows, so at most that many texts a table) and
+    dialect, and the values converted as ``insert_rows`` converts them; it runs through
+    ``Connection.exec_driver_sql``, so its errors are wrapped and retried as any statement's.
+    On PostgreSQL a row that conflicts with one another transaction is inserting waits for
+    that transaction, as the construct did."""
     if not rows:
         return set()
     dialect = conn.dialect
     plan = _plan(table, tuple(rows[0]), dialect.name, dialect)
     values = _values(plan, rows)
-    width = len(plan.columns)
+    per_statement = max(
+        1, min(NEW_ROWS_PER_STATEMENT_MAX, PG_PARAMETERS_PER_STATEMENT_MAX // len(plan.columns))
+    )
     inserted: set[Any] = set()
-    done = 0
-    for size in ROWS_PER_STATEMENT:
-        if size * width > PG_PARAMETERS_PER_STATEMENT_MAX and size > 1:
-            continue
-        sql = _new_rows_sql(table, plan.columns, size, unique, returning, dialect)
-        while len(values) - done >= size:
-            params = tuple(value for row in values[done : done + size] for value in row)
-            inserted.update(row[0] for row in conn.exec_driver_sql(sql, params))
-            done += size
+    for start in range(0, len(values), per_statement):
+        chunk = values[start : start + per_statement]
+        sql = _new_rows_sql(table, plan.columns, len(chunk), unique, returning, dialect)
+        params = tuple(value for row in chunk for value in row)
+        inserted.update(row[0] for row in conn.exec_driver_sql(sql, params))
     return inserted
 
 
