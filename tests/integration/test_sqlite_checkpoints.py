@@ -105,6 +105,51 @@ def test_under_steady_writes_the_thread_restarts_the_wal_past_its_bound(tmp_path
     engine.dispose()
 
 
+def test_writers_in_threads_lose_nothing_while_the_wal_restarts_under_them(tmp_path):
+    """The thread takes the writers' turn for each restart: writers on four threads queue
+    behind it and go on, none waits forever, every row commits once, and the file is sound."""
+    path = tmp_path / "threads.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE filler (n INTEGER PRIMARY KEY, data BLOB)"))
+    per_thread, threads = 400, 4
+    failures: list[BaseException] = []
+
+    def write(offset: int) -> None:
+        try:
+            for number in range(per_thread):
+                n = offset + 2 * number
+
+                def work(conn: Connection, n: int = n) -> None:
+                    conn.execute(
+                        text("INSERT INTO filler (n, data) VALUES (:n, randomblob(1000))"),
+                        [{"n": n}, {"n": n + 1}],
+                    )
+
+                run_transaction(engine, work)
+        except BaseException as exc:  # reported below, not lost in the thread
+            failures.append(exc)
+
+    with background_checkpoints(engine, interval_s=0.002, restart_pages=50):
+        workers = [
+            threading.Thread(target=write, args=(index * 2 * per_thread,))
+            for index in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert not any(worker.is_alive() for worker in workers), "a writer never finished"
+    assert failures == []
+    _frames, restarts = _wal_frames_and_restarts(path)
+    assert restarts >= 5
+    with engine.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM filler")).scalar_one()
+        assert count == threads * per_thread * 2
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+    engine.dispose()
+
+
 def test_no_thread_where_there_is_no_file_of_its_own_to_copy(tmp_path, monkeypatch):
     """In memory, or named by a SQLite URI (whose parameters a plain connection would not
     read: it would open a file literally named ``file:...``), the block runs alone."""
