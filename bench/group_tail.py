@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from bench.earn_http import PROGRAM, _purchase
 from bench.harness import bench_program, percentile, scratch_database, setting_line
+from bench.wal_pages import WAL_HEADER, wal_header
 from loyalty.adapters.db import engine as db_engine
 from loyalty.adapters.db.engine import background_checkpoints, make_engine
 from loyalty.application.access import authenticate
@@ -53,7 +53,7 @@ def _autocheckpoint_pages(pages: int) -> Iterator[None]:
 
 def _restarts(path: str) -> int:
     with open(f"{path}-wal", "rb") as wal:
-        return int(struct.unpack(">I", wal.read(16)[12:16])[0])
+        return wal_header(wal.read(WAL_HEADER))[1]
 
 
 def run_setting(*, before: bool, group: int, groups: int, gap_s: float) -> str:

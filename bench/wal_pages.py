@@ -26,8 +26,8 @@ from bench.earn_http import PROGRAM, _purchase
 from bench.harness import bench_program, scratch_database, setting_line
 from loyalty.adapters.db.engine import make_engine
 from loyalty.application.access import authenticate
+from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.event_groups import record_group
-from loyalty.entrypoints.api.event_route import EVENT
 
 MEMBERS = 1_000
 HISTORY = 3  # purchases per member before the measured groups
@@ -35,11 +35,18 @@ WAL_HEADER = 32
 FRAME_HEADER = 24
 
 
+def wal_header(data: bytes) -> tuple[int, int]:
+    """The page size and the checkpoint sequence number (how many times the WAL was written
+    from its start again) from the header at the start of a WAL file's ``data``."""
+    page_size, restarts = struct.unpack(">II", data[8:16])
+    return int(page_size), int(restarts)
+
+
 def _frames_by_tree(path: str) -> Counter[str]:
     """Frames in the WAL at ``path``, by the table or index their page belongs to."""
     with open(f"{path}-wal", "rb") as wal:
         data = wal.read()
-    page_size = struct.unpack(">I", data[8:12])[0]
+    page_size, _restarts = wal_header(data)
     pages: Counter[int] = Counter()
     offset = WAL_HEADER
     while offset + FRAME_HEADER + page_size <= len(data):
@@ -68,7 +75,7 @@ def run(group: int, groups: int) -> None:
         principal = authenticate(engine, token)
 
         def record(purchases: list[dict[str, object]]) -> None:
-            events = [EVENT.validate_python(purchase) for purchase in purchases]
+            events = [PurchaseEvent.model_validate(purchase) for purchase in purchases]
             record_group(engine, principal, program, events, now=datetime.now(UTC))
 
         for round_ in range(HISTORY):

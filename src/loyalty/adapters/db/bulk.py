@@ -220,28 +220,30 @@ def _new_rows_sql(
     quote = dialect.identifier_preparer
     mark = "?" if dialect.name == "sqlite" else "%s"
     row = "(" + ", ".join([mark] * len(columns)) + ")"
-    names = ", ".join(quote.quote(name) for name in columns)
     keys = ", ".join(quote.quote(name) for name in unique)
-    # Identifiers of our own tables, quoted; every value is a parameter.
     return (
-        f"INSERT INTO {quote.format_table(table)} ({names}) VALUES "  # noqa: S608
-        f"{', '.join([row] * rows)} ON CONFLICT ({keys}) DO NOTHING "
-        f"RETURNING {quote.quote(returning)}"
+        f"{_insert_into(table, columns, dialect)} VALUES {', '.join([row] * rows)} "
+        f"ON CONFLICT ({keys}) DO NOTHING RETURNING {quote.quote(returning)}"
     )
 
 
 @functools.cache
 def _pg_rows_sql(table: Table, columns: tuple[str, ...], rows: int, dialect: Dialect) -> str:
     """``INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)`` for ``rows`` rows."""
-    quote = dialect.identifier_preparer
     width = len(columns)
     values = ", ".join(
         "(" + ", ".join(f"${row * width + n}" for n in range(1, width + 1)) + ")"
         for row in range(rows)
     )
+    return f"{_insert_into(table, columns, dialect)} VALUES {values}"
+
+
+def _insert_into(table: Table, columns: tuple[str, ...], dialect: Dialect) -> str:
+    """``INSERT INTO t (a, b)``: identifiers of our own tables, quoted; every value the
+    statements add is a parameter."""
+    quote = dialect.identifier_preparer
     names = ", ".join(quote.quote(name) for name in columns)
-    # Identifiers of our own tables, quoted; every value is a parameter.
-    return f"INSERT INTO {quote.format_table(table)} ({names}) VALUES {values}"  # noqa: S608
+    return f"INSERT INTO {quote.format_table(table)} ({names})"
 
 
 def _values(plan: _Plan, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
