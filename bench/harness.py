@@ -38,6 +38,7 @@ from loyalty.adapters.db.schema import migrate
 from loyalty.application import programs
 from loyalty.application.access import Scope, authenticate, create_api_key
 from loyalty.application.program_document import ProgramDocument
+from loyalty.entrypoints.api.http_protocol import PROTOCOL as HTTP_PROTOCOL
 
 PG_ADMIN_URL = os.environ.get(
     "LOYALTY_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -140,6 +141,14 @@ def uvicorn_server(url: str, *, workers: int = 1, source: str | None = None) -> 
     env = {**os.environ, "LOYALTY_DATABASE_URL": url, "LOYALTY_POOL_SIZE": "20"}
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    # The protocol ``loyalty serve`` runs, where the code served has it (an older checkout
+    # compared against runs uvicorn's default).
+    code = Path(source) if source is not None else Path(__file__).parents[1] / "src"
+    protocol = (
+        ["--http", HTTP_PROTOCOL]
+        if (code / "loyalty" / "entrypoints" / "api" / "http_protocol.py").exists()
+        else []
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -153,6 +162,7 @@ def uvicorn_server(url: str, *, workers: int = 1, source: str | None = None) -> 
             "--no-access-log",
             "--workers",
             str(workers),
+            *protocol,
         ],
         env=env,
     )

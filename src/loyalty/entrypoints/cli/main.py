@@ -168,9 +168,16 @@ def serve(
     if database_url:
         os.environ["LOYALTY_DATABASE_URL"] = database_url
 
+    from loyalty.entrypoints.api.http_protocol import PROTOCOL
+
     console.print(f"Serving on http://{host}:{port} (API docs at http://{host}:{port}/docs)")
     uvicorn.run(
-        "loyalty.entrypoints.api.asgi:app", host=host, port=port, workers=workers, log_level="info"
+        "loyalty.entrypoints.api.asgi:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        http=PROTOCOL,
     )
 
 
