@@ -82,5 +82,6 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not ``asyncio.Transport`` subclasses, but have its methods.
-        wrapped: Any = CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        wrapped: Any = CoalescingTransport(transport, loop)  # type: ignore[arg-type]
         super().connection_made(wrapped)
