@@ -3,7 +3,7 @@ database, then expired by the function ``loyalty jobs run expire`` calls, with i
 batch size; then the job runs a second time and must expire nothing.
 
     python -m bench.expiry_scale [--lots 1000000] [--lots-per-member 10] [--batch-size 2000]
-        [--audit | --no-audit] [--bare | --no-bare]
+        [--audit | --no-audit] [--bare | --no-bare] [--ledger-rows | --no-ledger-rows]
 
 The seed is what earning would have written: one member, one wallet per member; per lot one
 ``earn`` journal entry with its two postings (program ``issued`` -> member) and the lot
@@ -22,6 +22,11 @@ copy of the seeded ``lots`` (same rows, indexes, constraints and storage paramet
 emptied by the bare set-based statement, ``UPDATE ... SET remaining = 0 WHERE remaining > 0
 AND expires_at <= now``, in one transaction, and the job's time is printed as a ratio of that
 statement's time. Both start right after a checkpoint.
+
+What a design that wrote no lot would cost is measured too (``--ledger-rows``): the rows the
+ledger needs per member whatever the design (an ``expire`` entry, its two postings, the
+wallet's debit), written from the members' due lots in the job's batches and workers, each
+batch rolled back.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, text
@@ -131,9 +137,14 @@ def _seed(engine: Engine, program_id: str, *, lots: int, per_member: int, t0: da
 _BARE = "lots_bare"
 
 
-def _checkpoint(engine: Engine) -> None:
+def _autocommit(engine: Engine, statement: str) -> None:
+    """A statement that runs outside a transaction (``CHECKPOINT``, ``VACUUM``, DDL)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("CHECKPOINT"))
+        conn.execute(text(statement))
+
+
+def _checkpoint(engine: Engine) -> None:
+    _autocommit(engine, "CHECKPOINT")
 
 
 def _wal_lsn(engine: Engine) -> str:
@@ -195,8 +206,98 @@ def _bare_update(engine: Engine, *, now: datetime) -> float:
         f"{hot:,} HOT updates",
         flush=True,
     )
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f"DROP TABLE {_BARE}"))
+    _autocommit(engine, f"DROP TABLE {_BARE}")
+    return elapsed
+
+
+# The rows the ledger needs per member and nothing per lot: one ``expire`` entry, its two
+# postings and the wallet's debit, from the member's due lots read through ``ix_lots_member``
+# (one lateral lookup per member, as the job's statement does). What expiry would cost if it
+# did not rewrite each lot.
+_LEDGER_ROWS_ONLY = text(
+    """
+    WITH batch AS (
+        SELECT * FROM unnest(CAST(:program_ids AS text[]), CAST(:member_ids AS text[]),
+                             CAST(:entry_ids AS text[]))
+            AS b (program_id, member_id, entry_id)
+    ),
+    totals AS (
+        SELECT b.program_id, b.member_id, b.entry_id, l.points, l.lots_n
+        FROM batch AS b
+        CROSS JOIN LATERAL (
+            SELECT sum(lots.remaining) AS points, count(*) AS lots_n
+            FROM lots
+            WHERE lots.program_id = b.program_id AND lots.member_id = b.member_id
+              AND lots.expires_at <= :now AND lots.remaining > 0
+            OFFSET 0
+        ) AS l
+        WHERE l.lots_n > 0
+    ),
+    entries AS (
+        INSERT INTO journal_entries (id, program_id, member_id, kind, program_version, reason,
+                                     source_type, source_id, created_at, details)
+        SELECT entry_id, program_id, member_id, 'expire', 1, 'points expired', 'expiry',
+               'job', :now, json_build_object('lots', lots_n)
+        FROM totals
+    ),
+    legs AS (
+        INSERT INTO postings (entry_id, leg, program_id, member_id, account, asset, amount)
+        SELECT entry_id, 0, program_id, member_id, 'member:' || member_id || :member_suffix,
+               'PTS', -points FROM totals
+        UNION ALL
+        SELECT entry_id, 1, program_id, NULL, 'program:' || program_id || :expired_suffix,
+               'PTS', points FROM totals
+    ),
+    debited AS (
+        UPDATE wallets SET balance = wallets.balance - t.points, updated_at = :now
+        FROM totals AS t
+        WHERE wallets.program_id = t.program_id AND wallets.member_id = t.member_id
+          AND wallets.asset = 'PTS'
+        RETURNING 1
+    )
+    SELECT coalesce(sum(lots_n), 0) AS lots_n, (SELECT count(*) FROM debited) AS members_n
+    FROM totals
+    """
+)
+
+
+def _ledger_rows_only(
+    engine: Engine, program_id: str, *, now: datetime, members: int, batch_size: int, workers: int
+) -> float:
+    """Time the ledger's per-member rows for every due member, with no write to any lot: the
+    same batches and workers as the job, each batch rolled back (then the three tables are
+    vacuumed, so the job that follows finds them as seeded)."""
+
+    def batch(first: int) -> tuple[int, int]:
+        ids = range(first, min(first + batch_size, members + 1))
+        with engine.connect() as conn, conn.begin() as transaction:
+            row = conn.execute(
+                _LEDGER_ROWS_ONLY,
+                {
+                    "program_ids": [program_id] * len(ids),
+                    "member_ids": [f"mbr_{i:026d}" for i in ids],
+                    "entry_ids": [f"ent_x{i:025d}" for i in ids],
+                    "now": now,
+                    "member_suffix": ":points",
+                    "expired_suffix": ":expired:points",
+                },
+            ).one()
+            transaction.rollback()
+        return int(row.lots_n), int(row.members_n)
+
+    _checkpoint(engine)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(batch, range(1, members + 1, batch_size)))
+    elapsed = time.perf_counter() - started
+    lots_n, members_n = (sum(column) for column in zip(*done, strict=True))
+    print(
+        f"ledger rows only (an entry, two postings and a wallet debit per member; no lot "
+        f"written; rolled back): {lots_n:,} lots of {members_n:,} members in {elapsed:.1f} s "
+        f"({lots_n / elapsed:,.0f} lots/s)",
+        flush=True,
+    )
+    _autocommit(engine, "VACUUM ANALYZE journal_entries, postings, wallets")
     return elapsed
 
 
@@ -242,7 +343,14 @@ def _audit(engine: Engine, label: str) -> None:
 
 
 def run(
-    *, lots: int, per_member: int, batch_size: int, workers: int, audit: bool, bare: bool
+    *,
+    lots: int,
+    per_member: int,
+    batch_size: int,
+    workers: int,
+    audit: bool,
+    bare: bool,
+    ledger_rows: bool,
 ) -> None:
     members = -(-lots // per_member)
     print(
@@ -261,6 +369,18 @@ def run(
             if audit:
                 _audit(engine, "after the seed")
             bare_s = _bare_update(engine, now=now) if bare else None
+            rows_s = (
+                _ledger_rows_only(
+                    engine,
+                    program_id,
+                    now=now,
+                    members=members,
+                    batch_size=batch_size,
+                    workers=workers,
+                )
+                if ledger_rows
+                else None
+            )
             _checkpoint(engine)
             updates_before, hot_before = _lot_updates(engine)
             since = _wal_lsn(engine)
@@ -279,6 +399,12 @@ def run(
             if bare_s is not None:
                 print(
                     f"  job / bare UPDATE: {job_s:.1f} s / {bare_s:.1f} s = {job_s / bare_s:.2f}x",
+                    flush=True,
+                )
+            if rows_s is not None:
+                print(
+                    f"  job / ledger rows only: {job_s:.1f} s / {rows_s:.1f} s = "
+                    f"{job_s / rows_s:.2f}x",
                     flush=True,
                 )
             _run_job(engine, now=now, batch_size=batch_size, workers=workers, label="second run")
@@ -303,6 +429,12 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="time the bare UPDATE on a copy of the lots (the database's own limit)",
     )
+    parser.add_argument(
+        "--ledger-rows",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the per-member ledger rows alone, no lot written (rolled back)",
+    )
     args = parser.parse_args(argv)
     run(
         lots=args.lots,
@@ -311,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         audit=args.audit,
         bare=args.bare,
+        ledger_rows=args.ledger_rows,
     )
 
 
