@@ -38,16 +38,19 @@ class _Recorded:
         return getattr(self._transport, name)
 
 
-class RecordedHttpProtocol(HttpProtocol):
+class _Recording(asyncio.Protocol):
+    """Put before a protocol class: it gets the real transport wrapped in ``_Recorded``."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Recorded(transport))  # type: ignore[arg-type]
 
 
-class RecordedUvicornProtocol(HttpToolsProtocol):
+class RecordedHttpProtocol(_Recording, HttpProtocol):
+    pass
+
+
+class RecordedUvicornProtocol(_Recording, HttpToolsProtocol):
     """uvicorn's own protocol, recorded the same way: what the shipped one is compared with."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_Recorded(transport))  # type: ignore[arg-type]
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
