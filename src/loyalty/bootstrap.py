@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from loyalty.adapters.db.engine import DEFAULT_SQLITE_URL, make_engine, normalise_url
+from loyalty.adapters.db.engine import (
+    DEFAULT_SQLITE_URL,
+    make_engine,
+    normalise_url,
+    nowait_engine,
+)
 from loyalty.application.event_groups import EventGroups
 from loyalty.application.limits import (
     EVENT_GROUP_SIZE_MAX,
@@ -24,12 +29,17 @@ class Settings:
     """Concurrent single purchases of a program recorded together (``event_groups``)."""
     group_wait_ms: float = EVENT_GROUP_WAIT_MS
     """How long a group's leader waits for more purchases to join before writing."""
+    group_commit_on_loop: bool = True
+    """Groups recorded on the event loop's own thread when nothing would make them wait."""
 
     @classmethod
     def from_env(cls) -> Settings:
         group_commit = os.environ.get("LOYALTY_GROUP_COMMIT", "on").strip().lower()
         if group_commit not in _SWITCH:
             raise ValueError(f"LOYALTY_GROUP_COMMIT must be on or off, not {group_commit!r}")
+        on_loop = os.environ.get("LOYALTY_GROUP_COMMIT_ON_LOOP", "on").strip().lower()
+        if on_loop not in _SWITCH:
+            raise ValueError(f"LOYALTY_GROUP_COMMIT_ON_LOOP must be on or off, not {on_loop!r}")
         wait = os.environ.get("LOYALTY_GROUP_COMMIT_WAIT_MS", str(EVENT_GROUP_WAIT_MS))
         try:
             group_wait_ms = float(wait)
@@ -45,6 +55,7 @@ class Settings:
             pool_size=int(os.environ.get("LOYALTY_POOL_SIZE", "10")),
             group_commit=_SWITCH[group_commit],
             group_wait_ms=group_wait_ms,
+            group_commit_on_loop=_SWITCH[on_loop],
         )
 
 
@@ -61,4 +72,9 @@ def build_event_groups(engine: Engine, settings: Settings | None = None) -> Even
     settings = settings or Settings.from_env()
     if not settings.group_commit:
         return None
-    return EventGroups(engine, size_max=EVENT_GROUP_SIZE_MAX, wait_ms=settings.group_wait_ms)
+    return EventGroups(
+        engine,
+        size_max=EVENT_GROUP_SIZE_MAX,
+        wait_ms=settings.group_wait_ms,
+        on_loop=nowait_engine(engine) if settings.group_commit_on_loop else None,
+    )

@@ -11,10 +11,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
-from loyalty.adapters.db.tables import events
+from loyalty.adapters.db.engine import connect, nowait_engine
+from loyalty.adapters.db.tables import events, wallets
+from loyalty.application import event_groups
 from loyalty.application.access import authenticate
 from loyalty.application.audit import audit_ledger
 from loyalty.application.event_documents import PurchaseEvent
@@ -46,10 +49,23 @@ def _purchase(order_id: str, euros: int, member: str = "C1", **fields: Any) -> d
     }
 
 
+@pytest.fixture(params=["on the loop", "in a thread"])
+def on_loop(request: pytest.FixtureRequest) -> bool:
+    """Where the groups of ``_grouping_client`` are recorded: on the event loop's thread (as
+    the server records them where nothing makes them wait) or in a worker thread."""
+    return bool(request.param == "on the loop")
+
+
 @contextmanager
-def _grouping_client(api: Any, record: Any = record_group) -> Iterator[TestClient]:
+def _grouping_client(api: Any, on_loop: bool, record: Any = record_group) -> Iterator[TestClient]:
     app = create_app(api.engine)
-    app.state.event_groups = EventGroups(api.engine, size_max=64, wait_ms=WAIT_MS, record=record)
+    app.state.event_groups = EventGroups(
+        api.engine,
+        size_max=64,
+        wait_ms=WAIT_MS,
+        record=record,
+        on_loop=nowait_engine(api.engine) if on_loop else None,
+    )
     with TestClient(app) as client:
         yield client
 
@@ -122,7 +138,7 @@ def _mix() -> list[dict[str, Any]]:
     ]
 
 
-def test_concurrent_purchases_are_answered_as_they_would_be_one_by_one(api):
+def test_concurrent_purchases_are_answered_as_they_would_be_one_by_one(api, on_loop):
     tiers = {
         "metric": "spend",
         "window": {"type": "calendar_year"},
@@ -141,7 +157,7 @@ def test_concurrent_purchases_are_answered_as_they_would_be_one_by_one(api):
     bodies = _mix()
     # One by one: each purchase in its own transaction.
     one_by_one = [api.request("POST", f"/v1/programs/{alone}/events", json=body) for body in bodies]
-    with _grouping_client(api) as client:
+    with _grouping_client(api, on_loop) as client:
         together = _post_together(client, api.token, f"/v1/programs/{grouped}/events", bodies)
     assert [r.status_code for r in together] == [201, 201, 201, 422, 201, 404, 201]
     # Every accepted purchase was recorded in one transaction, at one moment, and each
@@ -155,7 +171,7 @@ def test_concurrent_purchases_are_answered_as_they_would_be_one_by_one(api):
     assert audit_ledger(api.engine) == []
 
 
-def test_each_purchase_of_a_group_gets_the_body_it_gets_alone(api):
+def test_each_purchase_of_a_group_gets_the_body_it_gets_alone(api, on_loop):
     """Distinct members, so the order within the group can't change any answer: every body
     (balance included) is the one-by-one body."""
     alone = api.create_program(enrollment={"auto_enroll_on_purchase": True})
@@ -165,7 +181,7 @@ def test_each_purchase_of_a_group_gets_the_body_it_gets_alone(api):
     bodies = [_purchase(f"O{n}", 10 * n, f"K{n}") for n in range(1, 7)]
     bodies.append(_purchase("O7", 70, "K7", currency="USD"))
     one_by_one = [api.request("POST", f"/v1/programs/{alone}/events", json=body) for body in bodies]
-    with _grouping_client(api) as client:
+    with _grouping_client(api, on_loop) as client:
         url = f"/v1/programs/{grouped}/events"
         together = _post_together(client, api.token, url, bodies)
         assert len(_received_at(api, grouped)) == 1
@@ -179,10 +195,10 @@ def test_each_purchase_of_a_group_gets_the_body_it_gets_alone(api):
     assert audit_ledger(api.engine) == []
 
 
-def test_the_same_event_twice_in_a_group_is_recorded_once_and_a_changed_one_conflicts(api):
+def test_the_same_event_twice_in_a_group_is_recorded_once_and_a_changed_one_conflicts(api, on_loop):
     program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
     bodies = [_purchase("O1", 10), _purchase("O1", 10), _purchase("O1", 99), _purchase("O2", 5)]
-    with _grouping_client(api) as client:
+    with _grouping_client(api, on_loop) as client:
         answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     statuses = sorted(r.status_code for r in answers[:3])
     assert statuses == [201, 201, 409]
@@ -197,7 +213,9 @@ def test_the_same_event_twice_in_a_group_is_recorded_once_and_a_changed_one_conf
     assert audit_ledger(api.engine) == []
 
 
-def test_a_group_the_database_fails_answers_each_request_503_and_writes_nothing(api, tmp_path):
+def test_a_group_the_database_fails_answers_each_request_503_and_writes_nothing(
+    api, tmp_path, on_loop
+):
     """The group's transaction meets a real database failure (a database that isn't there):
     nothing is written, each request gets the 503 with Retry-After it would get alone, and
     the clients' retries with the same ids are recorded as if nothing had happened."""
@@ -209,14 +227,14 @@ def test_a_group_the_database_fails_answers_each_request_503_and_writes_nothing(
     program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
     bodies = [_purchase(f"O{n}", 10 * n, f"K{n}") for n in range(1, 5)]
     bodies.append(_purchase("O5", 50, "K5", currency="USD"))
-    with _grouping_client(api, record=failing) as client:
+    with _grouping_client(api, on_loop, record=failing) as client:
         answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     assert [r.status_code for r in answers] == [503] * 5
     assert {r.json()["code"] for r in answers} == {"storage_unavailable"}
     assert all(r.headers["Retry-After"] == "1" for r in answers)
     assert _events_of(api, program) == 0
     unreachable.dispose()
-    with _grouping_client(api) as client:
+    with _grouping_client(api, on_loop) as client:
         retried = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     assert [r.status_code for r in retried] == [201, 201, 201, 201, 422]
     assert [r.json()["points_earned"] for r in retried[:4]] == [10, 20, 30, 40]
@@ -225,7 +243,7 @@ def test_a_group_the_database_fails_answers_each_request_503_and_writes_nothing(
     assert audit_ledger(api.engine) == []
 
 
-def test_a_group_that_fails_for_another_reason_is_recorded_one_by_one(api):
+def test_a_group_that_fails_for_another_reason_is_recorded_one_by_one(api, on_loop):
     """A group that fails with anything but a database failure (here, a recorder that
     raises): each request is recorded alone, on the real database, and answered as usual."""
 
@@ -235,7 +253,7 @@ def test_a_group_that_fails_for_another_reason_is_recorded_one_by_one(api):
     program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
     bodies = [_purchase(f"O{n}", 10 * n, f"K{n}") for n in range(1, 5)]
     bodies.append(_purchase("O5", 50, "K5", currency="USD"))
-    with _grouping_client(api, record=broken) as client:
+    with _grouping_client(api, on_loop, record=broken) as client:
         answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     assert [r.status_code for r in answers] == [201, 201, 201, 201, 422]
     assert [r.json()["points_earned"] for r in answers[:4]] == [10, 20, 30, 40]
@@ -246,7 +264,7 @@ def test_a_group_that_fails_for_another_reason_is_recorded_one_by_one(api):
     assert audit_ledger(api.engine) == []
 
 
-def test_returns_and_actions_are_recorded_alone_beside_a_group(api):
+def test_returns_and_actions_are_recorded_alone_beside_a_group(api, on_loop):
     program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
     first = api.request("POST", f"/v1/programs/{program}/events", json=_purchase("O1", 10))
     assert first.status_code == 201
@@ -265,7 +283,7 @@ def test_returns_and_actions_are_recorded_alone_beside_a_group(api):
         "occurred_at": AT,
     }
     bodies = [returned, _purchase("O2", 20, "C2"), action, _purchase("O3", 30, "C3")]
-    with _grouping_client(api) as client:
+    with _grouping_client(api, on_loop) as client:
         answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     assert [r.status_code for r in answers] == [201, 201, 201, 201]
     assert answers[0].json()["points_reversed"] == 5
@@ -276,7 +294,7 @@ def test_returns_and_actions_are_recorded_alone_beside_a_group(api):
     assert audit_ledger(api.engine) == []
 
 
-def test_a_program_whose_purchases_need_more_is_recorded_one_by_one(api):
+def test_a_program_whose_purchases_need_more_is_recorded_one_by_one(api, on_loop):
     """A campaign budget is per-program state the bulk path doesn't carry: such a program's
     purchases are each recorded alone, and the budget is spent exactly as one by one."""
     program = api.create_program(
@@ -293,7 +311,7 @@ def test_a_program_whose_purchases_need_more_is_recorded_one_by_one(api):
         enrollment={"auto_enroll_on_purchase": True},
     )
     bodies = [_purchase(f"O{n}", 10, f"C{n}") for n in range(3)]
-    with _grouping_client(api) as client:
+    with _grouping_client(api, on_loop) as client:
         answers = _post_together(client, api.token, f"/v1/programs/{program}/events", bodies)
     # Released together to be recorded alone, they race: which one gets the rest is open.
     assert sorted(r.json()["points_earned"] for r in answers) == [0, 20, 30]
@@ -320,9 +338,9 @@ def test_purchases_already_on_their_way_join_the_group_about_to_be_recorded(api)
     principal = authenticate(api.engine, api.token)
     sizes: list[int] = []
 
-    def record(engine: Any, principal: Any, program_id: str, group: Any, *, now: Any) -> Any:
+    def record(engine: Any, principal: Any, program_id: str, group: Any, **options: Any) -> Any:
         sizes.append(len(group))
-        return record_group(engine, principal, program_id, group, now=now)
+        return record_group(engine, principal, program_id, group, **options)
 
     groups = EventGroups(api.engine, size_max=64, wait_ms=0, record=record)
     purchases = [PurchaseEvent.model_validate(_purchase(f"O{i}", 10 + i)) for i in range(4)]
@@ -338,3 +356,104 @@ def test_purchases_already_on_their_way_join_the_group_about_to_be_recorded(api)
     outcomes = asyncio.run(together())
     assert sizes == [4]
     assert [o.status_code for o in outcomes] == [201] * 4
+
+
+def test_a_group_that_would_wait_on_the_loop_is_recorded_in_a_thread_while_the_loop_turns(api):
+    """On the event loop's thread a group never waits: when another transaction holds what it
+    needs (on SQLite this process's write turn, on PostgreSQL the member's wallet row), it
+    gives way with nothing written and is recorded in a worker thread, which waits; the loop
+    goes on turning meanwhile."""
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    first = api.request("POST", f"/v1/programs/{program}/events", json=_purchase("O0", 10))
+    assert first.status_code == 201
+    principal = authenticate(api.engine, api.token)
+    calls: list[tuple[bool, bool]] = []
+
+    def record(engine: Any, principal: Any, program_id: str, group: Any, **options: Any) -> Any:
+        on_main = threading.current_thread() is threading.main_thread()
+        calls.append((options.get("nowait", False), on_main))
+        return record_group(engine, principal, program_id, group, **options)
+
+    on_loop = nowait_engine(api.engine)
+    groups = EventGroups(api.engine, size_max=64, wait_ms=0, record=record, on_loop=on_loop)
+    purchases = [PurchaseEvent.model_validate(_purchase(f"O{n}", 10 * n)) for n in range(1, 4)]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        if api.engine.dialect.name == "sqlite":
+            with connect(api.engine, write=True):
+                held.set()
+                release.wait(10)
+        else:
+            with api.engine.begin() as conn:
+                locked = select(wallets.c.balance).where(wallets.c.program_id == program)
+                conn.execute(locked.with_for_update()).all()
+                held.set()
+                release.wait(10)
+
+    async def scenario() -> tuple[int, list[Any]]:
+        holder = threading.Thread(target=hold)
+        holder.start()
+        await asyncio.get_running_loop().run_in_executor(None, held.wait)
+        turns = 0
+
+        async def tick() -> None:
+            nonlocal turns
+            while not release.is_set():
+                turns += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.create_task(tick())
+        submitted = asyncio.gather(
+            *(groups.submit(principal, program, p, now=datetime.now(UTC)) for p in purchases)
+        )
+        await asyncio.sleep(0.3)
+        turns_while_held = turns
+        release.set()
+        outcomes = await submitted
+        await ticker
+        holder.join()
+        return turns_while_held, outcomes
+
+    turns_while_held, outcomes = asyncio.run(scenario())
+    if on_loop is not api.engine:
+        on_loop.dispose()
+    # Tried on the loop's thread without waiting, then recorded in a worker thread.
+    assert calls == [(True, True), (False, False)]
+    assert turns_while_held >= 20  # 60 turns of 5 ms in 0.3 s; a blocked loop makes none
+    assert [o.status_code for o in outcomes] == [201] * 3
+    assert [o.body["points_earned"] for o in outcomes] == [10, 20, 30]
+    assert api.balance(program, "ext:C1")["balance"] == 70
+    assert _events_of(api, program) == 4
+    assert audit_ledger(api.engine) == []
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_the_server_writes_groups_on_its_event_loop_unless_turned_off(api, monkeypatch, setting):
+    """By default a purchase's group is written on the loop's thread, without waiting; with
+    ``LOYALTY_GROUP_COMMIT_ON_LOOP=off`` in a worker thread, where a group of one is recorded
+    alone."""
+    calls: list[tuple[bool, bool]] = []
+
+    def record(engine: Any, principal: Any, program_id: str, group: Any, **options: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_a_loop = True
+        except RuntimeError:
+            on_a_loop = False
+        calls.append((options.get("nowait", False), on_a_loop))
+        return record_group(engine, principal, program_id, group, **options)
+
+    monkeypatch.setattr(event_groups, "record_group", record)
+    monkeypatch.setenv("LOYALTY_GROUP_COMMIT_ON_LOOP", setting)
+    program = api.create_program(enrollment={"auto_enroll_on_purchase": True})
+    with TestClient(create_app(api.engine)) as client:
+        answer = client.post(
+            f"/v1/programs/{program}/events",
+            json=_purchase("O1", 10),
+            headers={"Authorization": f"Bearer {api.token}"},
+        )
+    assert answer.status_code == 201
+    assert answer.json()["points_earned"] == 10
+    assert calls == ([(True, True)] if setting == "on" else [])
+    assert _events_of(api, program) == 1

@@ -33,3 +33,13 @@ def test_the_group_wait_is_read_within_its_bounds(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv("LOYALTY_GROUP_COMMIT_WAIT_MS", wrong)
         with pytest.raises(ValueError, match="LOYALTY_GROUP_COMMIT_WAIT_MS"):
             Settings.from_env()
+
+
+def test_groups_are_written_on_the_loop_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOYALTY_GROUP_COMMIT_ON_LOOP", raising=False)
+    assert Settings.from_env().group_commit_on_loop is True
+    monkeypatch.setenv("LOYALTY_GROUP_COMMIT_ON_LOOP", "off")
+    assert Settings.from_env().group_commit_on_loop is False
+    monkeypatch.setenv("LOYALTY_GROUP_COMMIT_ON_LOOP", "maybe")
+    with pytest.raises(ValueError, match="LOYALTY_GROUP_COMMIT_ON_LOOP"):
+        Settings.from_env()

@@ -4,25 +4,33 @@ sent with one API key, are recorded together in one transaction through the bulk
 The first request to find no group in progress for its program and key starts a leader, a
 task on the event loop that takes what is queued (oldest first, at most
 ``EVENT_GROUP_SIZE_MAX``; optionally after waiting ``EVENT_GROUP_WAIT_MS`` for more to join),
-records it with ``purchase_batches.record_purchases`` in one transaction in a worker thread,
-commits, and only then hands each waiting request its own answer: the outcome it would have
-got alone (the bulk path answers body for body what ``events.record_event`` answers), or the
-domain error that refused it (a refused purchase writes nothing, so the others commit). Then
-it takes the next group, until the queue is empty. Before taking a group it lets the event
-loop turn until a few turns in a row bring no new request (``SETTLE_QUIET_TURNS``), so the
-requests the server is already reading join it. Waiting requests hold no thread, only a
-future on the event loop: with threads, every answer woke a thread, and 32 waiting clients
-held 32 of the server's worker threads.
+records it with ``purchase_batches.record_purchases`` in one transaction, commits, and only
+then hands each waiting request its own answer: the outcome it would have got alone (the
+bulk path answers body for body what ``events.record_event`` answers), or the domain error
+that refused it (a refused purchase writes nothing, so the others commit). Then it takes the
+next group, until the queue is empty. Before taking a group it lets the event loop turn
+until a few turns in a row bring no new request (``SETTLE_QUIET_TURNS``), so the requests
+the server is already reading join it. Waiting requests hold no thread, only a future on the
+event loop: with threads, every answer woke a thread, and 32 waiting clients held 32 of the
+server's worker threads.
 
-A group of one is recorded alone by ``events.submit_event``, still by the leader, so it
-never races the next group for the database. Anything else goes alone, exactly as before: a
-return or an action, a program whose purchases don't take the bulk path, and every request
-of a group that failed for any other reason than a domain error or the database itself, so
-one request can't fail the others. A group the database failed (``StorageUnavailable``: down,
-its sessions ended, contended past the retry budget) wrote nothing, and each of its requests
-gets the ``503`` it would have got alone.
-Nothing is answered before the commit that recorded it; a server killed between the commit
-and the answers leaves events that the client's retry, on the same event id, replays.
+Where a group is written: on the event loop's own thread where the server sets that up
+(``on_loop``, a ``nowait_engine``), so the group's Python and the loop's don't take turns at
+Python's lock; the loop reads no request meanwhile. There the transaction runs ``nowait``:
+whatever would make it wait (a lock, another writer, a slow statement) makes it give way with
+nothing written (``WouldWait``), and the group is written in a worker thread instead, where
+waiting is fine. On the loop even a group of one takes the bulk path, which answers as it
+would alone; in a worker thread a group of one is recorded alone by
+``events.submit_event``, still by the leader, so it never races the next group for the
+database.
+
+Anything else goes alone, exactly as before: a return or an action, a program whose
+purchases don't take the bulk path, and every request of a group that failed for any other
+reason than a domain error or the database itself, so one request can't fail the others. A
+group the database failed (``StorageUnavailable``: down, its sessions ended, contended past
+the retry budget) wrote nothing, and each of its requests gets the ``503`` it would have got
+alone. Nothing is answered before the commit that recorded it; a server killed between the
+commit and the answers leaves events that the client's retry, on the same event id, replays.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from loyalty.adapters.db.engine import StorageUnavailable, run_transaction
+from loyalty.adapters.db.engine import StorageUnavailable, WouldWait, run_transaction
 from loyalty.application import events, purchase_batches
 from loyalty.application.access import Principal, Scope
 from loyalty.application.event_documents import PurchaseEvent
@@ -83,6 +91,7 @@ class GroupRecorder(Protocol):
         group: list[PurchaseEvent],
         *,
         now: datetime,
+        nowait: bool = False,
     ) -> list[_Answer]: ...
 
 
@@ -99,6 +108,7 @@ class EventGroups:
         size_max: int,
         wait_ms: float,
         record: GroupRecorder | None = None,
+        on_loop: Engine | None = None,
     ) -> None:
         assert size_max >= 1
         assert wait_ms >= 0
@@ -110,6 +120,15 @@ class EventGroups:
         """The requests waiting, per program and key; a queue exists while its leader runs."""
         self._leaders: set[asyncio.Task[None]] = set()
         self._threads = ThreadPoolExecutor(GROUP_THREADS_MAX, thread_name_prefix="event-groups")
+        self._on_loop = on_loop
+        """Where groups are recorded on the event loop's own thread (``nowait_engine``); None:
+        in a worker thread."""
+
+    def close(self) -> None:
+        """Close the connections groups were recorded on the loop with, where they are not
+        the engine's own (a later group opens them again)."""
+        if self._on_loop is not None and self._on_loop is not self._engine:
+            self._on_loop.dispose()
 
     async def submit(
         self, principal: Principal, program_id: str, event: AnyEvent, *, now: datetime
@@ -177,9 +196,7 @@ class EventGroups:
                 answers: list[_Answer] = [None] * len(group)
                 failure: Exception | None = None
                 try:
-                    answers = await self._in_thread(
-                        functools.partial(self._record_group, principal, program_id, group)
-                    )
+                    answers = await self._recorded(principal, program_id, group)
                 except StorageUnavailable as exc:
                     # The database failed the transaction (down, sessions ended, contended
                     # past the retry budget): nothing was written, and each request gets the
@@ -205,21 +222,40 @@ class EventGroups:
             queue.clear()
             del self._queues[key]
 
+    async def _recorded(
+        self, principal: Principal, program_id: str, group: list[_Ticket]
+    ) -> list[_Answer]:
+        """The group's answers: recorded on the event loop's thread where that is set up and
+        nothing would make it wait, else in a worker thread."""
+        if self._on_loop is not None:
+            try:
+                return self._bulk(self._on_loop, principal, program_id, group, nowait=True)
+            except WouldWait:
+                pass  # nothing was written: recorded in a thread, where waiting is fine
+        return await self._in_thread(
+            functools.partial(self._record_group, principal, program_id, group)
+        )
+
+    def _bulk(
+        self,
+        engine: Engine,
+        principal: Principal,
+        program_id: str,
+        group: list[_Ticket],
+        *,
+        nowait: bool,
+    ) -> list[_Answer]:
+        events_ = [t.event for t in group]
+        now = max(t.now for t in group)
+        return list(self._record(engine, principal, program_id, events_, now=now, nowait=nowait))
+
     def _record_group(
         self, principal: Principal, program_id: str, group: list[_Ticket]
     ) -> list[_Answer]:
         """In a worker thread: the group through the bulk path, or a group of one alone (a
         domain error is its answer). Raises anything else."""
         if len(group) > 1:
-            return list(
-                self._record(
-                    self._engine,
-                    principal,
-                    program_id,
-                    [t.event for t in group],
-                    now=max(t.now for t in group),
-                )
-            )
+            return self._bulk(self._engine, principal, program_id, group, nowait=False)
         ticket = group[0]
         try:
             return [
@@ -238,11 +274,12 @@ def record_group(
     group: list[PurchaseEvent],
     *,
     now: datetime,
+    nowait: bool = False,
 ) -> list[_Answer]:
     """Record ``group`` in one transaction through the bulk path: one answer per purchase, in
     order, an ``Outcome`` or the ``DomainError`` that refused it. All ``None`` (nothing
     written) if the program's purchases don't take the bulk path or the key can't use it:
-    each is then recorded alone and meets its own error."""
+    each is then recorded alone and meets its own error. ``nowait``: ``run_transaction``."""
 
     def work(conn: Connection) -> list[_Answer]:
         try:
@@ -254,4 +291,4 @@ def record_group(
         recorded = purchase_batches.record_purchases(conn, principal, ctx, group, now=now)
         return list(recorded)
 
-    return run_transaction(engine, work)
+    return run_transaction(engine, work, nowait=nowait)

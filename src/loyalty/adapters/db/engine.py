@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -57,6 +57,18 @@ TRANSACTION_ATTEMPTS_MAX = 8
 class RetryTransaction(Exception):
     """Raised inside a transaction to roll it back and run it again from the start, e.g. after
     losing an idempotency-key race to a request that has since committed."""
+
+
+class WouldWait(Exception):
+    """A transaction run with ``nowait`` would have waited: for this process's SQLite write
+    turn, another process's SQLite write, or a PostgreSQL lock held longer than
+    ``NOWAIT_LOCK_TIMEOUT_MS``. Nothing was written; run it again where waiting is fine."""
+
+
+NOWAIT_LOCK_TIMEOUT_MS = 10
+"""How long a ``nowait`` transaction on PostgreSQL waits for a lock before giving up."""
+NOWAIT_STATEMENT_TIMEOUT_MS = 500
+"""How long one statement of a ``nowait`` transaction on PostgreSQL may run before giving up."""
 
 
 class StorageUnavailable(Exception):
@@ -108,6 +120,30 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_pre_ping=True,
         isolation_level="READ COMMITTED",
         json_serializer=json_text,
+    )
+
+
+def nowait_engine(engine: Engine) -> Engine:
+    """The engine for transactions run with ``nowait`` beside ``engine``. On SQLite, ``engine``
+    itself: its write turn is per engine, and ``connect`` takes it without waiting and turns
+    the busy timeout off. On PostgreSQL, a pool of its own whose sessions give up on a lock
+    after ``NOWAIT_LOCK_TIMEOUT_MS`` and on a statement after ``NOWAIT_STATEMENT_TIMEOUT_MS``
+    (they are set when a session starts: no statement of their own per transaction). The
+    caller disposes of it when it is not ``engine``."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return create_engine(
+        engine.url,
+        pool_size=1,
+        max_overflow=1,
+        pool_pre_ping=True,
+        isolation_level="READ COMMITTED",
+        json_serializer=json_text,
+        connect_args={
+            "options": f"-c lock_timeout={NOWAIT_LOCK_TIMEOUT_MS}"
+            f" -c statement_timeout={NOWAIT_STATEMENT_TIMEOUT_MS}",
+            "connect_timeout": 5,
+        },
     )
 
 
@@ -199,6 +235,10 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return "database is locked" in message or "database table is locked" in message
 
 
+def _is_timed_out(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "57014"  # statement timeout, or cancelled
+
+
 def _is_unavailable(exc: DBAPIError) -> bool:
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         return True
@@ -227,15 +267,49 @@ def _sqlite_writer(engine: Engine) -> threading.RLock:
 
 
 @contextmanager
-def connect(engine: Engine, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
+def _turn_now(lock: threading.RLock) -> Iterator[None]:
+    """``lock``, only if it is free now; else ``WouldWait``."""
+    if not lock.acquire(blocking=False):
+        raise WouldWait("another transaction of this process is writing")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _busy_timeout_off(conn: Connection) -> Iterator[None]:
+    """SQLite answers at once that another process is writing, instead of waiting for it."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        yield
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+
+@contextmanager
+def connect(
+    engine: Engine, *, write: bool, snapshot: bool = False, nowait: bool = False
+) -> Iterator[Connection]:
     """One transaction: committed if the block returns, rolled back if it raises. With
     ``snapshot``, every statement of a read-only transaction sees the same committed state
     (``REPEATABLE READ`` on PostgreSQL, whose ``READ COMMITTED`` gives each statement its
-    own; a SQLite read transaction is one snapshot already)."""
+    own; a SQLite read transaction is one snapshot already). With ``nowait`` (a SQLite write;
+    on PostgreSQL, see ``nowait_engine``), ``WouldWait`` rather than a wait for this process's
+    write turn or another process's write."""
     assert not (write and snapshot), "a snapshot is for reads: writes take locks instead"
     sqlite = engine.dialect.name == "sqlite"
-    turn = _sqlite_writer(engine) if write and sqlite else nullcontext()
-    with turn, engine.connect() as conn:
+    turn: AbstractContextManager[Any] = nullcontext()
+    if write and sqlite:
+        lock = _sqlite_writer(engine)
+        turn = _turn_now(lock) if nowait else lock
+    with (
+        turn,
+        engine.connect() as conn,
+        _busy_timeout_off(conn) if nowait and write and sqlite else nullcontext(),
+    ):
         if snapshot and not sqlite:
             # Set on the driver's connection before BEGIN: no round trip of its own.
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -263,20 +337,25 @@ def run_transaction(
     *,
     write: bool = True,
     snapshot: bool = False,
+    nowait: bool = False,
 ) -> T:
     """Run ``work`` in one transaction, retrying on deadlock, serialization failure or a busy
     SQLite; a database that stays unreachable surfaces as ``StorageUnavailable``.
-    ``snapshot``: see ``connect``."""
+    ``snapshot``: see ``connect``. With ``nowait`` (see ``connect`` and ``nowait_engine``),
+    what would wait (a lock, a busy SQLite, a statement past its time) raises ``WouldWait``
+    at once, with nothing written, and nothing sleeps."""
     delay_s = 0.005
     for attempt in range(1, TRANSACTION_ATTEMPTS_MAX + 1):
         try:
-            with connect(engine, write=write, snapshot=snapshot) as conn:
+            with connect(engine, write=write, snapshot=snapshot, nowait=nowait) as conn:
                 return work(conn)
         except RetryTransaction:
             if attempt < TRANSACTION_ATTEMPTS_MAX:
                 continue
             raise StorageUnavailable("transaction kept conflicting; retry later") from None
         except DBAPIError as exc:
+            if nowait and (_is_retryable(exc) or _is_timed_out(exc)):
+                raise WouldWait(str(exc.orig)) from exc
             if _is_unique_violation(exc):
                 if attempt < TRANSACTION_ATTEMPTS_MAX:
                     continue

@@ -130,8 +130,12 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with background_checkpoints(app.state.engine):
-            yield
+        try:
+            with background_checkpoints(app.state.engine):
+                yield
+        finally:
+            if app.state.event_groups is not None:
+                app.state.event_groups.close()
 
     app = FastAPI(
         title="Loyalty Engine",

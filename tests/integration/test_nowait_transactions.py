@@ -1,0 +1,168 @@
+"""Transactions run with ``nowait`` (how the server records a group on its event loop's
+thread) never wait: whatever would make them wait raises ``WouldWait`` at once, with nothing
+written, and the engine's other transactions wait as before."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+
+from loyalty.adapters.db.engine import (
+    NOWAIT_LOCK_TIMEOUT_MS,
+    SQLITE_BUSY_TIMEOUT_MS,
+    WouldWait,
+    connect,
+    make_engine,
+    nowait_engine,
+    run_transaction,
+)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'nowait.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE probe (n INTEGER PRIMARY KEY, v INTEGER NOT NULL)"))
+        conn.execute(text("INSERT INTO probe VALUES (1, 0)"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_probe(postgres_engine: Engine) -> Iterator[Engine]:
+    with postgres_engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS nowait_probe"))
+        conn.execute(text("CREATE TABLE nowait_probe (n INTEGER PRIMARY KEY, v INTEGER NOT NULL)"))
+        conn.execute(text("INSERT INTO nowait_probe VALUES (1, 0)"))
+    yield postgres_engine
+    with postgres_engine.begin() as conn:
+        conn.execute(text("DROP TABLE nowait_probe"))
+
+
+def _bump(table: str, ran: list[int]):  # type: ignore[no-untyped-def]
+    def work(conn: Connection) -> None:
+        ran.append(1)
+        conn.execute(text(f"UPDATE {table} SET v = v + 1 WHERE n = 1"))
+
+    return work
+
+
+def _value(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT v FROM {table} WHERE n = 1")).scalar_one())
+
+
+def test_sqlite_another_process_writing_makes_it_give_way_at_once(sqlite_engine, tmp_path):
+    other = sqlite3.connect(tmp_path / "nowait.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    ran: list[int] = []
+    started = time.monotonic()
+    with pytest.raises(WouldWait):
+        run_transaction(sqlite_engine, _bump("probe", ran), nowait=True)
+    waited_s = time.monotonic() - started
+    other.execute("ROLLBACK")
+    other.close()
+    assert ran == []  # it gave way at BEGIN, before any work
+    assert waited_s < SQLITE_BUSY_TIMEOUT_MS / 1000 / 2  # not the busy timeout's wait
+    # The connection it ran on waits again as usual for later transactions.
+    with connect(sqlite_engine, write=True) as conn:
+        timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+    assert timeout == SQLITE_BUSY_TIMEOUT_MS
+    run_transaction(sqlite_engine, _bump("probe", ran), nowait=True)
+    assert _value(sqlite_engine, "probe") == 1
+
+
+def test_sqlite_this_processs_write_turn_taken_makes_it_give_way(sqlite_engine):
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with connect(sqlite_engine, write=True):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(10)
+    ran: list[int] = []
+    with pytest.raises(WouldWait):
+        run_transaction(sqlite_engine, _bump("probe", ran), nowait=True)
+    assert ran == []
+    # Without nowait, the same transaction waits for the turn and is written.
+    waiting = threading.Thread(target=run_transaction, args=(sqlite_engine, _bump("probe", ran)))
+    waiting.start()
+    time.sleep(0.1)
+    assert ran == []  # still waiting for the turn
+    release.set()
+    waiting.join(10)
+    thread.join(10)
+    assert ran == [1]
+    assert _value(sqlite_engine, "probe") == 1
+
+
+def test_sqlite_runs_nowait_on_the_engine_itself(sqlite_engine):
+    """One write turn per engine: a second engine on the same file would meet the first in
+    SQLite's busy handler instead."""
+    assert nowait_engine(sqlite_engine) is sqlite_engine
+
+
+@pytest.mark.postgresql
+def test_postgresql_a_lock_held_makes_it_give_way_with_nothing_written(pg_probe):
+    nowait = nowait_engine(pg_probe)
+    held, release = threading.Event(), threading.Event()
+
+    def locker() -> None:
+        with pg_probe.begin() as conn:
+            conn.execute(text("SELECT v FROM nowait_probe WHERE n = 1 FOR UPDATE")).all()
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=locker)
+    thread.start()
+    held.wait(10)
+    ran: list[int] = []
+    try:
+        started = time.monotonic()
+        with pytest.raises(WouldWait):
+            run_transaction(nowait, _bump("nowait_probe", ran), nowait=True)
+        waited_s = time.monotonic() - started
+        assert ran == [1]  # it ran up to the lock, and gave way there
+        assert waited_s < 1  # the lock timeout, not the holder's ten seconds
+        assert waited_s >= NOWAIT_LOCK_TIMEOUT_MS / 1000
+        # The engine's own transactions wait for the lock as before, and are written.
+        waiting = threading.Thread(
+            target=run_transaction, args=(pg_probe, _bump("nowait_probe", ran))
+        )
+        waiting.start()
+        time.sleep(0.2)
+        assert ran == [1, 1]
+        assert _value(pg_probe, "nowait_probe") == 0  # the waiting one has not committed
+    finally:
+        release.set()
+        thread.join(10)
+    waiting.join(10)
+    assert _value(pg_probe, "nowait_probe") == 1  # only the one that waited was written
+    run_transaction(nowait, _bump("nowait_probe", ran), nowait=True)
+    assert _value(pg_probe, "nowait_probe") == 2
+    nowait.dispose()
+
+
+@pytest.mark.postgresql
+def test_postgresql_a_statement_past_its_time_makes_it_give_way(pg_probe):
+    nowait = nowait_engine(pg_probe)
+
+    def slow(conn: Connection) -> None:
+        conn.execute(text("UPDATE nowait_probe SET v = v + 1 WHERE n = 1"))
+        conn.execute(text("SELECT pg_sleep(2)"))
+
+    with pytest.raises(WouldWait):
+        run_transaction(nowait, slow, nowait=True)
+    assert _value(pg_probe, "nowait_probe") == 0
+    # The engine's own sessions have no such limit.
+    run_transaction(pg_probe, lambda conn: conn.execute(text("SELECT pg_sleep(0.6)")).all())
+    nowait.dispose()
