@@ -61,8 +61,10 @@ class RetryTransaction(Exception):
 
 class WouldWait(Exception):
     """A transaction run with ``nowait`` would have waited: for this process's SQLite write
-    turn, another process's SQLite write, or a PostgreSQL lock held longer than
-    ``NOWAIT_LOCK_TIMEOUT_MS``. Nothing was written; run it again where waiting is fine."""
+    turn, for another process's SQLite write, for a PostgreSQL lock held longer than
+    ``NOWAIT_LOCK_TIMEOUT_MS``, or for a statement running past
+    ``NOWAIT_STATEMENT_TIMEOUT_MS``. It was rolled back, so nothing was written; run it again
+    where waiting is fine."""
 
 
 NOWAIT_LOCK_TIMEOUT_MS = 10
