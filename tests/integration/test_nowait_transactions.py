@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from loyalty.adapters.db.engine import (
     NOWAIT_LOCK_TIMEOUT_MS,
@@ -62,20 +62,22 @@ def test_sqlite_another_process_writing_makes_it_give_way_at_once(sqlite_engine,
     other = sqlite3.connect(tmp_path / "nowait.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process's write transaction
     ran: list[int] = []
+    nowait = nowait_engine(sqlite_engine)
     started = time.monotonic()
-    with pytest.raises(WouldWait):
-        run_transaction(sqlite_engine, _bump("probe", ran), nowait=True)
+    with pytest.raises(WouldWait, match="locked"):
+        run_transaction(nowait, _bump("probe", ran), nowait=True)
     waited_s = time.monotonic() - started
     other.execute("ROLLBACK")
     other.close()
     assert ran == []  # it gave way at BEGIN, before any work
     assert waited_s < SQLITE_BUSY_TIMEOUT_MS / 1000 / 2  # not the busy timeout's wait
     # The connection it ran on waits again as usual for later transactions.
-    with connect(sqlite_engine, write=True) as conn:
+    with connect(nowait, write=True) as conn:
         timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
     assert timeout == SQLITE_BUSY_TIMEOUT_MS
-    run_transaction(sqlite_engine, _bump("probe", ran), nowait=True)
+    run_transaction(nowait, _bump("probe", ran), nowait=True)
     assert _value(sqlite_engine, "probe") == 1
+    nowait.dispose()
 
 
 def test_sqlite_this_processs_write_turn_taken_makes_it_give_way(sqlite_engine):
@@ -90,8 +92,10 @@ def test_sqlite_this_processs_write_turn_taken_makes_it_give_way(sqlite_engine):
     thread.start()
     held.wait(10)
     ran: list[int] = []
-    with pytest.raises(WouldWait):
-        run_transaction(sqlite_engine, _bump("probe", ran), nowait=True)
+    nowait = nowait_engine(sqlite_engine)
+    with pytest.raises(WouldWait, match="another transaction of this process is writing"):
+        run_transaction(nowait, _bump("probe", ran), nowait=True)
+    nowait.dispose()
     assert ran == []
     # Without nowait, the same transaction waits for the turn and is written.
     waiting = threading.Thread(target=run_transaction, args=(sqlite_engine, _bump("probe", ran)))
@@ -105,10 +109,30 @@ def test_sqlite_this_processs_write_turn_taken_makes_it_give_way(sqlite_engine):
     assert _value(sqlite_engine, "probe") == 1
 
 
-def test_sqlite_runs_nowait_on_the_engine_itself(sqlite_engine):
-    """One write turn per engine: a second engine on the same file would meet the first in
-    SQLite's busy handler instead."""
-    assert nowait_engine(sqlite_engine) is sqlite_engine
+def test_sqlite_nowait_has_connections_of_its_own_and_shares_the_write_turn(sqlite_engine):
+    """Its own pool, so it never waits for a connection the engine's threads hold; the same
+    write turn, so it and the engine's writers never meet in SQLite's busy handler."""
+    nowait = nowait_engine(sqlite_engine)
+    assert nowait is not sqlite_engine
+    ran: list[int] = []
+    # Taken by nowait: the engine's writer waits for it, then writes.
+    waiting = threading.Thread(target=run_transaction, args=(sqlite_engine, _bump("probe", ran)))
+    with connect(nowait, write=True, nowait=True) as conn:
+        conn.execute(text("UPDATE probe SET v = v + 10 WHERE n = 1"))
+        waiting.start()
+        time.sleep(0.1)
+        assert ran == []  # waiting for the turn, not failing
+    waiting.join(10)
+    assert ran == [1]
+    assert _value(sqlite_engine, "probe") == 11
+    nowait.dispose()
+
+
+def test_an_in_memory_sqlite_runs_nowait_on_the_engine_itself():
+    """A second pool on ``sqlite://`` would open another, empty database."""
+    engine = create_engine("sqlite://")
+    assert nowait_engine(engine) is engine
+    engine.dispose()
 
 
 @pytest.mark.postgresql

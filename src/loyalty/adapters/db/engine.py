@@ -126,12 +126,22 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 
 
 def nowait_engine(engine: Engine) -> Engine:
-    """The engine for transactions run with ``nowait`` beside ``engine``. On SQLite, ``engine``
-    itself: its write turn is per engine, and ``connect`` takes it without waiting and turns
-    the busy timeout off. On PostgreSQL, a pool of its own whose sessions give up on a lock
-    after ``NOWAIT_LOCK_TIMEOUT_MS`` and on a statement after ``NOWAIT_STATEMENT_TIMEOUT_MS``
-    (they are set when a session starts: no statement of their own per transaction). The
-    caller disposes of it when it is not ``engine``."""
+    """The engine for transactions run with ``nowait`` beside ``engine``: a pool of its own, so
+    it never waits for a connection the engine's threads hold. On SQLite, one connection that
+    shares ``engine``'s write turn (``connect`` takes the turn without waiting and turns the
+    busy timeout off; an in-memory database is ``engine`` itself, as a second pool would open
+    another database). On PostgreSQL, sessions that give up on a lock after
+    ``NOWAIT_LOCK_TIMEOUT_MS`` and on a statement after ``NOWAIT_STATEMENT_TIMEOUT_MS`` (set
+    when a session starts: no statement of their own per transaction). The caller disposes of
+    it when it is not ``engine``."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:" or "uri" in engine.url.query:
+            return engine
+        nowait = make_engine(engine.url.render_as_string(hide_password=False), pool_size=1)
+        with _sqlite_writers_guard:
+            _sqlite_writers[nowait] = _sqlite_writer_locked(engine)
+        return nowait
     if engine.dialect.name != "postgresql":
         return engine
     return create_engine(
@@ -262,10 +272,15 @@ def _sqlite_writer(engine: Engine) -> threading.RLock:
     writer starts the moment the last one commits. Other processes on the same file still meet
     the busy handler, as before."""
     with _sqlite_writers_guard:
-        lock = _sqlite_writers.get(engine)
-        if lock is None:
-            lock = _sqlite_writers[engine] = threading.RLock()
-        return lock
+        return _sqlite_writer_locked(engine)
+
+
+def _sqlite_writer_locked(engine: Engine) -> threading.RLock:
+    """``_sqlite_writer``, for a caller holding ``_sqlite_writers_guard``."""
+    lock = _sqlite_writers.get(engine)
+    if lock is None:
+        lock = _sqlite_writers[engine] = threading.RLock()
+    return lock
 
 
 @contextmanager
