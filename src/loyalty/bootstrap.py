@@ -34,12 +34,6 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        group_commit = os.environ.get("LOYALTY_GROUP_COMMIT", "on").strip().lower()
-        if group_commit not in _SWITCH:
-            raise ValueError(f"LOYALTY_GROUP_COMMIT must be on or off, not {group_commit!r}")
-        on_loop = os.environ.get("LOYALTY_GROUP_COMMIT_ON_LOOP", "on").strip().lower()
-        if on_loop not in _SWITCH:
-            raise ValueError(f"LOYALTY_GROUP_COMMIT_ON_LOOP must be on or off, not {on_loop!r}")
         wait = os.environ.get("LOYALTY_GROUP_COMMIT_WAIT_MS", str(EVENT_GROUP_WAIT_MS))
         try:
             group_wait_ms = float(wait)
@@ -53,13 +47,21 @@ class Settings:
         return cls(
             database_url=normalise_url(os.environ.get("LOYALTY_DATABASE_URL", DEFAULT_SQLITE_URL)),
             pool_size=int(os.environ.get("LOYALTY_POOL_SIZE", "10")),
-            group_commit=_SWITCH[group_commit],
+            group_commit=_switch("LOYALTY_GROUP_COMMIT"),
             group_wait_ms=group_wait_ms,
-            group_commit_on_loop=_SWITCH[on_loop],
+            group_commit_on_loop=_switch("LOYALTY_GROUP_COMMIT_ON_LOOP"),
         )
 
 
 _SWITCH = {"on": True, "off": False, "1": True, "0": False, "true": True, "false": False}
+
+
+def _switch(variable: str) -> bool:
+    """An on/off setting, on unless the environment says otherwise."""
+    value = os.environ.get(variable, "on").strip().lower()
+    if value not in _SWITCH:
+        raise ValueError(f"{variable} must be on or off, not {value!r}")
+    return _SWITCH[value]
 
 
 def build_engine(settings: Settings | None = None) -> Engine:

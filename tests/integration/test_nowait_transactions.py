@@ -7,8 +7,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -43,6 +45,33 @@ def pg_probe(postgres_engine: Engine) -> Iterator[Engine]:
     yield postgres_engine
     with postgres_engine.begin() as conn:
         conn.execute(text("DROP TABLE nowait_probe"))
+
+
+@contextmanager
+def _held_by_another_thread(hold: Callable[[], AbstractContextManager[Any]]) -> Iterator[None]:
+    """While the block runs, another thread holds what ``hold()`` takes."""
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with hold():
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(10)
+
+
+@contextmanager
+def _row_locked(engine: Engine) -> Iterator[None]:
+    with engine.begin() as conn:
+        conn.execute(text("SELECT v FROM nowait_probe WHERE n = 1 FOR UPDATE")).all()
+        yield
 
 
 def _bump(table: str, ran: list[int]):  # type: ignore[no-untyped-def]
@@ -81,30 +110,21 @@ def test_sqlite_another_process_writing_makes_it_give_way_at_once(sqlite_engine,
 
 
 def test_sqlite_this_processs_write_turn_taken_makes_it_give_way(sqlite_engine):
-    held, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with connect(sqlite_engine, write=True):
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    held.wait(10)
     ran: list[int] = []
-    nowait = nowait_engine(sqlite_engine)
-    with pytest.raises(WouldWait, match="another transaction of this process is writing"):
-        run_transaction(nowait, _bump("probe", ran), nowait=True)
-    nowait.dispose()
-    assert ran == []
-    # Without nowait, the same transaction waits for the turn and is written.
-    waiting = threading.Thread(target=run_transaction, args=(sqlite_engine, _bump("probe", ran)))
-    waiting.start()
-    time.sleep(0.1)
-    assert ran == []  # still waiting for the turn
-    release.set()
+    with _held_by_another_thread(lambda: connect(sqlite_engine, write=True)):
+        nowait = nowait_engine(sqlite_engine)
+        with pytest.raises(WouldWait, match="another transaction of this process is writing"):
+            run_transaction(nowait, _bump("probe", ran), nowait=True)
+        nowait.dispose()
+        assert ran == []
+        # Without nowait, the same transaction waits for the turn and is written.
+        waiting = threading.Thread(
+            target=run_transaction, args=(sqlite_engine, _bump("probe", ran))
+        )
+        waiting.start()
+        time.sleep(0.1)
+        assert ran == []  # still waiting for the turn
     waiting.join(10)
-    thread.join(10)
     assert ran == [1]
     assert _value(sqlite_engine, "probe") == 1
 
@@ -138,19 +158,8 @@ def test_an_in_memory_sqlite_runs_nowait_on_the_engine_itself():
 @pytest.mark.postgresql
 def test_postgresql_a_lock_held_makes_it_give_way_with_nothing_written(pg_probe):
     nowait = nowait_engine(pg_probe)
-    held, release = threading.Event(), threading.Event()
-
-    def locker() -> None:
-        with pg_probe.begin() as conn:
-            conn.execute(text("SELECT v FROM nowait_probe WHERE n = 1 FOR UPDATE")).all()
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=locker)
-    thread.start()
-    held.wait(10)
     ran: list[int] = []
-    try:
+    with _held_by_another_thread(lambda: _row_locked(pg_probe)):
         started = time.monotonic()
         with pytest.raises(WouldWait):
             run_transaction(nowait, _bump("nowait_probe", ran), nowait=True)
@@ -166,9 +175,6 @@ def test_postgresql_a_lock_held_makes_it_give_way_with_nothing_written(pg_probe)
         time.sleep(0.2)
         assert ran == [1, 1]
         assert _value(pg_probe, "nowait_probe") == 0  # the waiting one has not committed
-    finally:
-        release.set()
-        thread.join(10)
     waiting.join(10)
     assert _value(pg_probe, "nowait_probe") == 1  # only the one that waited was written
     run_transaction(nowait, _bump("nowait_probe", ran), nowait=True)

@@ -7,20 +7,30 @@ import pytest
 from loyalty.bootstrap import Settings
 
 
-def test_group_commit_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LOYALTY_GROUP_COMMIT", raising=False)
-    assert Settings.from_env().group_commit is True
-    monkeypatch.setenv("LOYALTY_GROUP_COMMIT", "off")
-    assert Settings.from_env().group_commit is False
-    monkeypatch.setenv("LOYALTY_GROUP_COMMIT", " ON ")
-    assert Settings.from_env().group_commit is True
-
-
-def test_a_group_commit_setting_that_is_neither_on_nor_off_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [
+        ("LOYALTY_GROUP_COMMIT", "group_commit"),
+        ("LOYALTY_GROUP_COMMIT_ON_LOOP", "group_commit_on_loop"),
+    ],
+)
+def test_a_switch_is_on_unless_turned_off(
+    monkeypatch: pytest.MonkeyPatch, variable: str, setting: str
 ) -> None:
-    monkeypatch.setenv("LOYALTY_GROUP_COMMIT", "sometimes")
-    with pytest.raises(ValueError, match="LOYALTY_GROUP_COMMIT"):
+    monkeypatch.delenv(variable, raising=False)
+    assert getattr(Settings.from_env(), setting) is True
+    monkeypatch.setenv(variable, "off")
+    assert getattr(Settings.from_env(), setting) is False
+    monkeypatch.setenv(variable, " ON ")
+    assert getattr(Settings.from_env(), setting) is True
+
+
+@pytest.mark.parametrize("variable", ["LOYALTY_GROUP_COMMIT", "LOYALTY_GROUP_COMMIT_ON_LOOP"])
+def test_a_switch_that_is_neither_on_nor_off_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "sometimes")
+    with pytest.raises(ValueError, match=variable):
         Settings.from_env()
 
 
@@ -33,13 +43,3 @@ def test_the_group_wait_is_read_within_its_bounds(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv("LOYALTY_GROUP_COMMIT_WAIT_MS", wrong)
         with pytest.raises(ValueError, match="LOYALTY_GROUP_COMMIT_WAIT_MS"):
             Settings.from_env()
-
-
-def test_groups_are_written_on_the_loop_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LOYALTY_GROUP_COMMIT_ON_LOOP", raising=False)
-    assert Settings.from_env().group_commit_on_loop is True
-    monkeypatch.setenv("LOYALTY_GROUP_COMMIT_ON_LOOP", "off")
-    assert Settings.from_env().group_commit_on_loop is False
-    monkeypatch.setenv("LOYALTY_GROUP_COMMIT_ON_LOOP", "maybe")
-    with pytest.raises(ValueError, match="LOYALTY_GROUP_COMMIT_ON_LOOP"):
-        Settings.from_env()

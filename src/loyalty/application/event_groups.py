@@ -245,9 +245,9 @@ class EventGroups:
         *,
         nowait: bool,
     ) -> list[_Answer]:
-        events_ = [t.event for t in group]
+        purchases = [t.event for t in group]
         now = max(t.now for t in group)
-        return list(self._record(engine, principal, program_id, events_, now=now, nowait=nowait))
+        return list(self._record(engine, principal, program_id, purchases, now=now, nowait=nowait))
 
     def _record_group(
         self, principal: Principal, program_id: str, group: list[_Ticket]

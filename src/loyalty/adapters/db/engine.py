@@ -98,7 +98,10 @@ def json_text(value: Any) -> str:
     return json_bytes(value).decode()
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 10, pg_connect_args: dict[str, Any] | None = None
+) -> Engine:
+    """``pg_connect_args``: what a PostgreSQL session is opened with (psycopg's arguments)."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -122,6 +125,18 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_pre_ping=True,
         isolation_level="READ COMMITTED",
         json_serializer=json_text,
+        connect_args=pg_connect_args or {},
+    )
+
+
+def _sqlite_file(engine: Engine) -> bool:
+    """A SQLite database in a file of its own: not in memory, not a SQLite URI."""
+    database = engine.url.database
+    return (
+        engine.dialect.name == "sqlite"
+        and bool(database)
+        and database != ":memory:"
+        and "uri" not in engine.url.query
     )
 
 
@@ -134,29 +149,19 @@ def nowait_engine(engine: Engine) -> Engine:
     ``NOWAIT_LOCK_TIMEOUT_MS`` and on a statement after ``NOWAIT_STATEMENT_TIMEOUT_MS`` (set
     when a session starts: no statement of their own per transaction). The caller disposes of
     it when it is not ``engine``."""
+    url = engine.url.render_as_string(hide_password=False)
     if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        if not database or database == ":memory:" or "uri" in engine.url.query:
+        if not _sqlite_file(engine):
             return engine
-        nowait = make_engine(engine.url.render_as_string(hide_password=False), pool_size=1)
+        nowait = make_engine(url, pool_size=1)
         with _sqlite_writers_guard:
             _sqlite_writers[nowait] = _sqlite_writer_locked(engine)
         return nowait
-    if engine.dialect.name != "postgresql":
-        return engine
-    return create_engine(
-        engine.url,
-        pool_size=1,
-        max_overflow=1,
-        pool_pre_ping=True,
-        isolation_level="READ COMMITTED",
-        json_serializer=json_text,
-        connect_args={
-            "options": f"-c lock_timeout={NOWAIT_LOCK_TIMEOUT_MS}"
-            f" -c statement_timeout={NOWAIT_STATEMENT_TIMEOUT_MS}",
-            "connect_timeout": 5,
-        },
+    options = (
+        f"-c lock_timeout={NOWAIT_LOCK_TIMEOUT_MS}"
+        f" -c statement_timeout={NOWAIT_STATEMENT_TIMEOUT_MS}"
     )
+    return make_engine(url, pool_size=1, pg_connect_args={"options": options, "connect_timeout": 5})
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -197,12 +202,8 @@ def background_checkpoints(
     holding the process's write turn, so that the next write restarts the WAL. Elsewhere
     (PostgreSQL, an in-memory SQLite) the block runs alone."""
     database = engine.url.database
-    if (
-        engine.dialect.name != "sqlite"
-        or not database
-        or database == ":memory:"
-        or "uri" in engine.url.query  # a SQLite URI: left to the commits, as without a server
-    ):
+    # PostgreSQL, a SQLite in memory, or a SQLite URI (left to the commits, as without a server).
+    if not _sqlite_file(engine) or not database:
         yield
         return
     stop = threading.Event()
