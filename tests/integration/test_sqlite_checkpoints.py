@@ -5,15 +5,26 @@ writes alone never let happen."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, Engine, create_engine, text
 
-from loyalty.adapters.db.engine import background_checkpoints, make_engine, run_transaction
+from loyalty.adapters.db.engine import (
+    _OPEN_FILES,
+    _flush_files,
+    background_checkpoints,
+    make_engine,
+    run_transaction,
+)
 from loyalty.entrypoints.api.app import create_app
 
 ROWS = 8_000  # 8 MB: past SQLite's default threshold of 1,000 pages (4 MB)
@@ -161,3 +172,50 @@ def test_no_thread_where_there_is_no_file_of_its_own_to_copy(tmp_path, monkeypat
             time.sleep(0.05)
         engine.dispose()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _another_process_can_write(path: Path) -> bool:
+    """Whether another process can take the write lock on ``path`` at once."""
+    script = (
+        "import sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+        "try:\n"
+        "    conn.execute('BEGIN EXCLUSIVE')\n"
+        "except sqlite3.OperationalError:\n"
+        "    sys.exit(1)\n"
+        "conn.execute('ROLLBACK')\n"
+    )
+    return subprocess.run([sys.executable, "-c", script, str(path)], check=False).returncode == 0
+
+
+@pytest.mark.skipif(_OPEN_FILES is None, reason="this system does not list open descriptors")
+def test_before_a_restart_the_thread_syncs_the_files_through_sqlites_own_descriptors(tmp_path):
+    path = tmp_path / "sync.db"
+    engine = make_engine(f"sqlite:///{path}")
+    wal = f"{path}-wal"
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+    with engine.connect() as conn:  # holds the database and its WAL open
+        conn.execute(text("SELECT count(*) FROM t")).scalar_one()
+        assert _flush_files(str(path), wal) == 2
+    engine.dispose()  # nothing of the process has them open any more
+    (tmp_path / "other").write_bytes(b"x")
+    assert _flush_files(str(path), wal, str(tmp_path / "other"), str(tmp_path / "none")) == 0
+
+
+@pytest.mark.skipif(_OPEN_FILES is None, reason="this system does not list open descriptors")
+def test_syncing_the_database_keeps_the_locks_sqlite_holds_on_it(tmp_path):
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it, so a
+    descriptor of our own would let another process write under a reader of this one; the
+    sync goes through SQLite's own and keeps them."""
+    path = tmp_path / "locks.db"
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("CREATE TABLE t (n INTEGER)")  # a rollback journal: locks on the file itself
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # a shared lock until the end
+    assert not _another_process_can_write(path)
+    assert _flush_files(str(path)) == 1
+    assert not _another_process_can_write(path)
+    os.close(os.open(path, os.O_RDONLY))  # what a descriptor of our own would have done
+    assert _another_process_can_write(path)
+    reader.close()
