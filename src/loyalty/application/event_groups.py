@@ -124,6 +124,18 @@ class EventGroups:
         """Where groups are recorded on the event loop's own thread (``nowait_engine``); None:
         in a worker thread."""
 
+    @property
+    def reads_on_loop(self) -> Engine | None:
+        """Where a short request may be answered on the event loop's thread rather than a
+        worker's, run ``nowait``: the loop's own connection to a SQLite file, the one groups
+        are written on (the loop runs one thing at a time, so they never share it at once).
+        None on PostgreSQL, whose round trips would hold the loop, on a SQLite in memory, and
+        where groups are not written on the loop."""
+        on_loop = self._on_loop
+        if on_loop is None or on_loop is self._engine or on_loop.dialect.name != "sqlite":
+            return None
+        return on_loop
+
     def close(self) -> None:
         """Close the connections groups were recorded on the loop with, where they are not
         the engine's own (a later group opens them again)."""

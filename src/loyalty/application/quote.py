@@ -59,12 +59,14 @@ def quote_purchase(
     member: MemberRef | None,
     now: datetime,
     order_reference: str | None = None,
+    nowait: bool = False,
 ) -> dict[str, Any]:
     """Points a cart would earn, per line and per rule, and the balance it would leave, and
     what the member could pay of it with points and cashback (after what holds of
     ``order_reference`` already took).
     Without a member, the cart is priced for a new member with no attributes. Raises
-    ``ProgramNotFound``, ``MemberNotFound``, ``CurrencyMismatch``."""
+    ``ProgramNotFound``, ``MemberNotFound``, ``CurrencyMismatch``; with ``nowait``
+    (``run_transaction``), ``WouldWait`` where it would wait, having written nothing."""
 
     def read(conn: Connection) -> dict[str, Any] | None:
         ctx = load_program(conn, principal, program_id, Scope.READ)
@@ -138,11 +140,11 @@ def quote_purchase(
     # records the purchase and rolls it back. Which one a program needs is known once its
     # document is read, inside the transaction; the last answer for it picks the transaction.
     if _read_only.get(program_id, True):
-        quoted = run_transaction(engine, read, write=False, snapshot=True)
+        quoted = run_transaction(engine, read, write=False, snapshot=True, nowait=nowait)
         if quoted is not None:
             return quoted
     try:
-        run_transaction(engine, work)
+        run_transaction(engine, work, nowait=nowait)
     except _RollBack as done:
         return done.result
     raise AssertionError("a quote always rolls back")

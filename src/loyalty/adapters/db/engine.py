@@ -368,9 +368,9 @@ def connect(
     """One transaction: committed if the block returns, rolled back if it raises. With
     ``snapshot``, every statement of a read-only transaction sees the same committed state
     (``REPEATABLE READ`` on PostgreSQL, whose ``READ COMMITTED`` gives each statement its
-    own; a SQLite read transaction is one snapshot already). With ``nowait`` (a SQLite write;
-    on PostgreSQL, see ``nowait_engine``), ``WouldWait`` rather than a wait for this process's
-    write turn or another process's write."""
+    own; a SQLite read transaction is one snapshot already). With ``nowait`` (on SQLite; on
+    PostgreSQL, see ``nowait_engine``), ``WouldWait`` rather than a wait for this process's
+    write turn (a write) or for another process holding the database (any transaction)."""
     assert not (write and snapshot), "a snapshot is for reads: writes take locks instead"
     sqlite = engine.dialect.name == "sqlite"
     turn: AbstractContextManager[Any] = nullcontext()
@@ -380,7 +380,7 @@ def connect(
     with (
         turn,
         engine.connect() as conn,
-        _busy_timeout_off(conn) if nowait and write and sqlite else nullcontext(),
+        _busy_timeout_off(conn) if nowait and sqlite else nullcontext(),
     ):
         if snapshot and not sqlite:
             # Set on the driver's connection before BEGIN: no round trip of its own.

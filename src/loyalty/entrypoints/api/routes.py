@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from loyalty.adapters.clock import utc_now
+from loyalty.adapters.db.engine import WouldWait
 from loyalty.adapters.json_bytes import json_bytes
 from loyalty.application import (
     access,
@@ -493,8 +495,12 @@ def _batch_result(
         200, bodies.QuoteOut, "What the cart would earn; nothing is recorded."
     ),
 )
-def quote(
-    program_id: ProgramId, body: QuoteRequest, principal: Auth, engine: EngineDep
+async def quote(
+    program_id: ProgramId,
+    body: QuoteRequest,
+    principal: Auth,
+    engine: EngineDep,
+    groups: EventGroupsDep,
 ) -> JSONResponse:
     """What a cart (or a single product) would earn, per line and per rule, computed by the
     same code as a real purchase in a transaction that is rolled back. Needs a `read` key."""
@@ -519,19 +525,27 @@ def quote(
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
-    # The quote is plain JSON already (strings, integers, lists): sent as it is, like the
-    # answers of the other routes.
-    return JSONResponse(
-        quotes.quote_purchase(
-            engine,
-            principal,
-            program_id,
-            cart,
-            member=body.member,
-            now=now,
-            order_reference=body.order_reference,
-        )
+    ask = functools.partial(
+        quotes.quote_purchase,
+        principal=principal,
+        program_id=program_id,
+        cart=cart,
+        member=body.member,
+        now=now,
+        order_reference=body.order_reference,
     )
+    # The quote is plain JSON already (strings, integers, lists): sent as it is, like the
+    # answers of the other routes. On the event loop's own thread where that is set up (a
+    # SQLite file, with groups written there): it then waits for at most the group being
+    # written, not for a worker thread and the loop again. What would wait there gives way,
+    # having written nothing, to a worker thread.
+    on_loop = groups.reads_on_loop if groups is not None else None
+    if on_loop is not None:
+        try:
+            return JSONResponse(ask(engine=on_loop, nowait=True))
+        except WouldWait:
+            pass
+    return JSONResponse(await run_in_threadpool(ask, engine=engine))
 
 
 @router.post(
