@@ -24,7 +24,7 @@ slip in first; the thread then tries again on its next pass.
 
 What the writers wait for there is mostly the two files' syncs. A checkpoint that copies while
 writers go on never syncs the database file (SQLite syncs it only when a pass ends with every
-frame copied), so the restart's sync wrote out every page copied since the last one: 10 to 30
+frame copied), so the restart's sync wrote out every page copied since the last one: 5 to 30
 ms under load, growing as the file grew. The thread therefore syncs both files first, before it
 takes the turn (``_flush_files``), and the syncs under the turn find little left to write.
 """
