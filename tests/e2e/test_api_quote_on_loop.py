@@ -84,6 +84,7 @@ def test_on_sqlite_a_quote_is_answered_on_the_event_loop_unless_turned_off(
     assert api.balance(program, "ext:M")["balance"] == 10
 
 
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)  # only SQLite quotes on the loop
 def test_a_quote_that_would_wait_on_the_loop_is_answered_from_a_thread_while_the_loop_turns(
     api, monkeypatch
 ):
@@ -91,8 +92,6 @@ def test_a_quote_that_would_wait_on_the_loop_is_answered_from_a_thread_while_the
     which on SQLite takes the process's write turn. While another transaction holds it, the
     quote gives way on the loop with nothing written and waits in a worker thread; the server
     answers other requests meanwhile."""
-    if api.engine.dialect.name != "sqlite":
-        pytest.skip("quotes are answered on the loop on SQLite only")
     program = api.create_program(rules=[CAPPED_RULE])
     api.enroll(program, "M")
     held, release = threading.Event(), threading.Event()
