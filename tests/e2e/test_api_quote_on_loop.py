@@ -60,7 +60,7 @@ def _client(api: Any, monkeypatch: pytest.MonkeyPatch, setting: str) -> TestClie
 
 
 @pytest.mark.parametrize("setting", ["on", "off"])
-def test_on_sqlite_a_quote_is_answered_on_the_event_loop_unless_turned_off(
+def test_a_quote_is_answered_on_the_event_loop_on_sqlite_unless_turned_off(
     api, monkeypatch, setting
 ):
     program = api.create_program()
