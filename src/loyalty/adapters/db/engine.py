@@ -254,13 +254,13 @@ def _flush_files(*paths: str) -> int:
     writes it out)."""
     if _OPEN_FILES is None:
         return 0
-    wanted: dict[tuple[int, int], str] = {}
+    wanted: set[tuple[int, int]] = set()  # the files, by device and inode
     for path in paths:
         try:
             st = os.stat(path)
         except OSError:
             continue
-        wanted[(st.st_dev, st.st_ino)] = path
+        wanted.add((st.st_dev, st.st_ino))
     sync = getattr(os, "fdatasync", os.fsync)
     synced = 0
     try:
@@ -280,7 +280,7 @@ def _flush_files(*paths: str) -> int:
             sync(fd)
         except (ValueError, OSError):
             continue
-        del wanted[key]
+        wanted.discard(key)
         synced += 1
     return synced
 
