@@ -20,10 +20,15 @@ def alembic_config() -> Config:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade to ``revision``, each migration in a transaction of its own (Alembic's), so one
+    that must run a statement outside any transaction (``migrations/online.py``) can: a
+    failure leaves the database at the last migration that completed, which the next run
+    goes on from."""
     config = alembic_config()
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        conn.commit()
 
 
 def current_revision(engine: Engine) -> str | None:

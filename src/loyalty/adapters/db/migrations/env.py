@@ -15,6 +15,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    transaction_per_migration=True,
 )
 with context.begin_transaction():
     context.run_migrations()

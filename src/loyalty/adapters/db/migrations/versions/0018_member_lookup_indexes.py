@@ -16,8 +16,9 @@ Create Date: 2026-12-07 03:10:00.000000
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
+
+from loyalty.adapters.db.migrations.online import replace_index
 
 revision = "0018"
 down_revision = "0017"
@@ -39,20 +40,11 @@ def upgrade() -> None:
         op.create_unique_constraint(
             "uq_members_program_external", "members", ["external_id", "program_id"]
         )
-    op.drop_index("ix_members_program_email", table_name="members")
-    op.create_index(
-        "ix_members_program_email",
-        "members",
-        ["program_id", "email"],
-        unique=False,
-        postgresql_where=sa.text(_HAS_EMAIL),
-        sqlite_where=sa.text(_HAS_EMAIL),
-    )
+    replace_index("ix_members_program_email", "members", ["program_id", "email"], where=_HAS_EMAIL)
 
 
 def downgrade() -> None:
-    op.drop_index("ix_members_program_email", table_name="members")
-    op.create_index("ix_members_program_email", "members", ["program_id", "email"], unique=False)
+    replace_index("ix_members_program_email", "members", ["program_id", "email"])
     if _postgresql():
         op.drop_constraint("uq_members_program_external", "members", type_="unique")
         op.create_unique_constraint(

@@ -11,7 +11,7 @@ Create Date: 2026-12-07 03:40:00.000000
 
 from __future__ import annotations
 
-from alembic import op
+from loyalty.adapters.db.migrations.online import replace_index
 
 revision = "0019"
 down_revision = "0018"
@@ -20,14 +20,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.drop_index("ix_member_tiers_review", table_name="member_tiers")
-    op.create_index(
-        "ix_member_tiers_review", "member_tiers", ["tier_set", "program_id", "review_at"]
-    )
+    replace_index("ix_member_tiers_review", "member_tiers", ["tier_set", "program_id", "review_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_member_tiers_review", table_name="member_tiers")
-    op.create_index(
-        "ix_member_tiers_review", "member_tiers", ["program_id", "tier_set", "review_at"]
-    )
+    replace_index("ix_member_tiers_review", "member_tiers", ["program_id", "tier_set", "review_at"])

@@ -16,8 +16,7 @@ Create Date: 2026-12-07 14:00:00.000000
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
+from loyalty.adapters.db.migrations.online import replace_index
 
 revision = "0020"
 down_revision = "0019"
@@ -32,19 +31,11 @@ _ACTIVITY_HELD = ["spend_minor", "tier_points", "purchases", "visit_day"]
 
 
 def _lots_index(columns: list[str]) -> None:
-    op.drop_index("ix_lots_member", table_name="lots")
-    op.create_index(
-        "ix_lots_member",
-        "lots",
-        columns,
-        postgresql_where=sa.text(_LIVE),
-        sqlite_where=sa.text(_LIVE),
-    )
+    replace_index("ix_lots_member", "lots", columns, where=_LIVE)
 
 
 def _activity_index(columns: list[str]) -> None:
-    op.drop_index("ix_member_activity_member", table_name="member_activity")
-    op.create_index("ix_member_activity_member", "member_activity", columns)
+    replace_index("ix_member_activity_member", "member_activity", columns)
 
 
 def upgrade() -> None:

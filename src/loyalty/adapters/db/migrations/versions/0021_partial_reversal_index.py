@@ -12,8 +12,7 @@ Create Date: 2026-12-07 17:00:00.000000
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import op
+from loyalty.adapters.db.migrations.online import replace_index
 
 revision = "0021"
 down_revision = "0020"
@@ -24,16 +23,10 @@ _REVERSALS = "reverses_entry_id IS NOT NULL"
 
 
 def upgrade() -> None:
-    op.drop_index("ix_journal_entries_reverses", table_name="journal_entries")
-    op.create_index(
-        "ix_journal_entries_reverses",
-        "journal_entries",
-        ["reverses_entry_id"],
-        postgresql_where=sa.text(_REVERSALS),
-        sqlite_where=sa.text(_REVERSALS),
+    replace_index(
+        "ix_journal_entries_reverses", "journal_entries", ["reverses_entry_id"], where=_REVERSALS
     )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_journal_entries_reverses", table_name="journal_entries")
-    op.create_index("ix_journal_entries_reverses", "journal_entries", ["reverses_entry_id"])
+    replace_index("ix_journal_entries_reverses", "journal_entries", ["reverses_entry_id"])
