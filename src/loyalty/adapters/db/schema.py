@@ -9,6 +9,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -19,16 +20,29 @@ def alembic_config() -> Config:
     return config
 
 
+class UpgradeBlocked(Exception):
+    """A migration gave up waiting for a table's lock (``migrations/online.py``): it changed
+    nothing, and the migrations before it are applied. Running the upgrade again goes on."""
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade to ``revision``, each migration in a transaction of its own (Alembic's), so one
     that must run a statement outside any transaction (``migrations/online.py``) can: a
     failure leaves the database at the last migration that completed, which the next run
-    goes on from."""
+    goes on from. Raises ``UpgradeBlocked`` where one gave up waiting for a lock."""
     config = alembic_config()
-    with engine.connect() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
-        conn.commit()
+    try:
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            conn.commit()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise UpgradeBlocked(
+            f"a migration gave up waiting for a table's lock, held by another transaction;"
+            f" the database is at revision {current_revision(engine)}: run the upgrade again"
+        ) from exc
 
 
 def current_revision(engine: Engine) -> str | None:

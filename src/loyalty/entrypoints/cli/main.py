@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from loyalty.adapters.clock import utc_now
 from loyalty.adapters.db.engine import background_checkpoints
-from loyalty.adapters.db.schema import current_revision, head_revision, migrate
+from loyalty.adapters.db.schema import UpgradeBlocked, current_revision, head_revision, migrate
 from loyalty.adapters.db.tables import programs as programs_table
 from loyalty.application import access, holds, members, tiers
 from loyalty.application.access import Principal, Scope
@@ -132,7 +132,11 @@ def init(database_url: DatabaseUrl = None) -> None:
     """Create the database schema, or migrate it to the latest version."""
     engine = _engine(database_url)
     before = current_revision(engine)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except UpgradeBlocked as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     after = current_revision(engine)
     if before == after:
         console.print(f"Database is up to date (revision {after}).")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from loyalty.adapters.db.migrations.online import replace_index
+from loyalty.adapters.db.migrations.online import replace_index, replace_unique_constraint
 
 revision = "0018"
 down_revision = "0017"
@@ -36,8 +36,7 @@ def upgrade() -> None:
     if _postgresql():
         # SQLite keeps the constraint's order: changing it means copying the table, and its
         # planner looks each external id up through either order.
-        op.drop_constraint("uq_members_program_external", "members", type_="unique")
-        op.create_unique_constraint(
+        replace_unique_constraint(
             "uq_members_program_external", "members", ["external_id", "program_id"]
         )
     replace_index("ix_members_program_email", "members", ["program_id", "email"], where=_HAS_EMAIL)
@@ -46,7 +45,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     replace_index("ix_members_program_email", "members", ["program_id", "email"])
     if _postgresql():
-        op.drop_constraint("uq_members_program_external", "members", type_="unique")
-        op.create_unique_constraint(
+        replace_unique_constraint(
             "uq_members_program_external", "members", ["program_id", "external_id"]
         )
