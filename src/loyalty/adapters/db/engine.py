@@ -27,6 +27,11 @@ writers go on never syncs the database file (SQLite syncs it only when a pass en
 frame copied), so the restart's sync wrote out every page copied since the last one: 5 to 30
 ms under load, growing as the file grew. The thread therefore syncs both files first, before it
 takes the turn (``_flush_files``), and the syncs under the turn find little left to write.
+
+The WAL's file grows only until the WAL is restarted, and each commit of a single purchase
+appends about 60 KB: on a disk with a few megabytes left, the log took the room the data
+needed. So the thread also restarts the WAL once it holds a quarter of the room it has, its
+own file and the free space of its file system (``_room_for_wal``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 SQLITE_WAL_RESTART_PAGES = 20_000
 """Past this many pages in the WAL (about 80 MB), ``background_checkpoints`` makes SQLite write
 it from its start again (the module's notes): at 8 clients, once in about 150 groups."""
+SQLITE_WAL_FREE_SHARE = 4
+"""Where the disk has little room left, ``background_checkpoints`` restarts the WAL sooner:
+once it holds a quarter of the room it has (its own file and the free space of its file
+system), so the log never takes the room the data needs."""
+SQLITE_WAL_RESTART_PAGES_MIN = 64
+"""The soonest the WAL is restarted, however little room is left (256 KB of 4 KB pages)."""
 TRANSACTION_ATTEMPTS_MAX = 8
 
 
@@ -215,16 +226,21 @@ def background_checkpoints(
         return
     stop = threading.Event()
 
+    wal = f"{database}-wal"
+
     def run() -> None:
         with closing(sqlite3.connect(database, check_same_thread=False)) as conn:
             conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            frame_bytes = int(conn.execute("PRAGMA page_size").fetchone()[0]) + _WAL_FRAME_HEADER
             while not stop.wait(interval_s):
                 try:
                     _busy, pages, _copied = conn.execute(_CHECKPOINT).fetchone()
-                    if pages >= restart_pages:
+                    if pages >= SQLITE_WAL_RESTART_PAGES_MIN and (
+                        pages >= restart_pages or pages * frame_bytes >= _room_for_wal(wal)
+                    ):
                         # Written out while the writers go on, so that the syncs under the
                         # turn find little left to write.
-                        _flush_files(database, f"{database}-wal")
+                        _flush_files(database, wal)
                         # What the writers committed meanwhile, copied while they wait
                         # their turn: the next one begins on a WAL copied to its end.
                         with _sqlite_writer(engine):
@@ -239,6 +255,23 @@ def background_checkpoints(
     finally:
         stop.set()
         thread.join()
+
+
+_WAL_FRAME_HEADER = 24
+
+
+def _room_for_wal(wal: str) -> int:
+    """How long the WAL may grow, in bytes, as far as the disk goes: a share
+    (``SQLITE_WAL_FREE_SHARE``) of the room it has, its own file (which a restarted WAL writes
+    over) and what its file system has free. As the WAL grows the two change places and the
+    sum holds, so restarting past it keeps the file within that share. Unbounded where the
+    file system can't be read."""
+    try:
+        held = os.stat(wal).st_size
+        disk = os.statvfs(wal)
+    except OSError:
+        return 2**62
+    return (held + disk.f_bavail * disk.f_frsize) // SQLITE_WAL_FREE_SHARE
 
 
 _OPEN_FILES = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
