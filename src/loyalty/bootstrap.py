@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from loyalty.adapters.db.engine import (
     DEFAULT_SQLITE_URL,
+    SERVER_LOCK_TIMEOUT_MS,
     make_engine,
     normalise_url,
     nowait_engine,
@@ -31,6 +32,9 @@ class Settings:
     """How long a group's leader waits for more purchases to join before writing."""
     group_commit_on_loop: bool = True
     """Groups recorded on the event loop's own thread when nothing would make them wait."""
+    lock_timeout_ms: int = SERVER_LOCK_TIMEOUT_MS
+    """On PostgreSQL, how long the server's transactions wait for a lock (0: as long as it
+    takes)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,12 +48,18 @@ class Settings:
                 f"LOYALTY_GROUP_COMMIT_WAIT_MS must be 0 to {EVENT_GROUP_WAIT_MS_MAX:g}, "
                 f"not {wait!r}"
             )
+        timeout = os.environ.get("LOYALTY_LOCK_TIMEOUT_MS", str(SERVER_LOCK_TIMEOUT_MS))
+        if not timeout.isdigit() or int(timeout) > LOCK_TIMEOUT_MS_MAX:
+            raise ValueError(
+                f"LOYALTY_LOCK_TIMEOUT_MS must be 0 to {LOCK_TIMEOUT_MS_MAX}, not {timeout!r}"
+            )
         return cls(
             database_url=normalise_url(os.environ.get("LOYALTY_DATABASE_URL", DEFAULT_SQLITE_URL)),
             pool_size=int(os.environ.get("LOYALTY_POOL_SIZE", "10")),
             group_commit=_switch("LOYALTY_GROUP_COMMIT"),
             group_wait_ms=group_wait_ms,
             group_commit_on_loop=_switch("LOYALTY_GROUP_COMMIT_ON_LOOP"),
+            lock_timeout_ms=int(timeout),
         )
 
 
@@ -64,9 +74,18 @@ def _switch(variable: str) -> bool:
     return _SWITCH[value]
 
 
-def build_engine(settings: Settings | None = None) -> Engine:
+LOCK_TIMEOUT_MS_MAX = 600_000
+
+
+def build_engine(settings: Settings | None = None, *, serving: bool = False) -> Engine:
+    """The engine of a command, or (``serving``) of the server, whose PostgreSQL sessions wait
+    for a lock at most ``settings.lock_timeout_ms``: a request answers ``503`` rather than
+    hang behind a transaction that holds a row too long. Jobs and imports wait."""
     settings = settings or Settings.from_env()
-    return make_engine(settings.database_url, pool_size=settings.pool_size)
+    options = None
+    if serving and settings.lock_timeout_ms and settings.database_url.startswith("postgresql"):
+        options = {"options": f"-c lock_timeout={settings.lock_timeout_ms}"}
+    return make_engine(settings.database_url, pool_size=settings.pool_size, pg_connect_args=options)
 
 
 def build_event_groups(engine: Engine, settings: Settings | None = None) -> EventGroups | None:

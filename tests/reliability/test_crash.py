@@ -149,6 +149,22 @@ def purchase(order_id: str, member: str, total_minor: int) -> dict[str, Any]:
     }
 
 
+def earning_program(http: httpx.Client, name: str) -> str:
+    """A program earning ``EARN`` and enrolling on purchase, made over ``http`` (an admin key's
+    client of the server): the URL its events are posted to."""
+    r = http.post(
+        "/v1/programs",
+        json={
+            "name": name,
+            "currency": "EUR",
+            "points": {"earn": EARN},
+            "enrollment": {"auto_enroll_on_purchase": True},
+        },
+    )
+    assert r.status_code == 201, r.text
+    return f"/v1/programs/{r.json()['id']}/events"
+
+
 def plan(thread: int) -> list[dict[str, Any]]:
     """The purchases one client thread sends: its own ids, members shared by all threads."""
     return [

@@ -38,7 +38,7 @@ from loyalty.adapters.db.tables import events
 from loyalty.application.access import Scope, create_api_key
 from loyalty.application.audit import audit_ledger
 from tests.conftest import CI, NOW
-from tests.reliability.test_crash import EARN, Server, expected_points, purchase
+from tests.reliability.test_crash import Server, earning_program, expected_points, purchase
 from tests.reliability.test_db_faults import Cluster, make_cluster
 
 DISK_BYTES = {"sqlite": 24 * 1024 * 1024, "postgresql": 160 * 1024 * 1024}
@@ -160,17 +160,7 @@ def test_a_full_disk_refuses_purchases_with_503_and_the_server_recovers_when_spa
     try:
         headers = {"Authorization": f"Bearer {issued.token}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
-            r = http.post(
-                "/v1/programs",
-                json={
-                    "name": "Disk",
-                    "currency": "EUR",
-                    "points": {"earn": EARN},
-                    "enrollment": {"auto_enroll_on_purchase": True},
-                },
-            )
-            assert r.status_code == 201, r.text
-            url = f"/v1/programs/{r.json()['id']}/events"
+            url = earning_program(http, "Disk")
             filler = _fill(store.mount, FREE_BYTES)
             statuses: Counter[int] = Counter()
             bodies = [purchase(f"D-{i}", f"M{i % 50}", 500 + i % 7_000) for i in range(FILL_MAX)]

@@ -43,3 +43,16 @@ def test_the_group_wait_is_read_within_its_bounds(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv("LOYALTY_GROUP_COMMIT_WAIT_MS", wrong)
         with pytest.raises(ValueError, match="LOYALTY_GROUP_COMMIT_WAIT_MS"):
             Settings.from_env()
+
+
+def test_the_lock_timeout_is_read_within_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOYALTY_LOCK_TIMEOUT_MS", raising=False)
+    assert Settings.from_env().lock_timeout_ms == 2_000
+    monkeypatch.setenv("LOYALTY_LOCK_TIMEOUT_MS", "0")
+    assert Settings.from_env().lock_timeout_ms == 0
+    monkeypatch.setenv("LOYALTY_LOCK_TIMEOUT_MS", "600000")
+    assert Settings.from_env().lock_timeout_ms == 600_000
+    for wrong in ("-1", "600001", "2.5", "soon", ""):
+        monkeypatch.setenv("LOYALTY_LOCK_TIMEOUT_MS", wrong)
+        with pytest.raises(ValueError, match="LOYALTY_LOCK_TIMEOUT_MS"):
+            Settings.from_env()

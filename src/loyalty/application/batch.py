@@ -60,7 +60,9 @@ def record_events_batch(
                 assert ctx is not None
                 run = [e for e in events if isinstance(e, PurchaseEvent)]
                 outcomes = purchase_batches.record_purchases(conn, principal, ctx, run, now=now)
-                results.extend(_item(len(results) + i, o) for i, o in enumerate(outcomes))
+                for outcome in outcomes:
+                    assert outcome is not None  # only a run that skips locked wallets has None
+                    results.append(_item(len(results), outcome))
                 continue
             for event in events:
                 savepoint = conn.begin_nested()

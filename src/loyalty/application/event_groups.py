@@ -291,7 +291,10 @@ def record_group(
     """Record ``group`` in one transaction through the bulk path: one answer per purchase, in
     order, an ``Outcome`` or the ``DomainError`` that refused it. All ``None`` (nothing
     written) if the program's purchases don't take the bulk path or the key can't use it:
-    each is then recorded alone and meets its own error. ``nowait``: ``run_transaction``."""
+    each is then recorded alone and meets its own error. None too for a purchase whose
+    member's wallet another transaction holds: the group doesn't wait for it (so one held
+    wallet can't stall every purchase of the program), and it is recorded alone, where
+    waiting is fine. ``nowait``: ``run_transaction``."""
 
     def work(conn: Connection) -> list[_Answer]:
         try:
@@ -300,7 +303,9 @@ def record_group(
             return [None] * len(group)
         if not purchase_batches.takes_bulk_path(ctx.settings):
             return [None] * len(group)
-        recorded = purchase_batches.record_purchases(conn, principal, ctx, group, now=now)
+        recorded = purchase_batches.record_purchases(
+            conn, principal, ctx, group, now=now, skip_locked=True
+        )
         return list(recorded)
 
     return run_transaction(engine, work, nowait=nowait)

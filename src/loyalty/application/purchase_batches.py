@@ -122,14 +122,17 @@ def record_purchases(
     run: list[PurchaseEvent],
     *,
     now: datetime,
-) -> list[Outcome | DomainError]:
+    skip_locked: bool = False,
+) -> list[Outcome | DomainError | None]:
     """Record ``run`` (purchases of a program that ``takes_bulk_path``) in the caller's
     transaction: one outcome per purchase, in order, or the domain error that refused it
-    (``CurrencyMismatch``, ``MemberNotFound``, ``LimitExceeded``, ``IdempotencyConflict``)."""
+    (``CurrencyMismatch``, ``MemberNotFound``, ``LimitExceeded``, ``IdempotencyConflict``).
+    ``skip_locked``: a purchase whose member's wallet another transaction holds is not waited
+    for; it is answered None, with nothing written for it, to be recorded on its own."""
     assert takes_bulk_path(ctx.settings)
-    results: list[Outcome | DomainError] = []
+    results: list[Outcome | DomainError | None] = []
     for part in _parts(run):
-        results.extend(_record_part(conn, principal, ctx, part, now=now))
+        results.extend(_record_part(conn, principal, ctx, part, now=now, skip_locked=skip_locked))
     return results
 
 
@@ -228,7 +231,8 @@ def _record_part(
     part: list[PurchaseEvent],
     *,
     now: datetime,
-) -> list[Outcome | DomainError]:
+    skip_locked: bool,
+) -> list[Outcome | DomainError | None]:
     """``record_purchases`` for purchases with distinct ids."""
     bodies = [event.model_dump(mode="json", exclude_none=True) for event in part]
     keys = [f"event:{event.type}:{event.id}" for event in part]
@@ -236,7 +240,10 @@ def _record_part(
         conn, tenant_id=principal.tenant_id, scope=ctx.program_id, keys=set(keys)
     )
     members = _members(conn, ctx, part, stored, now=now)
-    locked = lock_wallets(conn, ctx.program_id, (m.member_id for m in members.values()))
+    member_ids = {m.member_id for m in members.values()}
+    locked = lock_wallets(conn, ctx.program_id, member_ids, skip_locked=skip_locked)
+    busy = member_ids - locked.keys()
+    """Members whose wallet another transaction holds (only with ``skip_locked``)."""
     balances = running_balances(
         conn,
         ctx.program_id,
@@ -245,7 +252,7 @@ def _record_part(
     )
     run_tiers = _run_tiers(conn, ctx, part, members, now=now, actor=principal.key_id)
     rows = _Rows([], [], [], [], [], [], [])
-    results: list[Outcome | DomainError] = []
+    results: list[Outcome | DomainError | None] = []
     for event, body, key in zip(part, bodies, keys, strict=True):
         request_fingerprint = fingerprint(body)
         earlier = stored.get(key)
@@ -254,6 +261,10 @@ def _record_part(
                 results.append(IdempotencyConflict(event.id))
             else:
                 results.append(Outcome(earlier.status_code, earlier.response, replayed=True))
+            continue
+        member = members.get(event.member.as_ref())
+        if busy and member is not None and member.member_id in busy:
+            results.append(None)
             continue
         try:
             outcome = _purchase(

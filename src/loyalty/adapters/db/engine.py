@@ -85,6 +85,10 @@ class WouldWait(Exception):
     where waiting is fine."""
 
 
+SERVER_LOCK_TIMEOUT_MS = 2_000
+"""How long a request's transaction waits for a row another transaction holds, on PostgreSQL
+(``LOYALTY_LOCK_TIMEOUT_MS``; the server's sessions only, jobs wait as long as it takes):
+past it the request is answered ``503`` with ``Retry-After``, with nothing written."""
 NOWAIT_LOCK_TIMEOUT_MS = 10
 """How long a ``nowait`` transaction on PostgreSQL waits for a lock before giving up."""
 NOWAIT_STATEMENT_TIMEOUT_MS = 500
@@ -329,10 +333,17 @@ def _is_unique_violation(exc: DBAPIError) -> bool:
 def _is_retryable(exc: DBAPIError) -> bool:
     orig = exc.orig
     sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate in {"40001", "40P01", "55P03"}:  # serialization, deadlock, lock not available
+    if sqlstate in {"40001", "40P01"}:  # serialization failure, deadlock
         return True
     message = str(orig).lower()
     return "database is locked" in message or "database table is locked" in message
+
+
+def _is_lock_timeout(exc: DBAPIError) -> bool:
+    """PostgreSQL gave up waiting for a lock (``lock_timeout``; the engine asks for no lock
+    with ``NOWAIT``): something holds it for longer than a request should wait, and trying
+    again at once would only wait as long again."""
+    return getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
 def _is_timed_out(exc: DBAPIError) -> bool:
@@ -431,7 +442,7 @@ def reading(engine: Engine) -> Iterator[Connection]:
         with connect(engine, write=False) as conn:
             yield conn
     except DBAPIError as exc:
-        if _is_retryable(exc) or _is_unavailable(exc):
+        if _is_retryable(exc) or _is_lock_timeout(exc) or _is_unavailable(exc):
             raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
         raise
 
@@ -445,7 +456,8 @@ def run_transaction(
     nowait: bool = False,
 ) -> T:
     """Run ``work`` in one transaction, retrying on deadlock, serialization failure or a busy
-    SQLite; a database that stays unreachable surfaces as ``StorageUnavailable``.
+    SQLite; a database that stays unreachable, or a lock waited for past the session's
+    ``lock_timeout`` (``SERVER_LOCK_TIMEOUT_MS``), surfaces as ``StorageUnavailable``.
     ``snapshot``: see ``connect``. With ``nowait`` (see ``connect`` and ``nowait_engine``),
     what would wait (a lock, a busy SQLite, a statement past its time) raises ``WouldWait``
     at once, with nothing written, and nothing sleeps."""
@@ -459,8 +471,10 @@ def run_transaction(
                 continue
             raise StorageUnavailable("transaction kept conflicting; retry later") from None
         except DBAPIError as exc:
-            if nowait and (_is_retryable(exc) or _is_timed_out(exc)):
+            if nowait and (_is_retryable(exc) or _is_lock_timeout(exc) or _is_timed_out(exc)):
                 raise WouldWait(str(exc.orig)) from exc
+            if _is_lock_timeout(exc):
+                raise StorageUnavailable("a row it needs is held by another transaction") from exc
             if _is_unique_violation(exc):
                 if attempt < TRANSACTION_ATTEMPTS_MAX:
                     continue

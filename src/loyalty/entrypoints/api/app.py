@@ -145,7 +145,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
         openapi_url="/openapi.json",
         lifespan=lifespan,
     )
-    app.state.engine = engine if engine is not None else build_engine(settings)
+    app.state.engine = engine if engine is not None else build_engine(settings, serving=True)
     app.state.event_groups = build_event_groups(app.state.engine, settings)
     errors.install(app)
     app.include_router(router)
