@@ -242,8 +242,7 @@ def _record_part(
     members = _members(conn, ctx, part, stored, now=now)
     member_ids = {m.member_id for m in members.values()}
     locked = lock_wallets(conn, ctx.program_id, member_ids, skip_locked=skip_locked)
-    busy = member_ids - locked.keys()
-    """Members whose wallet another transaction holds (only with ``skip_locked``)."""
+    busy = member_ids - locked.keys()  # wallets another transaction holds (``skip_locked``)
     balances = running_balances(
         conn,
         ctx.program_id,

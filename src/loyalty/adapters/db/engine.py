@@ -68,7 +68,8 @@ SQLITE_WAL_FREE_SHARE = 4
 once it holds a quarter of the room it has (its own file and the free space of its file
 system), so the log never takes the room the data needs."""
 SQLITE_WAL_RESTART_PAGES_MIN = 64
-"""The soonest the WAL is restarted, however little room is left (256 KB of 4 KB pages)."""
+"""The soonest the WAL is restarted for want of room, however little is left (256 KB of 4 KB
+pages)."""
 TRANSACTION_ATTEMPTS_MAX = 8
 
 
@@ -239,8 +240,9 @@ def background_checkpoints(
             while not stop.wait(interval_s):
                 try:
                     _busy, pages, _copied = conn.execute(_CHECKPOINT).fetchone()
-                    if pages >= SQLITE_WAL_RESTART_PAGES_MIN and (
-                        pages >= restart_pages or pages * frame_bytes >= _room_for_wal(wal)
+                    if pages >= restart_pages or (
+                        pages >= SQLITE_WAL_RESTART_PAGES_MIN
+                        and pages * frame_bytes >= _room_for_wal(wal)
                     ):
                         # Written out while the writers go on, so that the syncs under the
                         # turn find little left to write.
