@@ -149,20 +149,22 @@ def purchase(order_id: str, member: str, total_minor: int) -> dict[str, Any]:
     }
 
 
-def earning_program(http: httpx.Client, name: str) -> str:
-    """A program earning ``EARN`` and enrolling on purchase, made over ``http`` (an admin key's
-    client of the server): the URL its events are posted to."""
-    r = http.post(
-        "/v1/programs",
+def earning_program(server_url: str, token: str, name: str) -> str:
+    """A program earning ``EARN`` and enrolling on purchase, made on the server at
+    ``server_url`` with the admin key ``token``: its id."""
+    r = httpx.post(
+        f"{server_url}/v1/programs",
+        headers={"Authorization": f"Bearer {token}"},
         json={
             "name": name,
             "currency": "EUR",
             "points": {"earn": EARN},
             "enrollment": {"auto_enroll_on_purchase": True},
         },
+        timeout=30,
     )
     assert r.status_code == 201, r.text
-    return f"/v1/programs/{r.json()['id']}/events"
+    return str(r.json()["id"])
 
 
 def plan(thread: int) -> list[dict[str, Any]]:
@@ -252,19 +254,7 @@ def test_sigkill_mid_load_loses_and_duplicates_nothing(database_url, tmp_path, g
     server = Server(database_url, tmp_path / "server.log", env=GROUPING[grouping])
     server.start()
     try:
-        r = httpx.post(
-            f"{server.url}/v1/programs",
-            headers={"Authorization": f"Bearer {issued.token}"},
-            json={
-                "name": "Crash",
-                "currency": "EUR",
-                "points": {"earn": EARN},
-                "enrollment": {"auto_enroll_on_purchase": True},
-            },
-            timeout=30,
-        )
-        assert r.status_code == 201, r.text
-        program = r.json()["id"]
+        program = earning_program(server.url, issued.token, "Crash")
         url = f"/v1/programs/{program}/events"
         plans = [plan(t) for t in range(THREADS)]
         total = sum(len(p) for p in plans)

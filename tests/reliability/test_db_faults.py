@@ -42,7 +42,13 @@ from loyalty.adapters.db.tables import events, journal_entries, lots, postings
 from loyalty.application.access import Scope, create_api_key
 from tests.conftest import _PG, CI, NOW
 from tests.postgres import _free_port, _pg_bin
-from tests.reliability.test_crash import EARN, Server, expected_points, purchase, run_cli
+from tests.reliability.test_crash import (
+    Server,
+    earning_program,
+    expected_points,
+    purchase,
+    run_cli,
+)
 
 pytestmark = pytest.mark.postgresql
 
@@ -210,19 +216,8 @@ def running_load(database_url: str, log: Path, *, threads: int = THREADS) -> Ite
     server = Server(database_url, log)
     try:
         server.start()
-        r = httpx.post(
-            f"{server.url}/v1/programs",
-            headers={"Authorization": f"Bearer {issued.token}"},
-            json={
-                "name": "Database faults",
-                "currency": "EUR",
-                "points": {"earn": EARN},
-                "enrollment": {"auto_enroll_on_purchase": True},
-            },
-            timeout=30,
-        )
-        assert r.status_code == 201, r.text
-        load = Load(server, issued.token, r.json()["id"], [plan(t) for t in range(threads)])
+        program = earning_program(server.url, issued.token, "Database faults")
+        load = Load(server, issued.token, program, [plan(t) for t in range(threads)])
         load.start()
         yield load
     finally:

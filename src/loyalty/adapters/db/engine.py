@@ -341,7 +341,7 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return "database is locked" in message or "database table is locked" in message
 
 
-def _is_lock_timeout(exc: DBAPIError) -> bool:
+def is_lock_timeout(exc: DBAPIError) -> bool:
     """PostgreSQL gave up waiting for a lock (``lock_timeout``; the engine asks for no lock
     with ``NOWAIT``): something holds it for longer than a request should wait, and trying
     again at once would only wait as long again."""
@@ -444,7 +444,7 @@ def reading(engine: Engine) -> Iterator[Connection]:
         with connect(engine, write=False) as conn:
             yield conn
     except DBAPIError as exc:
-        if _is_retryable(exc) or _is_lock_timeout(exc) or _is_unavailable(exc):
+        if _is_retryable(exc) or is_lock_timeout(exc) or _is_unavailable(exc):
             raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from exc
         raise
 
@@ -473,9 +473,9 @@ def run_transaction(
                 continue
             raise StorageUnavailable("transaction kept conflicting; retry later") from None
         except DBAPIError as exc:
-            if nowait and (_is_retryable(exc) or _is_lock_timeout(exc) or _is_timed_out(exc)):
+            if nowait and (_is_retryable(exc) or is_lock_timeout(exc) or _is_timed_out(exc)):
                 raise WouldWait(str(exc.orig)) from exc
-            if _is_lock_timeout(exc):
+            if is_lock_timeout(exc):
                 raise StorageUnavailable("a row it needs is held by another transaction") from exc
             if _is_unique_violation(exc):
                 if attempt < TRANSACTION_ATTEMPTS_MAX:

@@ -11,6 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from loyalty.adapters.db.engine import is_lock_timeout
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -37,7 +39,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
             command.upgrade(config, revision)
             conn.commit()
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+        if not is_lock_timeout(exc):
             raise
         raise UpgradeBlocked(
             f"a migration gave up waiting for a table's lock, held by another transaction;"
