@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.keyed import KeyedRead, each_key
+from loyalty.adapters.db.reads import Read
 from loyalty.adapters.db.tables import (
     LOT_HAS_POINTS,
     TS,
@@ -381,21 +383,47 @@ def running_balances(
     """The balance figures of members whose points wallets the caller holds locked (``locked``:
     member id -> (balance, debt) as read under the lock), read in two statements for all of
     them (plus ``balance_view``'s for the cashback of the few who have a cashback wallet)."""
+    if not locked:
+        return {}
+    _, params = live_lots_read(conn, program_id, locked, now=now)
+    rows = conn.execute(_LIVE_LOTS_AND_CASH.on(conn, locked), params).all()
+    return balances_from_rows(conn, program_id, locked, rows, now=now)
+
+
+def live_lots_read(
+    conn: Connection, program_id: str, member_ids: Iterable[str], *, now: datetime
+) -> Read:
+    """``running_balances``'s read of the members' live lots and cashback wallets, for
+    ``read_together`` (``member_ids`` not empty; after the statement locking their wallets).
+    Its rows go to ``balances_from_rows``."""
+    params = {
+        "program_id": program_id,
+        "member_ids": sorted(member_ids),
+        "now": now,
+        "buckets": EXPIRY_BUCKETS_ANSWERED,
+    }
+    return _LIVE_LOTS_AND_CASH.together(conn), params
+
+
+def balances_from_rows(
+    conn: Connection,
+    program_id: str,
+    locked: dict[str, tuple[int, int]],
+    rows: Iterable[Any],
+    *,
+    now: datetime,
+) -> dict[str, RunningBalance]:
+    """``running_balances``'s answer from the rows of ``live_lots_read``; rows of members not
+    in ``locked`` (a wallet another transaction held) are left out."""
     running = {
         member_id: RunningBalance(member_id, balance, debt, {}, 0, 0, None)
         for member_id, (balance, debt) in locked.items()
     }
-    if not running:
-        return running
-    params = {
-        "program_id": program_id,
-        "member_ids": sorted(running),
-        "now": now,
-        "buckets": EXPIRY_BUCKETS_ANSWERED,
-    }
     cash_wallets = []
-    for row in conn.execute(_LIVE_LOTS_AND_CASH.on(conn, running), params).all():
-        figures = running[row.member_id]
+    for row in rows:
+        figures = running.get(row.member_id)
+        if figures is None:
+            continue
         if row.cash_balance is not None:
             cash_wallets.append(row)
             continue

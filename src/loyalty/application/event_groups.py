@@ -47,11 +47,10 @@ from sqlalchemy import Connection, Engine
 
 from loyalty.adapters.db.engine import StorageUnavailable, WouldWait, run_transaction
 from loyalty.application import events, purchase_batches
-from loyalty.application.access import Principal, Scope
+from loyalty.application.access import Principal
 from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.events import AnyEvent
 from loyalty.application.idempotency import Outcome
-from loyalty.application.programs import load_program
 from loyalty.domain.errors import DomainError
 
 GROUP_THREADS_MAX = 16
@@ -297,15 +296,7 @@ def record_group(
     waiting is fine. ``nowait``: ``run_transaction``."""
 
     def work(conn: Connection) -> list[_Answer]:
-        try:
-            ctx = load_program(conn, principal, program_id, Scope.WRITE)
-        except DomainError:
-            return [None] * len(group)
-        if not purchase_batches.takes_bulk_path(ctx.settings):
-            return [None] * len(group)
-        recorded = purchase_batches.record_purchases(
-            conn, principal, ctx, group, now=now, skip_locked=True
-        )
-        return list(recorded)
+        recorded = purchase_batches.record_group(conn, principal, program_id, group, now=now)
+        return [None] * len(group) if recorded is None else list(recorded)
 
     return run_transaction(engine, work, nowait=nowait)

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, bindparam, select, text
 from loyalty.adapters.db.bulk import insert_rows
 from loyalty.adapters.db.engine import RetryTransaction
 from loyalty.adapters.db.keyed import KeyedRead, each_key
+from loyalty.adapters.db.reads import Read
 from loyalty.adapters.db.tables import idempotency_keys
 from loyalty.domain.errors import DomainError, IdempotencyConflict
 
@@ -80,6 +81,13 @@ def find_many(conn: Connection, *, tenant_id: str, scope: str, keys: set[str]) -
         return {}
     params = {"tenant_id": tenant_id, "scope": scope, "keys": sorted(keys)}
     return {row.key: row for row in conn.execute(_FIND_MANY.on(conn, keys), params)}
+
+
+def find_many_read(conn: Connection, *, tenant_id: str, scope: str, keys: set[str]) -> Read:
+    """``find_many``'s statement for ``read_together`` (``keys`` not empty); its rows, by
+    ``row.key``, are ``find_many``'s answer."""
+    params = {"tenant_id": tenant_id, "scope": scope, "keys": sorted(keys)}
+    return _FIND_MANY.together(conn), params
 
 
 def store_many(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Row
 from loyalty.adapters.db.bulk import insert_new_rows, insert_rows
 from loyalty.adapters.db.engine import run_transaction
 from loyalty.adapters.db.keyed import KeyedRead, each_key
+from loyalty.adapters.db.reads import Read
 from loyalty.adapters.db.tables import members, wallets
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Principal, Scope
@@ -234,10 +236,7 @@ _MANY_BY_ID = KeyedRead(
 def find_members(conn: Connection, program_id: str, member_refs: set[str]) -> dict[str, Row[Any]]:
     """``find_member`` for many references at once (two statements at most): the rows found,
     by the reference they were asked for."""
-    external = sorted(
-        ref[len(EXTERNAL_PREFIX) :] for ref in member_refs if ref.startswith(EXTERNAL_PREFIX)
-    )
-    ids = sorted(ref for ref in member_refs if not ref.startswith(EXTERNAL_PREFIX))
+    external, ids = _external_and_ids(member_refs)
     found: dict[str, Row[Any]] = {}
     if external:
         for row in conn.execute(
@@ -246,6 +245,41 @@ def find_members(conn: Connection, program_id: str, member_refs: set[str]) -> di
             found[f"{EXTERNAL_PREFIX}{row.external_id}"] = row
     if ids:
         for row in conn.execute(_MANY_BY_ID.on(conn, ids), {"program_id": program_id, "refs": ids}):
+            found[str(row.id)] = row
+    return found
+
+
+def _external_and_ids(member_refs: set[str]) -> tuple[list[str], list[str]]:
+    external = sorted(
+        ref[len(EXTERNAL_PREFIX) :] for ref in member_refs if ref.startswith(EXTERNAL_PREFIX)
+    )
+    ids = sorted(ref for ref in member_refs if not ref.startswith(EXTERNAL_PREFIX))
+    return external, ids
+
+
+def find_members_reads(conn: Connection, program_id: str, member_refs: set[str]) -> list[Read]:
+    """``find_members``'s statements (none, one or two) for ``read_together``; their rows go
+    to ``members_found``."""
+    external, ids = _external_and_ids(member_refs)
+    reads: list[Read] = []
+    if external:
+        reads.append(
+            (_MANY_BY_EXTERNAL_ID.together(conn), {"program_id": program_id, "refs": external})
+        )
+    if ids:
+        reads.append((_MANY_BY_ID.together(conn), {"program_id": program_id, "refs": ids}))
+    return reads
+
+
+def members_found(member_refs: set[str], rows: Iterable[Any]) -> dict[str, Any]:
+    """``find_members``'s answer from the rows of ``find_members_reads``: each row by every
+    reference of ``member_refs`` that names it (its external id, its id)."""
+    found: dict[str, Any] = {}
+    for row in rows:
+        external = f"{EXTERNAL_PREFIX}{row.external_id}"
+        if row.external_id is not None and external in member_refs:
+            found[external] = row
+        if row.id in member_refs:
             found[str(row.id)] = row
     return found
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 
 from loyalty.adapters.db.engine import run_transaction
+from loyalty.adapters.db.reads import Read
 from loyalty.adapters.db.tables import program_versions, programs
 from loyalty.adapters.ids import new_id
 from loyalty.application.access import Forbidden, Principal, Scope
@@ -63,7 +65,22 @@ def load_program(
     reported as absent. The version's document is read (and parsed) only the first time this
     process meets that version: every request reads the program's row, not its document."""
     principal.require_program(program_id, scope)
-    row = conn.execute(_CURRENT, {"program_id": program_id}).first()
+    return program_from_rows(
+        conn, principal, program_id, conn.execute(_CURRENT, {"program_id": program_id}).all()
+    )
+
+
+def program_read(program_id: str) -> Read:
+    """``load_program``'s read of the program's row, for ``read_together`` (the caller first
+    checks ``principal.require_program``); its rows go to ``program_from_rows``."""
+    return _CURRENT, {"program_id": program_id}
+
+
+def program_from_rows(
+    conn: Connection, principal: Principal, program_id: str, rows: Sequence[Any]
+) -> ProgramContext:
+    """The program of ``program_read``'s rows, as ``load_program`` answers."""
+    row = rows[0] if rows else None
     if row is None or row.tenant_id != principal.tenant_id:
         raise ProgramNotFound(program_id)
     return ProgramContext(

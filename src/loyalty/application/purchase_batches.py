@@ -33,12 +33,19 @@ from loyalty.adapters.db.ledger_store import (
     plan_entries,
     send_wallet_moves,
 )
-from loyalty.adapters.db.locking import lock_wallets
+from loyalty.adapters.db.locking import WalletState, lock_wallets_read, wallets_locked
+from loyalty.adapters.db.reads import Read, read_together
 from loyalty.adapters.db.tables import events, member_activity, purchase_lines, wallets
 from loyalty.adapters.ids import new_id
 from loyalty.application import idempotency
-from loyalty.application.access import Principal
-from loyalty.application.balances import RunningBalance, WalletFigures, running_balances
+from loyalty.application.access import Principal, Scope
+from loyalty.application.balances import (
+    RunningBalance,
+    WalletFigures,
+    balances_from_rows,
+    live_lots_read,
+    running_balances,
+)
 from loyalty.application.batch_tiers import RunTiers, from_records
 from loyalty.application.earning import (
     PurchaseEarning,
@@ -62,9 +69,11 @@ from loyalty.application.members import (
     MemberProfile,
     enroll_members,
     find_members,
+    find_members_reads,
     member_row,
+    members_found,
 )
-from loyalty.application.programs import ProgramContext
+from loyalty.application.programs import ProgramContext, program_from_rows, program_read
 from loyalty.application.tiers import activity_row
 from loyalty.domain.errors import (
     CurrencyMismatch,
@@ -132,7 +141,44 @@ def record_purchases(
     assert takes_bulk_path(ctx.settings)
     results: list[Outcome | DomainError | None] = []
     for part in _parts(run):
-        results.extend(_record_part(conn, principal, ctx, part, now=now, skip_locked=skip_locked))
+        read = read_together(conn, _part_reads(conn, principal, ctx.program_id, part))
+        results.extend(
+            _record_part(conn, principal, ctx, part, read, now=now, skip_locked=skip_locked)
+        )
+    return results
+
+
+def record_group(
+    conn: Connection,
+    principal: Principal,
+    program_id: str,
+    run: list[PurchaseEvent],
+    *,
+    now: datetime,
+) -> list[Outcome | DomainError | None] | None:
+    """``record_purchases`` for a group of concurrent requests to one program (wallets held by
+    another transaction are skipped: ``skip_locked``), with the program's row read in the same
+    round trip as the first part's keys and members. None, with nothing written, if the key
+    may not write to the program (each purchase recorded alone then meets its own error) or
+    the program's purchases don't take the bulk path."""
+    try:
+        principal.require_program(program_id, Scope.WRITE)
+    except DomainError:
+        return None
+    first, *rest = _parts(run)
+    program_rows, *first_read = read_together(
+        conn, [program_read(program_id), *_part_reads(conn, principal, program_id, first)]
+    )
+    try:
+        ctx = program_from_rows(conn, principal, program_id, program_rows)
+    except DomainError:
+        return None
+    if not takes_bulk_path(ctx.settings):
+        return None
+    results = _record_part(conn, principal, ctx, first, first_read, now=now, skip_locked=True)
+    for part in rest:
+        read = read_together(conn, _part_reads(conn, principal, program_id, part))
+        results.extend(_record_part(conn, principal, ctx, part, read, now=now, skip_locked=True))
     return results
 
 
@@ -224,29 +270,63 @@ def _parts(run: list[PurchaseEvent]) -> Iterator[list[PurchaseEvent]]:
         yield part
 
 
+def _part_reads(
+    conn: Connection, principal: Principal, program_id: str, part: list[PurchaseEvent]
+) -> list[Read]:
+    """What ``_record_part`` reads before it decides anything: the part's stored idempotency
+    keys, then its members (``find_members_reads``), for ``read_together``."""
+    keys = {_key(event) for event in part}
+    refs = {event.member.as_ref() for event in part}
+    return [
+        idempotency.find_many_read(
+            conn, tenant_id=principal.tenant_id, scope=program_id, keys=keys
+        ),
+        *find_members_reads(conn, program_id, refs),
+    ]
+
+
+def _key(event: PurchaseEvent) -> str:
+    return f"event:{event.type}:{event.id}"
+
+
 def _record_part(
     conn: Connection,
     principal: Principal,
     ctx: ProgramContext,
     part: list[PurchaseEvent],
+    read: list[list[Any]],
     *,
     now: datetime,
     skip_locked: bool,
 ) -> list[Outcome | DomainError | None]:
-    """``record_purchases`` for purchases with distinct ids."""
+    """``record_purchases`` for purchases with distinct ids; ``read``: the rows of
+    ``_part_reads``."""
     bodies = [event.model_dump(mode="json", exclude_none=True) for event in part]
-    keys = [f"event:{event.type}:{event.id}" for event in part]
-    stored = idempotency.find_many(
-        conn, tenant_id=principal.tenant_id, scope=ctx.program_id, keys=set(keys)
-    )
-    members = _members(conn, ctx, part, stored, now=now)
+    keys = [_key(event) for event in part]
+    stored_rows, *member_rows = read
+    stored = {row.key: row for row in stored_rows}
+    refs = {event.member.as_ref() for event in part}
+    found = members_found(refs, (row for rows in member_rows for row in rows))
+    members = _members(conn, ctx, part, stored, found, now=now)
     member_ids = {m.member_id for m in members.values()}
-    locked = lock_wallets(conn, ctx.program_id, member_ids, skip_locked=skip_locked)
+    locked: dict[str, WalletState] = {}
+    lot_rows: list[Any] = []
+    if member_ids:
+        # The lots are read after the lock, in the same round trip.
+        lock_rows, lot_rows = read_together(
+            conn,
+            [
+                lock_wallets_read(conn, ctx.program_id, member_ids, skip_locked=skip_locked),
+                live_lots_read(conn, ctx.program_id, member_ids, now=now),
+            ],
+        )
+        locked = wallets_locked(lock_rows)
     busy = member_ids - locked.keys()  # wallets another transaction holds (``skip_locked``)
-    balances = running_balances(
+    balances = balances_from_rows(
         conn,
         ctx.program_id,
         {member_id: (w.balance, w.debt) for member_id, w in locked.items()},
+        lot_rows,
         now=now,
     )
     run_tiers = _run_tiers(conn, ctx, part, members, now=now, actor=principal.key_id)
@@ -320,6 +400,7 @@ def _members(
     ctx: ProgramContext,
     part: list[PurchaseEvent],
     stored: dict[str, Any],
+    found: dict[str, Any],
     *,
     now: datetime,
 ) -> dict[str, _Member]:
@@ -330,7 +411,6 @@ def _members(
     transaction enrolled meanwhile is read back and earns as an existing member, as
     ``events._member_for_event`` does one by one."""
     settings = ctx.settings
-    found = find_members(conn, ctx.program_id, {event.member.as_ref() for event in part})
     members = {
         ref: _Member(str(row.id), dict(row.attributes), row.enrolled_at, fresh=False)
         for ref, row in found.items()
@@ -343,7 +423,7 @@ def _members(
                 ref in members
                 or ref in new
                 or not ref.startswith(EXTERNAL_PREFIX)
-                or f"event:{event.type}:{event.id}" in stored
+                or _key(event) in stored
                 or not _accepted_from_nothing(ctx, event, now=now)
             ):
                 continue

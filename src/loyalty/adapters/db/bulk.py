@@ -67,12 +67,12 @@ def pipelined(conn: Connection) -> Iterator[None]:
     if conn.dialect.name != "postgresql":
         yield
         return
-    with _driver_pipeline(conn):
+    with driver_pipeline(conn):
         yield
 
 
 @contextmanager
-def _driver_pipeline(conn: Connection) -> Iterator[Any]:
+def driver_pipeline(conn: Connection) -> Iterator[Any]:
     """psycopg's pipeline on ``conn``'s driver connection (which the block gets), its errors
     wrapped as SQLAlchemy wraps a statement's. Inside a pipeline already, the block joins it:
     psycopg ends a nested pipeline with a Sync and waits for every answer so far, a round trip
@@ -96,7 +96,7 @@ def execute_raw(conn: Connection, sql: str, params: Sequence[Any]) -> Any:
     the block ends (its row count is read after that); elsewhere at once. Errors arrive
     wrapped as SQLAlchemy wraps a statement's."""
     assert conn.dialect.name == "postgresql"
-    with _driver_pipeline(conn) as driver:
+    with driver_pipeline(conn) as driver:
         cursor = psycopg.RawCursor(driver)
         cursor.execute(sql, params, prepare=True)
     return cursor
@@ -158,7 +158,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         return
     width = len(plan.columns)
     done = 0
-    with _driver_pipeline(conn) as driver:
+    with driver_pipeline(conn) as driver:
         cursor = psycopg.RawCursor(driver)
         for size in ROWS_PER_STATEMENT:
             if size * width > PG_PARAMETERS_PER_STATEMENT_MAX and size > 1:
@@ -254,10 +254,14 @@ def _values(plan: _Plan, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, .
         raw = [get(row) for row in rows]
     if not plan.processors:
         return raw
-    out: list[tuple[Any, ...]] = []
-    for row in raw:
-        converted = list(row)
-        for index, process in plan.processors:
-            converted[index] = process(converted[index])
-        out.append(tuple(converted))
-    return out
+    return [tuple(processed(row, plan.processors)) for row in raw]
+
+
+def processed(
+    row: Sequence[Any], processors: Sequence[tuple[int, Callable[[Any], Any]]]
+) -> list[Any]:
+    """``row``'s values, those at the processors' indexes passed through them."""
+    values = list(row)
+    for index, process in processors:
+        values[index] = process(values[index])
+    return values

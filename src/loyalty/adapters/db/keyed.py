@@ -55,6 +55,11 @@ class KeyedRead:
         """The form for ``keys`` on ``conn`` (see ``looks_up_each``)."""
         return self.each_key if looks_up_each(conn, keys) else self.in_list
 
+    def together(self, conn: Connection) -> Any:
+        """The form for ``reads.read_together``, which takes no expanding list: ``each_key`` on
+        PostgreSQL whatever the number of keys, ``in_list`` on SQLite."""
+        return self.each_key if conn.dialect.name == "postgresql" else self.in_list
+
 
 def looks_up_each(conn: Connection, keys: Sized) -> bool:
     """Whether ``keys`` are read with ``each_key`` on ``conn``: on PostgreSQL, more than one.

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, text, tuple_
 
 from loyalty.adapters.db.keyed import KeyedRead, each_key
+from loyalty.adapters.db.reads import Read
 from loyalty.adapters.db.tables import wallets
 from loyalty.domain.ledger import POINTS
 
@@ -42,7 +44,26 @@ def lock_wallets(
         return {}
     params = {"program_id": program_id, "asset": asset, "member_ids": ids}
     read = _SKIP_LOCKED if skip_locked else _LOCK_MANY
-    rows = conn.execute(read.on(conn, ids), params).all()
+    return wallets_locked(conn.execute(read.on(conn, ids), params).all())
+
+
+def lock_wallets_read(
+    conn: Connection,
+    program_id: str,
+    member_ids: Iterable[str],
+    asset: str = POINTS,
+    *,
+    skip_locked: bool = False,
+) -> Read:
+    """``lock_wallets``'s statement for ``read_together`` (``member_ids`` not empty): the
+    reads after it in the same call see the wallets it locked as their holder does. Its rows
+    go to ``wallets_locked``."""
+    params = {"program_id": program_id, "asset": asset, "member_ids": sorted(set(member_ids))}
+    return (_SKIP_LOCKED if skip_locked else _LOCK_MANY).together(conn), params
+
+
+def wallets_locked(rows: Iterable[Any]) -> dict[str, WalletState]:
+    """``lock_wallets``'s answer from its statement's rows."""
     return {r.member_id: WalletState(r.member_id, r.balance, r.debt) for r in rows}
 
 

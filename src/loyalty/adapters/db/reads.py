@@ -1,0 +1,126 @@
+"""Reads that don't depend on each other's answers, sent together: one round trip for all of
+them on PostgreSQL.
+
+A group of purchases reads its program's row, its idempotency keys and its members before it
+decides anything, then its members' wallets (locked) and their live lots. Each read through
+``Connection.execute`` costs a round trip to PostgreSQL and about 0.2 ms of the server's CPU
+in SQLAlchemy's and psycopg's per-statement machinery (building the execution context and the
+result, psycopg converting the query text): in process, the five reads were half of what a
+group of one purchase cost (``docs/performance.md``, "Reads sent together").
+
+``read_together`` compiles each statement once per dialect into PostgreSQL's own ``$n``
+placeholders, sends them all through raw psycopg cursors in one pipeline (each prepared once
+per connection, as ``bulk`` does for inserts), and converts the rows' values with the column
+types' own result processors, the functions SQLAlchemy would call, so a value reads the same
+either way. Rows come back as named tuples with the statement's column names. PostgreSQL runs
+the statements one after another in the transaction, each with its own snapshot as any
+statement of a ``READ COMMITTED`` transaction: a read after a ``FOR UPDATE`` sees what the
+lock holder last committed, as it would one round trip later. An error of any of them is
+raised wrapped as SQLAlchemy wraps a statement's (``bulk.driver_pipeline``), so the
+transaction's retries see it as before, and the statements after it were not run. A
+transaction's first statements also carry its ``BEGIN``, which psycopg otherwise sends on
+its own.
+
+The reads are planned with PostgreSQL's generic plan (``plan_cache_mode`` set for them
+alone, with ``SET LOCAL`` before and after, in the same round trip). A keyed read takes its
+keys as an array, whose length PostgreSQL's generic plan can't know; guessing that a plan for
+the actual keys would be cheaper, it planned the statement again at every execution (about
+0.07 ms of its CPU for each of a group's keyed reads). The generic plan of a keyed read is
+the plan wanted whatever the keys: one index descent per key (``keyed``).
+
+On SQLite, where a statement is a call into the same process, each runs through
+``Connection.execute`` in turn.
+
+Only statements without expanding parameters (``IN`` lists) belong here (on PostgreSQL the
+lists of keys are arrays: ``keyed.KeyedRead.together``), and without columns of SQLAlchemy's
+``Numeric`` type, whose conversion depends on the type PostgreSQL answers with.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import Select
+
+from loyalty.adapters.db.bulk import driver_pipeline, processed
+
+_NONE = object()
+_GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
+_CUSTOM_PLANS = "SET LOCAL plan_cache_mode TO DEFAULT"
+Read = tuple[Any, Mapping[str, Any]]
+"""A statement (a ``Select`` or a compound of them) and its parameters by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadPlan:
+    sql: str
+    """The statement with ``$n`` placeholders."""
+    binds: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]
+    """Each placeholder's parameter name, bind processor and value where the statement holds
+    one (a ``LIMIT``), in placeholder order."""
+    row: Any
+    """The named tuple of a row."""
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """(column index, result processor) of the columns whose type converts values."""
+
+
+@functools.cache
+def _read_plan(statement: Select[Any], dialect: Dialect) -> _ReadPlan:
+    dialect_class: Any = type(dialect)
+    positional = dialect_class(paramstyle="numeric_dollar")
+    compiled: Any = statement.compile(dialect=positional)
+    names: list[str] = []
+    for name in compiled.positiontup or ():
+        if name not in names:  # a name used twice is one placeholder
+            names.append(name)
+    assert "POSTCOMPILE" not in compiled.string, "expanding parameters are not supported"
+    binds = tuple(
+        (
+            name,
+            (bind := compiled.binds[name]).type.dialect_impl(dialect).bind_processor(dialect),
+            _NONE if bind.required else bind.effective_value,
+        )
+        for name in names
+    )
+    columns = list(statement.selected_columns)
+    processors: list[tuple[int, Callable[[Any], Any]]] = []
+    for index, column in enumerate(columns):
+        processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        if processor is not None:
+            processors.append((index, processor))
+    row = namedtuple("Row", [column.key for column in columns], rename=True)  # type: ignore[misc]
+    return _ReadPlan(compiled.string, binds, row, tuple(processors))
+
+
+def read_together(conn: Connection, reads: Sequence[Read]) -> list[list[Any]]:
+    """The rows of each of ``reads``, in order: on PostgreSQL in one round trip."""
+    if conn.dialect.name != "postgresql":
+        return [list(conn.execute(statement, params).all()) for statement, params in reads]
+    plans = [_read_plan(statement, conn.dialect) for statement, _ in reads]
+    cursors: list[Any] = []
+    with driver_pipeline(conn) as driver:
+        psycopg.RawCursor(driver).execute(_GENERIC_PLANS)
+        for plan, (_, params) in zip(plans, reads, strict=True):
+            values = []
+            for name, process, held in plan.binds:
+                value = params[name] if held is _NONE else held
+                values.append(value if process is None else process(value))
+            cursor = psycopg.RawCursor(driver)
+            cursor.execute(plan.sql, values, prepare=True)
+            cursors.append(cursor)
+        psycopg.RawCursor(driver).execute(_CUSTOM_PLANS)
+    return [_rows(plan, cursor.fetchall()) for plan, cursor in zip(plans, cursors, strict=True)]
+
+
+def _rows(plan: _ReadPlan, fetched: list[tuple[Any, ...]]) -> list[Any]:
+    make = plan.row._make
+    if not plan.processors:
+        return [make(row) for row in fetched]
+    return [make(processed(row, plan.processors)) for row in fetched]
