@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 
-from loyalty.adapters.db.bulk import insert_new_rows, insert_rows, pipelined
-from loyalty.adapters.db.engine import _is_unique_violation
+from loyalty.adapters.db.bulk import execute_raw, insert_new_rows, insert_rows, pipelined
+from loyalty.adapters.db.engine import PG_PREPARED_STATEMENTS_MAX, _is_unique_violation
 from loyalty.adapters.db.tables import events
 
 ROWS = 2_301
@@ -213,3 +213,17 @@ def test_inserts_in_a_pipelined_block_wait_for_no_answer_before_its_end(engine, 
         assert len(syncs) == syncs_after_the_reads + 1  # the block's end
     with engine.connect() as conn:
         assert _stored(conn, "j") == _stored(conn, "k") == _stored(conn, "l") == []
+
+
+@pytest.mark.postgresql
+def test_a_session_keeps_more_prepared_statements_than_psycopgs_default(postgres_engine):
+    """The bulk inserts prepare a text per table and size: a session that kept only psycopg's
+    default of 100 deallocated and prepared again the texts of groups of mixed sizes."""
+    texts = PG_PREPARED_STATEMENTS_MAX - 6
+    assert texts > 100
+    with postgres_engine.connect() as conn:
+        for n in range(texts):
+            cursor = execute_raw(conn, f"SELECT $1::int + {n}", [n])
+            assert cursor.fetchone() == (2 * n,)
+        kept = conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar_one()
+    assert kept >= texts

@@ -16,18 +16,18 @@ On SQLite the rows go to the driver as one ``executemany`` of the one-row statem
 statement's); the sqlite3 module loops over them in C.
 
 On PostgreSQL they go as multi-row ``INSERT ... VALUES ($1, ...), (...)`` statements of fixed
-sizes (``ROWS_PER_STATEMENT``: 64, 16, 4 and 1 rows; 30 rows are 16 + 4 + 4 + 4 + 1 + 1), in
-one pipeline, through a raw psycopg cursor. The text of each size is built once per table
-and columns, with PostgreSQL's own placeholders, so psycopg neither parses it nor keeps
-anything per row but the values, and it prepares each text once per connection, so the
-server does not plan it again. (Before: one ``executemany`` of the one-row statement, which
-psycopg also pipelines and prepares, but through about 10 us of its own Python a row: in
-process, groups of 32 purchases took 10-15% less CPU without it, and earn over HTTP at 32
-clients went 13% faster. Before that, multi-row statements whose text changed with the
-number of rows: psycopg parsed each in Python and the server planned each again.) A database
-error is raised wrapped as SQLAlchemy wraps any statement's, so the transaction's retries see
-it as before. Inside ``pipelined``, PostgreSQL gets every such statement without the engine
-waiting for each answer: one round trip for all of them.
+sizes (``ROWS_PER_STATEMENT``: the powers of two from 64 down to 1; 30 rows are 16 + 8 + 4 + 2,
+at most one statement of each size below 64), in one pipeline, through a raw psycopg cursor. The
+text of each size is built once per table and columns, with PostgreSQL's own placeholders, so
+psycopg neither parses it nor keeps anything per row but the values, and it prepares each text
+once per connection, so the server does not plan it again. (Before: one ``executemany`` of the
+one-row statement, which psycopg also pipelines and prepares, but through about 10 us of its own
+Python a row: in process, groups of 32 purchases took 10-15% less CPU without it, and earn over
+HTTP at 32 clients went 13% faster. Before that, multi-row statements whose text changed with
+the number of rows: psycopg parsed each in Python and the server planned each again.) A database
+error is raised wrapped as SQLAlchemy wraps any statement's, so the transaction's retries see it
+as before. Inside ``pipelined``, PostgreSQL gets every such statement without the engine waiting
+for each answer: one round trip for all of them.
 """
 
 from __future__ import annotations
@@ -47,9 +47,13 @@ from sqlalchemy.exc import DBAPIError
 
 from loyalty.adapters.db.tables import UTCDateTime
 
-ROWS_PER_STATEMENT = (64, 16, 4, 1)
+ROWS_PER_STATEMENT = (64, 32, 16, 8, 4, 2, 1)
 """The sizes of PostgreSQL's multi-row inserts, largest first (a size whose parameters would
-pass ``PG_PARAMETERS_PER_STATEMENT_MAX`` is skipped)."""
+pass ``PG_PARAMETERS_PER_STATEMENT_MAX`` is skipped). Until 2026-12-08 64, 16, 4 and 1: a
+group of 8 purchases sent its 8 events as 4 + 4 and its 30-odd lines in 5 to 7 statements;
+each statement costs psycopg's Python and PostgreSQL's executor a fixed share whatever its
+rows (``docs/performance.md``, "Reads sent together"). Each size is one more text prepared
+per table and connection (``PG_PREPARED_STATEMENTS_MAX``)."""
 PG_PARAMETERS_PER_STATEMENT_MAX = 1_000
 NEW_ROWS_PER_STATEMENT_MAX = 64
 """Rows in one statement of ``insert_new_rows`` (fewer where their parameters would pass

@@ -94,6 +94,10 @@ NOWAIT_LOCK_TIMEOUT_MS = 10
 """How long a ``nowait`` transaction on PostgreSQL waits for a lock before giving up."""
 NOWAIT_STATEMENT_TIMEOUT_MS = 500
 """How long one statement of a ``nowait`` transaction on PostgreSQL may run before giving up."""
+PG_PREPARED_STATEMENTS_MAX = 256
+"""Statements a PostgreSQL session keeps prepared (psycopg's ``prepared_max``; its default is
+100). The bulk inserts alone prepare a text per table and statement size, and groups of mixed
+sizes used more than 100: the least recently used was deallocated and prepared again."""
 
 
 class StorageUnavailable(Exception):
@@ -141,7 +145,7 @@ def make_engine(
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -150,6 +154,12 @@ def make_engine(
         json_serializer=json_text,
         connect_args=pg_connect_args or {},
     )
+    event.listen(engine, "connect", _configure_postgresql_session)
+    return engine
+
+
+def _configure_postgresql_session(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.prepared_max = PG_PREPARED_STATEMENTS_MAX
 
 
 def _sqlite_file(engine: Engine) -> bool:
