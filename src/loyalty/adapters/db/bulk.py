@@ -85,12 +85,19 @@ def driver_pipeline(conn: Connection) -> Iterator[Any]:
     if driver.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
         yield driver
         return
+    with driver_errors(conn), driver.pipeline():
+        yield driver
+
+
+@contextmanager
+def driver_errors(conn: Connection, statement: str | None = None) -> Iterator[None]:
+    """The driver's errors raised in the block (by statements sent past SQLAlchemy), wrapped as
+    SQLAlchemy wraps a statement's, so the transaction's retries see them as any other."""
     try:
-        with driver.pipeline():
-            yield driver
+        yield
     except conn.dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(
-            None, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+            statement, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
         ) from exc
 
 

@@ -50,10 +50,9 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 
-from loyalty.adapters.db.bulk import driver_pipeline, processed
+from loyalty.adapters.db.bulk import driver_errors, driver_pipeline, processed
 
 _NONE = object()
 _GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
@@ -149,12 +148,8 @@ def _sqlite_rows(conn: Connection, plan: _ReadPlan, params: Mapping[str, Any]) -
     lengths = tuple((name, len(params[name])) for name, _, _, expanding in plan.binds if expanding)
     sql = _sqlite_sql(plan, lengths) if lengths else plan.sql
     driver: Any = conn.connection.driver_connection
-    try:
+    with driver_errors(conn, sql):
         fetched = driver.execute(sql, _values(plan, params)).fetchall()
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(
-            sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
-        ) from exc
     return _rows(plan, fetched)
 
 
