@@ -161,6 +161,8 @@ def record_group(
     round trip as the first part's keys and members. None, with nothing written, if the key
     may not write to the program (each purchase recorded alone then meets its own error) or
     the program's purchases don't take the bulk path."""
+    if not run:
+        return []
     try:
         principal.require_program(program_id, Scope.WRITE)
     except DomainError:
