@@ -4,7 +4,7 @@ sent with one API key, are recorded together in one transaction through the bulk
 The first request to find no group in progress for its program and key starts a leader, a
 task on the event loop that takes what is queued (oldest first, at most
 ``EVENT_GROUP_SIZE_MAX``; optionally after waiting ``EVENT_GROUP_WAIT_MS`` for more to join),
-records it with ``purchase_batches.record_purchases`` in one transaction, commits, and only
+records it with ``purchase_batches.record_group`` in one transaction, commits, and only
 then hands each waiting request its own answer: the outcome it would have got alone (the
 bulk path answers body for body what ``events.record_event`` answers), or the domain error
 that refused it (a refused purchase writes nothing, so the others commit). Then it takes the
