@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Integer, column, literal, select, table
+from sqlalchemy import Integer, String, bindparam, column, literal, select, table
 from sqlalchemy.exc import DBAPIError
 
+from loyalty.adapters.db.bulk import pipelined
 from loyalty.adapters.db.locking import lock_wallets_read, wallets_locked
 from loyalty.adapters.db.reads import read_together
 from loyalty.application import idempotency, purchase_batches
@@ -197,3 +198,26 @@ def test_the_groups_keyed_reads_are_planned_once(pg_api):
     assert sum(generic >= 8 for _, generic, _ in plans) >= 4, plans
     for statement, generic, custom in plans:
         assert generic >= 1 and custom == 0, (statement, generic, custom)
+
+
+def test_a_value_the_caller_gives_wins_over_the_statements_own(engine):
+    """As with ``Connection.execute``: a parameter the statement holds a value for (here
+    ``"a"``) takes the caller's value when one is given."""
+    statement = select(bindparam("letter", "a", type_=String).label("letter"))
+    with engine.connect() as conn, conn.begin():
+        assert read_together(conn, [(statement, {})]) == [[("a",)]]
+        assert read_together(conn, [(statement, {"letter": "b"})]) == [[("b",)]]
+        assert conn.execute(statement, {"letter": "b"}).all() == [("b",)]
+
+
+@pytest.mark.postgresql
+def test_reads_are_refused_inside_a_pipelined_block(postgres_engine):
+    """Their rows would be read before the block's end, where its errors are wrapped."""
+    later = select(literal(2, Integer).label("two"))
+    with (
+        postgres_engine.connect() as conn,
+        conn.begin(),
+        pytest.raises(RuntimeError),
+        pipelined(conn),
+    ):
+        read_together(conn, [(later, {})])

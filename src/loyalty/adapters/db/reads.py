@@ -68,8 +68,9 @@ class _ReadPlan:
     parameter is a marker, ``__[POSTCOMPILE_<name>]``, for as many ``?`` as it has values."""
     binds: tuple[tuple[str, Callable[[Any], Any] | None, Any, bool], ...]
     """Each placeholder's parameter name, bind processor (of each value, for a list), value
-    where the statement holds one (a ``LIMIT``), and whether it is an expanding list, in
-    placeholder order."""
+    where the statement holds one (a ``LIMIT``; the caller's value of that name, if given,
+    wins, as in ``Connection.execute``), and whether it is an expanding list, in placeholder
+    order."""
     row: Any
     """The named tuple of a row."""
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]
@@ -108,7 +109,7 @@ def _read_plan(statement: Select[Any], dialect: Dialect) -> _ReadPlan:
 def _values(plan: _ReadPlan, params: Mapping[str, Any]) -> list[Any]:
     values: list[Any] = []
     for name, process, held, expanding in plan.binds:
-        value = params[name] if held is _NONE else held
+        value = params[name] if held is _NONE or name in params else held
         if expanding:
             assert value, f"{name}: an empty list"
             values.extend(value if process is None else [process(v) for v in value])
@@ -134,7 +135,11 @@ def read_together(conn: Connection, reads: Sequence[Read]) -> list[list[Any]]:
             _sqlite_rows(conn, plan, params) for plan, (_, params) in zip(plans, reads, strict=True)
         ]
     cursors: list[Any] = []
-    with driver_pipeline(conn) as driver:
+    driver: Any = conn.connection.driver_connection
+    if driver.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+        # Inside ``pipelined`` the rows would be fetched before that block's end, unwrapped.
+        raise RuntimeError("read_together inside a pipelined block")
+    with driver_pipeline(conn):
         psycopg.RawCursor(driver).execute(_GENERIC_PLANS)
         for plan, (_, params) in zip(plans, reads, strict=True):
             cursor = psycopg.RawCursor(driver)
