@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Integer, String, bindparam, column, literal, select, table
 from sqlalchemy.exc import DBAPIError
 
@@ -21,30 +19,17 @@ from loyalty.adapters.db.bulk import pipelined
 from loyalty.adapters.db.locking import lock_wallets_read, wallets_locked
 from loyalty.adapters.db.reads import read_together
 from loyalty.application import idempotency, purchase_batches
-from loyalty.application.access import Scope, authenticate, create_api_key
+from loyalty.application.access import authenticate
 from loyalty.application.balances import live_lots_read
 from loyalty.application.event_documents import PurchaseEvent
 from loyalty.application.members import find_members_reads, members_found
 from loyalty.application.programs import program_read
-from loyalty.entrypoints.api.app import create_app
-from tests.conftest import Api
 
 AT = datetime(2026, 5, 4, 12, tzinfo=UTC)
 
 
-@pytest.fixture
-def pg_api(postgres_engine: Any) -> Iterator[Api]:
-    """``api`` on PostgreSQL only: locks and plans, which SQLite has none of."""
-    issued = create_api_key(
-        postgres_engine,
-        tenant_name="acme",
-        name="admin",
-        scopes=[Scope.ADMIN],
-        program_id=None,
-        now=AT,
-    )
-    with TestClient(create_app(postgres_engine)) as client:
-        yield Api(client, postgres_engine, issued.token, issued.tenant_id)
+ON_POSTGRESQL = pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+"""``api`` on PostgreSQL only: locks and plans, which SQLite has none of."""
 
 
 def _purchase(n: int, *, member: int | None = None) -> dict[str, Any]:
@@ -122,11 +107,12 @@ def test_an_error_among_the_reads_is_sqlalchemys_and_leaves_the_connection_usabl
 
 
 @pytest.mark.postgresql
-def test_a_read_after_the_wallet_lock_sees_what_the_holder_committed(pg_api):
+@ON_POSTGRESQL
+def test_a_read_after_the_wallet_lock_sees_what_the_holder_committed(api):
     """A batch waits for a wallet another transaction holds; the lots it reads in the same
     round trip, after the lock, include the lot that transaction committed."""
-    program = _program(pg_api, purchases=5)
-    engine = pg_api.engine
+    program = _program(api, purchases=5)
+    engine = api.engine
     with engine.connect() as conn:
         member = conn.exec_driver_sql(
             "SELECT id FROM members WHERE external_id = 'C2'"
@@ -172,13 +158,14 @@ def test_a_read_after_the_wallet_lock_sees_what_the_holder_committed(pg_api):
 
 
 @pytest.mark.postgresql
-def test_the_groups_keyed_reads_are_planned_once(pg_api):
+@ON_POSTGRESQL
+def test_the_groups_keyed_reads_are_planned_once(api):
     """PostgreSQL plans a prepared statement again at every execution while it guesses that
     plan cheaper than its generic one, which it did for the keyed reads (an array of unknown
     length): the group's reads ask for the generic plan."""
-    program = _program(pg_api)
-    principal = authenticate(pg_api.engine, pg_api.token)
-    with pg_api.engine.connect() as conn:
+    program = _program(api)
+    principal = authenticate(api.engine, api.token)
+    with api.engine.connect() as conn:
         for group in range(8):
             events = [
                 PurchaseEvent.model_validate(_purchase(100 + 8 * group + n, member=n))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -233,42 +233,34 @@ _MANY_BY_ID = KeyedRead(
 )
 
 
-def find_members(conn: Connection, program_id: str, member_refs: set[str]) -> dict[str, Row[Any]]:
+def find_members(conn: Connection, program_id: str, member_refs: set[str]) -> dict[str, Any]:
     """``find_member`` for many references at once (two statements at most): the rows found,
     by the reference they were asked for."""
-    external, ids = _external_and_ids(member_refs)
-    found: dict[str, Row[Any]] = {}
-    if external:
-        for row in conn.execute(
-            _MANY_BY_EXTERNAL_ID.on(conn, external), {"program_id": program_id, "refs": external}
-        ):
-            found[f"{EXTERNAL_PREFIX}{row.external_id}"] = row
-    if ids:
-        for row in conn.execute(_MANY_BY_ID.on(conn, ids), {"program_id": program_id, "refs": ids}):
-            found[str(row.id)] = row
-    return found
-
-
-def _external_and_ids(member_refs: set[str]) -> tuple[list[str], list[str]]:
-    external = sorted(
-        ref[len(EXTERNAL_PREFIX) :] for ref in member_refs if ref.startswith(EXTERNAL_PREFIX)
-    )
-    ids = sorted(ref for ref in member_refs if not ref.startswith(EXTERNAL_PREFIX))
-    return external, ids
+    reads = _by_ref_reads(program_id, member_refs, lambda read, keys: read.on(conn, keys))
+    rows = [row for statement, params in reads for row in conn.execute(statement, params)]
+    return members_found(member_refs, rows)
 
 
 def find_members_reads(conn: Connection, program_id: str, member_refs: set[str]) -> list[Read]:
     """``find_members``'s statements (none, one or two) for ``read_together``; their rows go
     to ``members_found``."""
-    external, ids = _external_and_ids(member_refs)
-    reads: list[Read] = []
-    if external:
-        reads.append(
-            (_MANY_BY_EXTERNAL_ID.together(conn), {"program_id": program_id, "refs": external})
-        )
-    if ids:
-        reads.append((_MANY_BY_ID.together(conn), {"program_id": program_id, "refs": ids}))
-    return reads
+    return _by_ref_reads(program_id, member_refs, lambda read, _keys: read.together(conn))
+
+
+def _by_ref_reads(
+    program_id: str, member_refs: set[str], form: Callable[[KeyedRead, list[str]], Any]
+) -> list[Read]:
+    """The reads of the members ``member_refs`` names by external id, then by id, each in the
+    ``form`` of its keyed read."""
+    external = sorted(
+        ref[len(EXTERNAL_PREFIX) :] for ref in member_refs if ref.startswith(EXTERNAL_PREFIX)
+    )
+    ids = sorted(ref for ref in member_refs if not ref.startswith(EXTERNAL_PREFIX))
+    return [
+        (form(keyed, keys), {"program_id": program_id, "refs": keys})
+        for keyed, keys in ((_MANY_BY_EXTERNAL_ID, external), (_MANY_BY_ID, ids))
+        if keys
+    ]
 
 
 def members_found(member_refs: set[str], rows: Iterable[Any]) -> dict[str, Any]:

@@ -139,9 +139,28 @@ def record_purchases(
     ``skip_locked``: a purchase whose member's wallet another transaction holds is not waited
     for; it is answered None, with nothing written for it, to be recorded on its own."""
     assert takes_bulk_path(ctx.settings)
+    return _record_parts(conn, principal, ctx, list(_parts(run)), None, now, skip_locked)
+
+
+def _record_parts(
+    conn: Connection,
+    principal: Principal,
+    ctx: ProgramContext,
+    parts: list[list[PurchaseEvent]],
+    first_read: list[list[Any]] | None,
+    now: datetime,
+    skip_locked: bool,
+) -> list[Outcome | DomainError | None]:
+    """Each part recorded after its reads (``_part_reads``; the first part's already made
+    where ``first_read`` holds their rows)."""
     results: list[Outcome | DomainError | None] = []
-    for part in _parts(run):
-        read = read_together(conn, _part_reads(conn, principal, ctx.program_id, part))
+    for part in parts:
+        read = (
+            read_together(conn, _part_reads(conn, principal, ctx.program_id, part))
+            if first_read is None
+            else first_read
+        )
+        first_read = None
         results.extend(
             _record_part(conn, principal, ctx, part, read, now=now, skip_locked=skip_locked)
         )
@@ -167,9 +186,9 @@ def record_group(
         principal.require_program(program_id, Scope.WRITE)
     except DomainError:
         return None
-    first, *rest = _parts(run)
+    parts = list(_parts(run))
     program_rows, *first_read = read_together(
-        conn, [program_read(program_id), *_part_reads(conn, principal, program_id, first)]
+        conn, [program_read(program_id), *_part_reads(conn, principal, program_id, parts[0])]
     )
     try:
         ctx = program_from_rows(conn, principal, program_id, program_rows)
@@ -177,11 +196,7 @@ def record_group(
         return None
     if not takes_bulk_path(ctx.settings):
         return None
-    results = _record_part(conn, principal, ctx, first, first_read, now=now, skip_locked=True)
-    for part in rest:
-        read = read_together(conn, _part_reads(conn, principal, program_id, part))
-        results.extend(_record_part(conn, principal, ctx, part, read, now=now, skip_locked=True))
-    return results
+    return _record_parts(conn, principal, ctx, parts, first_read, now, skip_locked=True)
 
 
 _POINTS_WALLET = select(wallets.c.balance, wallets.c.debt).where(

@@ -48,17 +48,12 @@ def lock_wallets(
 
 
 def lock_wallets_read(
-    conn: Connection,
-    program_id: str,
-    member_ids: Iterable[str],
-    asset: str = POINTS,
-    *,
-    skip_locked: bool = False,
+    conn: Connection, program_id: str, member_ids: Iterable[str], *, skip_locked: bool = False
 ) -> Read:
-    """``lock_wallets``'s statement for ``read_together`` (``member_ids`` not empty): the
-    reads after it in the same call see the wallets it locked as their holder does. Its rows
-    go to ``wallets_locked``."""
-    params = {"program_id": program_id, "asset": asset, "member_ids": sorted(set(member_ids))}
+    """``lock_wallets``'s statement (points wallets) for ``read_together`` (``member_ids`` not
+    empty): the reads after it in the same call see the wallets it locked as their holder
+    does. Its rows go to ``wallets_locked``."""
+    params = {"program_id": program_id, "asset": POINTS, "member_ids": sorted(set(member_ids))}
     return (_SKIP_LOCKED if skip_locked else _LOCK_MANY).together(conn), params
 
 
